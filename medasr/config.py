@@ -1,0 +1,144 @@
+"""One typed config object for every stage, loaded from a preset in configs/ plus CLI overrides.
+
+OmegaConf structured configs give type checks and reject unknown keys, so a typo in a preset or in
+`--set train.max_step=10` fails at load time instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class TinyModelConfig:
+    """Sizes of the random-init, Canary-Qwen-shaped SALM used offline."""
+
+    vocab_size: int = 512  # BPE merges trained locally; chat + audio tokens are added on top
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 16
+    encoder_d_model: int = 64
+    encoder_layers: int = 2
+    encoder_heads: int = 4
+    mel_features: int = 80
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "salm"
+    # A Hub id or a local SALM directory (config.json + model.safetensors). "tiny" builds one offline into the run dir.
+    base: str = "tiny"
+    prompt: str = "Transcribe the following: <|audioplaceholder|>"
+    precision: str = "32-true"  # Lightning precision; bf16-true on a GPU pod
+    # Parameters trained on top of the base's own freeze pattern: the release trains encoder + projection + LoRA.
+    freeze_params: list[str] = field(default_factory=lambda: [r"^llm\..+$", r"^embed_tokens\..+$"])
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class SynthConfig:
+    train_voices: list[str] = field(default_factory=lambda: ["en-us", "en-gb", "en-us+f3", "en-gb-x-rp+m3"])
+    test_voices: list[str] = field(default_factory=lambda: ["en-gb-scotland+f2"])
+    unseen_fraction: float = 0.2
+    train_per_term: int = 3
+    val_per_term: int = 1
+    test_per_term: int = 1
+    unseen_test_per_term: int = 2
+    rate_min: int = 140
+    rate_max: int = 190
+    noise_levels: list[str] = field(default_factory=lambda: ["clean", "snr15", "snr5"])
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"
+    seed: int = 1234
+    max_train: int = 2000
+    max_val: int = 200
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 200
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup_steps: int = 10
+    min_lr: float = 1e-5
+    weight_decay: float = 1e-3
+    grad_clip: float = 1.0
+    ckpt_every_n_steps: int = 50
+    val_every_n_steps: int = 50
+    limit_val_batches: int = 50
+    log_every_n_steps: int = 5
+    num_workers: int = 0
+    accelerator: str = "cpu"
+    devices: int = 1
+    threads: int = 2  # torch CPU threads; on a shared 2-core box more threads only thrash
+    seed: int = 42
+    wandb_project: str = "medical-asr-poc"
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 16
+    max_new_tokens: int = 64
+    normalizer: str = "whisper"
+    n_boot: int = 1000
+
+
+@dataclass
+class GateConfig:
+    priority: list[str] = field(default_factory=lambda: ["drug"])
+    ker_threshold: float = 0.3
+    min_rows: int = 100
+    min_per_priority: int = 5
+
+
+@dataclass
+class Config:
+    name: str = "tiny"
+    description: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def load_config(preset: str, overrides: Optional[list[str]] = None) -> Config:
+    """Preset name (configs/<name>.yaml) or a YAML path, then `a.b=value` overrides."""
+    path = Path(preset)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{preset}.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"no preset {preset!r}: choose one of {', '.join(available_presets())} or pass a .yaml path")
+    schema = OmegaConf.structured(Config)
+    merged = OmegaConf.merge(schema, OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides or [])))
+    return OmegaConf.to_object(merged)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.structured(cfg), path)

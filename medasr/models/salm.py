@@ -1,0 +1,128 @@
+"""Load a SALM base (Hub id or local dir), apply a medasr adapter, and transcribe batches with `SALM.generate`."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import soundfile as sf
+import torch
+
+AUDIO_TAG = "<|audioplaceholder|>"
+
+# Parameter groups of the Canary-Qwen layout, used for the trainable-parameter table and the freeze check.
+GROUPS = (
+    ("lora", re.compile(r".*\.lora_.+")),
+    ("llm (frozen)", re.compile(r"^(llm|embed_tokens)\..+")),
+    ("encoder", re.compile(r"^perception\.(preprocessor|encoder|spec_augmentation)\..+")),
+    ("projection", re.compile(r"^perception\.(modality_adapter|proj)\..+")),
+)
+
+
+def quiet_nemo() -> None:
+    """NeMo and its dependencies log a lot at import; keep our progress readable."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging as pylogging
+
+    from nemo.utils import logging as nemo_logging
+
+    nemo_logging.setLevel(pylogging.WARNING)
+    for name in ("transformers", "lhotse", "torchao", "lightning.pytorch.utilities.rank_zero"):
+        pylogging.getLogger(name).setLevel(pylogging.ERROR)
+
+
+def split_prompt(prompt: str) -> str:
+    """The text before the audio tag. SALM's data pipeline joins consecutive user turns with a space, so training
+    with context=<this> renders the same tokens as the inference prompt `<this> <|audioplaceholder|>`."""
+    if not prompt.rstrip().endswith(AUDIO_TAG):
+        raise ValueError(f"model.prompt must end with {AUDIO_TAG!r} (got {prompt!r})")
+    return prompt.rstrip()[: -len(AUDIO_TAG)].rstrip()
+
+
+def group_of(name: str) -> str:
+    for group, pat in GROUPS:
+        if pat.match(name):
+            return group
+    return "other"
+
+
+def load_base(base: str | Path, map_location: str = "cpu"):
+    """`SALM.from_pretrained` on a Hub id (nvidia/canary-qwen-2.5b) or a local directory with the same layout."""
+    quiet_nemo()
+    from nemo.collections.speechlm2.models import SALM
+
+    local = Path(base)
+    if local.exists():
+        return SALM.from_pretrained(str(local.resolve()), map_location=map_location)
+    return SALM.from_pretrained(str(base), map_location=map_location)
+
+
+def load_audio(path: str, sample_rate: int) -> np.ndarray:
+    audio, sr = sf.read(path, dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1)
+    if sr != sample_rate:
+        from scipy.signal import resample_poly
+
+        g = np.gcd(sr, sample_rate)
+        audio = resample_poly(audio, sample_rate // g, sr // g).astype(np.float32)
+    return audio
+
+
+def _decode(model, ids: torch.Tensor) -> str:
+    ids = ids.tolist()
+    stop = {model.text_eos_id, model.text_pad_id}
+    out = []
+    for i in ids:
+        if i in stop:
+            break
+        out.append(i)
+    return model.tokenizer.ids_to_text(out).strip()
+
+
+@torch.no_grad()
+def transcribe_paths(
+    model,
+    paths: list[str],
+    prompt: str,
+    batch_size: int = 16,
+    max_new_tokens: int = 128,
+    progress=None,
+) -> list[str]:
+    """Greedy transcription, batched; audio longer than a batch's shortest is zero-padded (lengths passed to SALM)."""
+    context = split_prompt(prompt)
+    model.eval()
+    sr = model.sampling_rate
+    dev = model.device
+    order = sorted(range(len(paths)), key=lambda i: -sf.info(paths[i]).frames)  # length-sorted: less padding
+    out: dict[int, str] = {}
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        audios = [load_audio(paths[i], sr) for i in idx]
+        lens = torch.tensor([len(a) for a in audios], dtype=torch.long)
+        batch = torch.zeros(len(audios), int(lens.max()))
+        for j, a in enumerate(audios):
+            batch[j, : len(a)] = torch.from_numpy(a)
+        prompts = [[{"role": "user", "content": f"{context} {AUDIO_TAG}".strip()}] for _ in idx]
+        ids = model.generate(
+            prompts=prompts,
+            audios=batch.to(dev),
+            audio_lens=lens.to(dev),
+            max_new_tokens=max_new_tokens,
+        )
+        for j, i in enumerate(idx):
+            out[i] = _decode(model, ids[j])
+        if progress is not None:
+            progress(len(idx))
+    return [out[i] for i in range(len(paths))]
+
+
+def manifest_paths(rows: Iterable[dict]) -> list[str]:
+    return [r["audio_filepath"] for r in rows]
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

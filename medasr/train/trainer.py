@@ -1,0 +1,214 @@
+"""Stage 4 — fine-tune a SALM with LoRA (LLM frozen; encoder, projection, LoRA trained) under Lightning.
+
+Our equivalent of NeMo's examples/speechlm2/salm_train.py (SALM + SALMDataset + DataModule + Trainer) without
+DDP/NCCL, so the same code runs on 2 CPU cores (tiny) and on one GPU (canary-qwen-2.5b):
+- a checkpoint every `train.ckpt_every_n_steps` and a `last.ckpt`; re-running resumes from `last.ckpt`;
+- W&B logger (online when WANDB_API_KEY is set, offline otherwise) with one stable run id across restarts;
+- `train/DONE` = {"global_step": N, "max_steps": N} only when max_steps is reached (never inferred from exit code).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from medasr.config import Config, to_dict
+from medasr.models.salm import AUDIO_TAG, group_of, load_base, quiet_nemo, split_prompt
+
+console = Console()
+
+
+class FreezePatternError(RuntimeError):
+    pass
+
+
+def apply_freeze(model, freeze_params: list[str]) -> dict:
+    """Freeze exactly as NeMo's configure_optimizers will, then count parameters per group and check the pattern."""
+    from nemo.collections.speechlm2.parts.optim_setup import freeze_and_subset
+
+    model.cfg.freeze_params = list(freeze_params)
+    list(freeze_and_subset(model.named_parameters(), model.cfg.freeze_params, model.cfg.get("prevent_freeze_params")))
+    table: dict[str, dict[str, int]] = {}
+    for name, p in model.named_parameters():
+        g = table.setdefault(group_of(name), {"trainable": 0, "frozen": 0})
+        g["trainable" if p.requires_grad else "frozen"] += p.numel()
+    problems = []
+    if table.get("llm (frozen)", {}).get("trainable", 0):
+        problems.append("LLM base weights are trainable (they must be frozen)")
+    for must in ("lora", "encoder", "projection"):
+        g = table.get(must, {"trainable": 0, "frozen": 0})
+        if g["trainable"] == 0:
+            problems.append(f"no trainable {must} parameters")
+        elif must != "encoder" and g["frozen"]:
+            problems.append(f"{g['frozen']} {must} parameters are frozen")
+    if table.get("other", {}).get("trainable", 0):
+        problems.append("parameters outside the known groups are trainable")
+    if problems:
+        raise FreezePatternError(
+            "freeze pattern is not the intended one (LLM frozen; encoder, projection, LoRA trained): "
+            + "; ".join(problems)
+            + f". Check model.freeze_params ({freeze_params}) and the base's prevent_freeze_params."
+        )
+    return table
+
+
+def print_param_table(table: dict) -> None:
+    t = Table(title="trainable parameters")
+    t.add_column("group")
+    t.add_column("trainable", justify="right")
+    t.add_column("frozen", justify="right")
+    for g, v in table.items():
+        t.add_row(g, f"{v['trainable']:,}", f"{v['frozen']:,}")
+    console.print(t)
+
+
+def data_config(model, cfg: Config, data_dir: Path) -> dict:
+    context = split_prompt(cfg.model.prompt)
+    ted = model.token_equivalent_duration
+
+    def input_cfg(manifest: Path) -> list[dict]:
+        return [
+            {
+                "type": "lhotse_as_conversation",
+                "manifest_filepath": str(manifest.resolve()),
+                "audio_locator_tag": AUDIO_TAG,
+                "tags": {"context": context},
+            }
+        ]
+
+    common = {"sample_rate": model.sampling_rate, "prompt_format": model.cfg.prompt_format, "token_equivalent_duration": ted}
+    return {
+        "train_ds": {
+            **common,
+            "input_cfg": input_cfg(data_dir / "train.json"),
+            "seed": cfg.train.seed,
+            "shuffle": True,
+            "shard_seed": "randomized",
+            "num_workers": cfg.train.num_workers,
+            "batch_size": cfg.train.batch_size,
+        },
+        "validation_ds": {
+            **common,
+            "datasets": {"val": {"input_cfg": input_cfg(data_dir / "val.json")}},
+            "seed": cfg.train.seed,
+            "shard_seed": "randomized",
+            "num_workers": cfg.train.num_workers,
+            "batch_size": cfg.train.batch_size,
+        },
+    }
+
+
+def wandb_logger(cfg: Config, train_dir: Path):
+    from lightning.pytorch.loggers import WandbLogger
+
+    id_file = train_dir / "wandb_id"
+    if not id_file.exists():
+        id_file.write_text(uuid.uuid4().hex[:12])
+    run_id = id_file.read_text().strip()
+    offline = not os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "offline"
+    return WandbLogger(
+        project=cfg.train.wandb_project,
+        name=f"{cfg.name}-{train_dir.parent.name}",
+        id=run_id,
+        resume="allow",
+        save_dir=str(train_dir),
+        offline=offline,
+        config=to_dict(cfg),
+    )
+
+
+def is_done(train_dir: Path, max_steps: int) -> bool:
+    done = train_dir / "DONE"
+    if not done.exists():
+        return False
+    d = json.loads(done.read_text())
+    return d.get("global_step") == max_steps == d.get("max_steps")
+
+
+def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
+    """Train (or resume) into RUN/train; returns the DONE record. Re-running a finished train returns at once."""
+    train_dir = run_dir / "train"
+    ckpt_dir = train_dir / "checkpoints"
+    if is_done(train_dir, cfg.train.max_steps):
+        return json.loads((train_dir / "DONE").read_text()) | {"skipped": True}
+    train_dir.mkdir(parents=True, exist_ok=True)
+    quiet_nemo()
+    torch.set_num_threads(cfg.train.threads)
+    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from nemo.collections.speechlm2 import DataModule, SALMDataset
+
+    seed_everything(cfg.train.seed, workers=True)
+    model = load_base(base)
+    model.cfg.optimizer = {
+        "_target_": "torch.optim.AdamW",
+        "lr": cfg.train.lr,
+        "betas": [0.9, 0.98],
+        "weight_decay": cfg.train.weight_decay,
+    }
+    model.cfg.lr_scheduler = {
+        "_target_": "nemo.core.optim.lr_scheduler.CosineAnnealing",
+        "warmup_steps": cfg.train.warmup_steps,
+        "min_lr": cfg.train.min_lr,
+        "max_steps": cfg.train.max_steps,
+    }
+    table = apply_freeze(model, list(cfg.model.freeze_params))
+    print_param_table(table)
+    (train_dir / "trainable_params.json").write_text(
+        json.dumps({"groups": table, "lora": OmegaConf.to_container(model.cfg.lora) if "lora" in model.cfg else None, "freeze_params": list(cfg.model.freeze_params)}, indent=2)
+    )
+    datamodule = DataModule(OmegaConf.create(data_config(model, cfg, run_dir / "data")), tokenizer=model.tokenizer, dataset=SALMDataset(model.tokenizer))
+    ckpt_cb = ModelCheckpoint(
+        dirpath=str(ckpt_dir),
+        filename="step{step:06d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=cfg.train.ckpt_every_n_steps,
+        every_n_epochs=None,
+        save_last=True,
+        save_top_k=-1,
+    )
+    trainer = Trainer(
+        max_steps=cfg.train.max_steps,
+        accelerator=cfg.train.accelerator,
+        devices=cfg.train.devices,
+        precision=cfg.model.precision,
+        logger=wandb_logger(cfg, train_dir),
+        callbacks=[ckpt_cb, LearningRateMonitor(logging_interval="step")],
+        check_val_every_n_epoch=None,  # finite manifests: an epoch is a few batches (FACTS §7)
+        val_check_interval=cfg.train.val_every_n_steps,
+        limit_val_batches=cfg.train.limit_val_batches,
+        num_sanity_val_steps=0,
+        log_every_n_steps=cfg.train.log_every_n_steps,
+        gradient_clip_val=cfg.train.grad_clip,
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+        default_root_dir=str(train_dir),
+    )
+    metrics_file = train_dir / "val_loss.json"
+    vals = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    last = ckpt_dir / "last.ckpt"
+    if "base" not in vals and not last.exists():
+        # Validation loss of the untouched base, on the same val set, for the before/after check.
+        vals["base"] = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val_loss"])
+        metrics_file.write_text(json.dumps(vals, indent=2))
+    resume_from = str(last) if last.exists() else None
+    if resume_from:
+        console.print(f"[bold]resuming[/] from {last}")
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+    step = int(trainer.global_step)
+    if step < cfg.train.max_steps:
+        raise RuntimeError(f"training stopped at step {step} of {cfg.train.max_steps}; re-run to resume from {last}")
+    vals["final"] = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val_loss"])
+    metrics_file.write_text(json.dumps(vals, indent=2))
+    done = {"global_step": step, "max_steps": cfg.train.max_steps}
+    tmp = train_dir / "DONE.tmp"
+    tmp.write_text(json.dumps(done))
+    tmp.replace(train_dir / "DONE")
+    return done

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One-shot, idempotent setup: system packages + .venv with the pinned Python stack.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+need=()
+for p in espeak-ng sox libsndfile1 ffmpeg; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+if [ ${#need[@]} -gt 0 ]; then
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+PY=${PYTHON:-python3.11}
+[ -x .venv/bin/python ] || $PY -m venv .venv
+stamp=.venv/.medasr-installed
+want=$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
+if [ "$(cat $stamp 2>/dev/null)" != "$want" ]; then
+  .venv/bin/pip install -q --upgrade pip
+  # CPU torch first so NeMo does not pull a CUDA build; on a GPU pod set MEDASR_TORCH_INDEX to a CUDA index.
+  .venv/bin/pip install -q ${MEDASR_TORCH_INDEX:+--index-url $MEDASR_TORCH_INDEX} "torch==2.13.0"
+  .venv/bin/pip install -q -r requirements.txt
+  .venv/bin/pip install -q --no-deps -e .
+  echo "$want" > $stamp
+fi
+echo "setup ok: $(.venv/bin/python -c 'import torch,nemo;print("torch",torch.__version__,"nemo",nemo.__version__)')"
