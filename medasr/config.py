@@ -126,8 +126,8 @@ def available_presets() -> list[str]:
 def load_config(preset: str, overrides: Optional[list[str]] = None) -> Config:
     """Preset name (configs/<name>.yaml) or a YAML path, then `a.b=value` overrides."""
     path = Path(preset)
-    if not path.suffix:
-        path = CONFIG_DIR / f"{preset}.yaml"
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        path = CONFIG_DIR / f"{preset}.yaml"  # preset names may contain dots (canary-qwen-2.5b)
     if not path.exists():
         raise FileNotFoundError(f"no preset {preset!r}: choose one of {', '.join(available_presets())} or pass a .yaml path")
     schema = OmegaConf.structured(Config)

@@ -56,8 +56,10 @@ def _pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
     spec = np.fft.rfft(rng.standard_normal(n))
     f = np.arange(len(spec), dtype=float)
     f[0] = 1.0
-    x = np.fft.irfft(spec / np.sqrt(f), n)
-    return x / (np.std(x) + 1e-12)
+    spec = spec / np.sqrt(f)
+    spec[0] = 0.0  # no DC: noise power must equal its variance for the SNR to be exact
+    x = np.fft.irfft(spec, n)
+    return x / (np.sqrt(np.mean(x**2)) + 1e-12)
 
 
 def add_noise(audio: np.ndarray, snr_db: float | None, rng: np.random.Generator) -> np.ndarray:

@@ -91,6 +91,7 @@ def transcribe_paths(
     batch_size: int = 16,
     max_new_tokens: int = 128,
     progress=None,
+    **generation_kwargs,
 ) -> list[str]:
     """Greedy transcription, batched; audio longer than a batch's shortest is zero-padded (lengths passed to SALM)."""
     context = split_prompt(prompt)
@@ -112,6 +113,7 @@ def transcribe_paths(
             audios=batch.to(dev),
             audio_lens=lens.to(dev),
             max_new_tokens=max_new_tokens,
+            **generation_kwargs,
         )
         for j, i in enumerate(idx):
             out[i] = _decode(model, ids[j])

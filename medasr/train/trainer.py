@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -105,6 +106,35 @@ def data_config(model, cfg: Config, data_dir: Path) -> dict:
     }
 
 
+class AtomicCheckpointIO:
+    """Lightning CheckpointIO that writes to a temp file and renames, so a kill during a save never leaves a
+    truncated checkpoint under a name that resume would pick up."""
+
+    def __new__(cls):
+        from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+        class _Atomic(TorchCheckpointIO):
+            def save_checkpoint(self, checkpoint, path, storage_options=None):
+                path = Path(path)
+                tmp = path.with_name(path.name + ".partial")
+                super().save_checkpoint(checkpoint, tmp, storage_options)
+                os.replace(tmp, path)
+
+        return _Atomic()
+
+
+def resume_log_callback(train_dir: Path, resumed_from: str | None):
+    """Appends one line per launch to train/resume_log.jsonl: the global step training (re)starts from."""
+    from lightning.pytorch.callbacks import Callback
+
+    class _ResumeLog(Callback):
+        def on_train_start(self, trainer, pl_module):
+            with open(train_dir / "resume_log.jsonl", "a") as f:
+                f.write(json.dumps({"start_step": int(trainer.global_step), "resumed_from": resumed_from, "pid": os.getpid()}) + "\n")
+
+    return _ResumeLog()
+
+
 def wandb_logger(cfg: Config, train_dir: Path):
     from lightning.pytorch.loggers import WandbLogger
 
@@ -174,13 +204,19 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
         save_last=True,
         save_top_k=-1,
     )
+    for stale in ckpt_dir.glob("*.partial"):  # left by a kill during a save
+        stale.unlink()
+    last = ckpt_dir / "last.ckpt"
+    resume_from = str(last) if last.exists() else None
     trainer = Trainer(
         max_steps=cfg.train.max_steps,
         accelerator=cfg.train.accelerator,
         devices=cfg.train.devices,
         precision=cfg.model.precision,
         logger=wandb_logger(cfg, train_dir),
-        callbacks=[ckpt_cb, LearningRateMonitor(logging_interval="step")],
+        callbacks=[ckpt_cb, LearningRateMonitor(logging_interval="step"), resume_log_callback(train_dir, resume_from)],
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=sys.stderr.isatty(),
         check_val_every_n_epoch=None,  # finite manifests: an epoch is a few batches (FACTS §7)
         val_check_interval=cfg.train.val_every_n_steps,
         limit_val_batches=cfg.train.limit_val_batches,
@@ -193,12 +229,10 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
     )
     metrics_file = train_dir / "val_loss.json"
     vals = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-    last = ckpt_dir / "last.ckpt"
     if "base" not in vals and not last.exists():
         # Validation loss of the untouched base, on the same val set, for the before/after check.
         vals["base"] = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val_loss"])
         metrics_file.write_text(json.dumps(vals, indent=2))
-    resume_from = str(last) if last.exists() else None
     if resume_from:
         console.print(f"[bold]resuming[/] from {last}")
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
@@ -207,6 +241,9 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
         raise RuntimeError(f"training stopped at step {step} of {cfg.train.max_steps}; re-run to resume from {last}")
     vals["final"] = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val_loss"])
     metrics_file.write_text(json.dumps(vals, indent=2))
+    import wandb
+
+    wandb.finish()  # close the run so a later launch (resume, next cycle) can continue the same id
     done = {"global_step": step, "max_steps": cfg.train.max_steps}
     tmp = train_dir / "DONE.tmp"
     tmp.write_text(json.dumps(done))

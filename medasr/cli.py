@@ -1,0 +1,186 @@
+"""`medasr` command line: one subcommand per flywheel stage, plus `flywheel` that chains them."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+# A fresh medasr process must not attach to a parent's wandb-core service (inherited WANDB_SERVICE): after a crash
+# that service still holds the killed run's id, and the relaunch would fail with "run ID is in use".
+os.environ.pop("WANDB_SERVICE", None)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+
+PresetOpt = typer.Option("tiny", "--preset", "-p", help="configs/<preset>.yaml or a YAML path")
+RunDirOpt = typer.Option(None, "--run-dir", "-d", help="run directory (default runs/<preset>)")
+SetOpt = typer.Option(None, "--set", "-s", help="config override, e.g. --set train.max_steps=50 (repeatable)")
+
+
+def _cfg(preset: str, overrides: Optional[List[str]]):
+    from medasr.config import load_config
+
+    try:
+        return load_config(preset, overrides or [])
+    except Exception as e:  # unknown preset / key / type: say which and stop
+        console.print(f"[red]config error:[/] {e}")
+        raise typer.Exit(2)
+
+
+def _run_dir(cfg, run_dir: Optional[Path]) -> Path:
+    return run_dir or Path("runs") / cfg.name
+
+
+@app.command()
+def presets():
+    """List the available presets."""
+    from medasr.config import available_presets, load_config
+
+    for p in available_presets():
+        console.print(f"[bold]{p}[/]: {load_config(p).description}")
+
+
+@app.command()
+def flywheel(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt,
+             force: bool = typer.Option(False, help="train even when the gate says it is not warranted")):
+    """Run every stage: build → eval → gate → train → export → re-eval → compare. Re-running resumes."""
+    from medasr.flywheel import run_flywheel
+
+    cfg = _cfg(preset, set_)
+    run_flywheel(cfg, _run_dir(cfg, run_dir), force_train=force)
+
+
+@app.command()
+def build(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt,
+          force: bool = typer.Option(False, help="rebuild even if a valid build exists")):
+    """Build the data: NeMo manifests train/val/test.json (+ audio) under RUN/data/."""
+    from medasr.data.build import build as do_build
+
+    cfg = _cfg(preset, set_)
+    rep = do_build(cfg, _run_dir(cfg, run_dir), force=force)
+    console.print_json(json.dumps(rep["splits"]))
+
+
+@app.command("eval")
+def eval_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt,
+          adapter: Optional[Path] = typer.Option(None, help="evaluate base + this adapter instead of the base"),
+          cycle: int = typer.Option(0, help="cycle number: results go to RUN/eval/cycle<N>/"),
+          manifest: Optional[Path] = typer.Option(None, help="manifest to evaluate (default RUN/data/test.json)")):
+    """Transcribe a manifest and score it (WER, CER, KER by category, seen vs unseen terms)."""
+    from medasr.evaluate.stage import evaluate
+    from medasr.flywheel import resolve_base
+    from medasr.models.salm import load_base
+    from medasr.train.export import load_adapted
+
+    cfg = _cfg(preset, set_)
+    rd = _run_dir(cfg, run_dir)
+    loader = (lambda: load_adapted(adapter)[0]) if adapter else (lambda: load_base(resolve_base(cfg, rd)))
+    m = evaluate(cfg, manifest or rd / "data" / "test.json", rd / "eval" / f"cycle{cycle}", loader, f"Cycle {cycle}")
+    console.print((rd / "eval" / f"cycle{cycle}" / "report.md").read_text())
+    return m
+
+
+@app.command()
+def gate(eval_dir: Path = typer.Argument(..., help="directory holding metrics.json"),
+         priority: List[str] = typer.Option(["drug"], help="priority entity categories (repeatable)"),
+         threshold: float = typer.Option(0.3), min_rows: int = typer.Option(100), min_per_priority: int = typer.Option(5)):
+    """Decide whether fine-tuning is warranted. Exit 0 = fine-tune, 1 = not warranted, 2 = bad input."""
+    from medasr.config import GateConfig
+    from medasr.evaluate.gate import decide
+
+    m = eval_dir / "metrics.json"
+    if not m.exists():
+        console.print(f"[red]{m} not found[/]: run `medasr eval` first")
+        raise typer.Exit(2)
+    g = decide(json.loads(m.read_text()), GateConfig(list(priority), threshold, min_rows, min_per_priority))
+    console.print(g.reason)
+    raise typer.Exit(0 if g.train else 1)
+
+
+@app.command("train")
+def train_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt):
+    """LoRA fine-tune (resumes from RUN/train/checkpoints/last.ckpt when present)."""
+    from medasr.flywheel import resolve_base
+    from medasr.train.trainer import train
+
+    cfg = _cfg(preset, set_)
+    rd = _run_dir(cfg, run_dir)
+    console.print(train(cfg, rd, resolve_base(cfg, rd)))
+
+
+@app.command()
+def export(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt,
+           ckpt: Optional[Path] = typer.Option(None, help="checkpoint to export (default last.ckpt)")):
+    """Write RUN/canary-qwen-medical-lora/ (LoRA + trained encoder/projection, config)."""
+    from medasr.flywheel import resolve_base
+    from medasr.train.export import export_adapter
+
+    cfg = _cfg(preset, set_)
+    rd = _run_dir(cfg, run_dir)
+    console.print(export_adapter(cfg, rd, resolve_base(cfg, rd), ckpt))
+
+
+@app.command()
+def transcribe(files: List[Path] = typer.Argument(..., help="audio files"),
+               adapter: Optional[Path] = typer.Option(None, help="a medasr adapter folder (base + adapter)"),
+               base: Optional[str] = typer.Option(None, help="a base SALM (Hub id or local dir) without adapter"),
+               prompt: Optional[str] = typer.Option(None, help="default: the adapter's training prompt"),
+               batch_size: int = 16, max_new_tokens: int = 256):
+    """Transcribe audio files; prints JSON lines {audio_filepath, pred_text}."""
+    from medasr.models.salm import load_base, transcribe_paths
+    from medasr.train.export import load_adapted
+
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        console.print(f"[red]audio not found:[/] {', '.join(missing)}")
+        raise typer.Exit(2)
+    if bool(adapter) == bool(base):
+        console.print("[red]give exactly one of --adapter or --base[/]")
+        raise typer.Exit(2)
+    if adapter:
+        model, meta = load_adapted(adapter)
+        prompt = prompt or meta["prompt"]
+    else:
+        model = load_base(base)
+        prompt = prompt or "Transcribe the following: <|audioplaceholder|>"
+    hyps = transcribe_paths(model, [str(f) for f in files], prompt, batch_size, max_new_tokens)
+    for f, h in zip(files, hyps):
+        sys.stdout.write(json.dumps({"audio_filepath": str(f), "pred_text": h}) + "\n")
+
+
+@app.command()
+def score(manifest: Path, out: Path = typer.Option(..., "--out"),
+          normalizer: str = typer.Option("whisper", help="whisper | basic | none")):
+    """Score a manifest that holds `text` and `pred_text` (and optionally `term`, `entity_category`)."""
+    from medasr.config import Config
+    from medasr.data.manifest import read_manifest
+    from medasr.evaluate.stage import score_manifest
+
+    cfg = Config()
+    cfg.eval.normalizer = normalizer
+    m = score_manifest(read_manifest(manifest, required=("text", "pred_text")), out, cfg, f"Scores for {manifest.name}")
+    console.print((out / "report.md").read_text())
+    return m
+
+
+@app.command()
+def compare(before_dir: Path, after_dir: Path, out: Path = typer.Option(..., "--out"),
+            priority: List[str] = typer.Option(["drug"]), preset: str = PresetOpt):
+    """Paired bootstrap before vs after on the same rows, and the decision (keep / grow_data / overfit / no_change)."""
+    from medasr.flywheel import run_compare
+
+    cfg = _cfg(preset, None)
+    cfg.gate.priority = list(priority)
+    c = run_compare(cfg, before_dir, after_dir, out)
+    console.print((out / "compare.md").read_text())
+    return c
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,57 @@
+"""Human-readable reports, written only from the JSON that the stages saved (never recomputed)."""
+
+from __future__ import annotations
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci(ci) -> str:
+    return "" if not ci else f" (95% CI {100 * ci[0]:.1f}–{100 * ci[1]:.1f})"
+
+
+def metrics_markdown(m: dict, title: str) -> str:
+    lines = [
+        f"# {title}",
+        "",
+        f"Rows: {m['n_rows']} · normaliser: `{m['normalizer']}`",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| WER (corpus) | {_pct(m['wer'])}{_ci(m['ci95'].get('wer'))} |",
+        f"| CER | {_pct(m['cer'])} |",
+        f"| KER (all term rows) | {_pct(m['ker'])}{_ci(m['ci95'].get('ker'))} |",
+        f"| KER, terms seen in training ({m['n_seen']} rows) | {_pct(m['ker_seen'])} |",
+        f"| KER, held-out terms ({m['n_unseen']} rows) | {_pct(m['ker_unseen'])} |",
+        "",
+        "## KER by entity category",
+        "",
+        "| category | KER | rows |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {c} | {_pct(v['ker'])} | {v['n']} |" for c, v in m["ker_by_category"].items()]
+    worst = [(t, v) for t, v in m["per_term"].items() if v["ker"] > 0][:15]
+    if worst:
+        lines += ["", "## Most-missed terms", "", "| term | category | KER | rows |", "|---|---|---|---|"]
+        lines += [f"| {t} | {v['entity_category']} | {_pct(v['ker'])} | {v['n']} |" for t, v in worst]
+    return "\n".join(lines) + "\n"
+
+
+def compare_markdown(c: dict) -> str:
+    lines = [
+        "# Before vs after",
+        "",
+        f"**Decision: {c['decision']}** — {c['reason']}",
+        "",
+        f"Paired bootstrap over {c['n_rows']} shared rows ({c['n_boot']} resamples, seed {c['seed']}).",
+        "",
+        "| metric | before | after | Δ (after − before) | 95% CI | p |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, d in c["deltas"].items():
+        ci = d["ci95"]
+        ci_s = "n/a" if ci is None else f"{100 * ci[0]:+.1f} … {100 * ci[1]:+.1f} pt"
+        p = "n/a" if d["p_value"] is None else f"{d['p_value']:.3f}"
+        lines.append(f"| {name} | {_pct(d['before'])} | {_pct(d['after'])} | {100 * d['delta']:+.1f} pt | {ci_s} | {p} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,51 @@
+"""Stage 2 / 5 — evaluate a model on the test manifest: hyps.json, metrics.json, report.md under RUN/eval/cycleN/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from rich.progress import Progress
+
+from medasr.config import Config
+from medasr.data.manifest import read_manifest, write_manifest
+from medasr.evaluate.metrics import compute_metrics
+from medasr.evaluate.report import metrics_markdown
+from medasr.models.salm import transcribe_paths
+
+
+def eval_is_done(out_dir: Path, n_rows: int) -> bool:
+    m = out_dir / "metrics.json"
+    return m.exists() and (out_dir / "hyps.json").exists() and json.loads(m.read_text()).get("n_rows") == n_rows
+
+
+def score_manifest(rows: list[dict], out_dir: Path, cfg: Config, title: str) -> dict:
+    metrics = compute_metrics(rows, normalizer=cfg.eval.normalizer, n_boot=cfg.eval.n_boot)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out_dir / "report.md").write_text(metrics_markdown(metrics, title))
+    return metrics
+
+
+def evaluate(cfg: Config, manifest: Path, out_dir: Path, load_model, title: str) -> dict:
+    """`load_model` is called only when work is needed, so a finished evaluation costs no model load."""
+    rows = read_manifest(manifest)
+    if eval_is_done(out_dir, len(rows)):
+        return json.loads((out_dir / "metrics.json").read_text()) | {"skipped": True}
+    torch.set_num_threads(cfg.train.threads)
+    model = load_model()
+    with Progress() as progress:
+        task = progress.add_task(f"transcribing {manifest.name}", total=len(rows))
+        hyps = transcribe_paths(
+            model,
+            [r["audio_filepath"] for r in rows],
+            cfg.model.prompt,
+            batch_size=cfg.eval.batch_size,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            progress=lambda n: progress.advance(task, n),
+        )
+    scored = [r | {"pred_text": h} for r, h in zip(rows, hyps)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest(out_dir / "hyps.json", scored)
+    return score_manifest(scored, out_dir, cfg, title)

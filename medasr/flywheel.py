@@ -1,0 +1,110 @@
+"""The clinical ASR flywheel: build → eval (cycle 0) → gate → train → export → eval (cycle 1) → compare → model card.
+
+Every stage skips itself when its outputs exist and are valid, so re-running the same command resumes an
+interrupted run, and re-running a finished run only re-reads JSON.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from medasr.config import Config, save_config
+from medasr.data.build import build
+from medasr.evaluate.compare import compare_rows
+from medasr.evaluate.gate import decide
+from medasr.evaluate.report import compare_markdown
+from medasr.evaluate.stage import evaluate
+from medasr.data.manifest import read_manifest
+from medasr.models.salm import load_base
+from medasr.train.export import EXPORT_NAME, export_adapter, load_adapted, read_meta, write_model_card
+from medasr.train.trainer import is_done, train
+
+console = Console()
+
+
+def resolve_base(cfg: Config, run_dir: Path) -> str:
+    """The base model to fine-tune: the Hub id / local dir from the preset, or the tiny model built into the run."""
+    if cfg.model.base == "tiny":
+        from medasr.models.tiny import build_tiny_base
+
+        return str(build_tiny_base(cfg, run_dir / "model", seed=cfg.train.seed))
+    return cfg.model.base
+
+
+def run_compare(cfg: Config, before_dir: Path, after_dir: Path, out_dir: Path) -> dict:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    c = compare_rows(
+        read_manifest(before_dir / "hyps.json"),
+        read_manifest(after_dir / "hyps.json"),
+        priority=list(cfg.gate.priority),
+        normalizer=cfg.eval.normalizer,
+        n_boot=cfg.eval.n_boot,
+    )
+    (out_dir / "compare.json").write_text(json.dumps(c, indent=2))
+    (out_dir / "compare.md").write_text(compare_markdown(c))
+    return c
+
+
+def _export_current(run_dir: Path, step: int) -> bool:
+    try:
+        return read_meta(run_dir / EXPORT_NAME)["global_step"] == step
+    except Exception:
+        return False
+
+
+def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    timings: dict[str, float] = {}
+
+    def stage(name: str, fn):
+        console.rule(f"[bold]{name}")
+        t = time.time()
+        out = fn()
+        timings[name] = round(time.time() - t, 1)
+        return out
+
+    report = stage("build", lambda: build(cfg, run_dir))
+    base = stage("base model", lambda: resolve_base(cfg, run_dir))
+    test = run_dir / "data" / "test.json"
+    before = stage("eval cycle0 (base)", lambda: evaluate(cfg, test, run_dir / "eval" / "cycle0", lambda: load_base(base), "Cycle 0 — base model"))
+    gate = decide(before, cfg.gate)
+    (run_dir / "eval" / "gate.json").write_text(json.dumps(gate.to_dict() | {"forced": force_train and not gate.train}, indent=2))
+    console.print(f"gate: {gate.reason}")
+    summary = {"preset": cfg.name, "run_dir": str(run_dir), "gate": gate.to_dict(), "base_model": base}
+    if not gate.train and not force_train:
+        summary["status"] = f"stopped at gate ({gate.route}); use --force to train anyway"
+    else:
+        if not gate.train:
+            console.print("[yellow]gate says no; training anyway because --force was given (logged in gate.json)")
+        done = stage("train", lambda: train(cfg, run_dir, base))
+        if not _export_current(run_dir, done["global_step"]):
+            stage("export", lambda: export_adapter(cfg, run_dir, base))
+        adapter = run_dir / EXPORT_NAME
+        after = stage(
+            "eval cycle1 (fine-tuned)",
+            lambda: evaluate(cfg, test, run_dir / "eval" / "cycle1", lambda: load_adapted(adapter)[0], "Cycle 1 — fine-tuned"),
+        )
+        cmp = stage("compare", lambda: run_compare(cfg, run_dir / "eval" / "cycle0", run_dir / "eval" / "cycle1", run_dir / "eval" / "compare"))
+        write_model_card(adapter, read_meta(adapter), report, before, after, cmp, dt.date.today().isoformat())
+        val = json.loads((run_dir / "train" / "val_loss.json").read_text())
+        summary |= {
+            "status": "done",
+            "decision": cmp["decision"],
+            "reason": cmp["reason"],
+            "val_loss": val,
+            "before": {k: before[k] for k in ("wer", "cer", "ker", "ker_seen", "ker_unseen")},
+            "after": {k: after[k] for k in ("wer", "cer", "ker", "ker_seen", "ker_unseen")},
+            "adapter": str(adapter),
+            "train_done": is_done(run_dir / "train", cfg.train.max_steps),
+        }
+    summary["timings_s"] = timings
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    console.rule("[bold]summary")
+    console.print_json(json.dumps({k: v for k, v in summary.items() if k != "gate"}))
+    return summary

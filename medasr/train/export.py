@@ -1,0 +1,168 @@
+"""Stage 6 — export `canary-qwen-medical-lora/`: what fine-tuning changed, and nothing the base already has.
+
+Layout:
+  adapter.safetensors   LoRA matrices + trained perception (encoder, projection) weights and buffers, SALM key names
+  lora/                 the same LoRA in Hugging Face PEFT format (adapter_config.json + adapter_model.safetensors)
+  medasr_adapter.json   base model (Hub id or path relative to this folder), prompt, LoRA config, step, keys
+  README.md             model card (written after the fine-tuned model has been evaluated)
+Reload = `SALM.from_pretrained(base)` + these tensors (`load_adapted`); every key must land with the right shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
+
+from medasr import __version__
+from medasr.config import Config
+from medasr.models.salm import load_base
+from medasr.train.trainer import apply_freeze
+
+EXPORT_NAME = "canary-qwen-medical-lora"
+FORMAT = "medasr-salm-adapter/1"
+
+
+class AdapterError(RuntimeError):
+    pass
+
+
+def export_keys(model) -> list[str]:
+    """Trainable parameters plus the perception module's buffers (BatchNorm running stats change while training)."""
+    keys = [n for n, p in model.named_parameters() if p.requires_grad]
+    keys += [n for n, _ in model.named_buffers() if n.startswith("perception.") and not n.startswith("perception.preprocessor.")]
+    persistent = set(model.state_dict())  # non-persistent buffers (e.g. positional tables) are rebuilt, not saved
+    return sorted(k for k in set(keys) if k in persistent)
+
+
+def _base_ref(base: str | Path, out_dir: Path) -> str:
+    p = Path(base)
+    return os.path.relpath(p.resolve(), out_dir.resolve()) if p.exists() else str(base)
+
+
+def export_adapter(cfg: Config, run_dir: Path, base: str | Path, ckpt: Path | None = None) -> Path:
+    out = run_dir / EXPORT_NAME
+    ckpt = ckpt or run_dir / "train" / "checkpoints" / "last.ckpt"
+    if not ckpt.exists():
+        raise AdapterError(f"no checkpoint at {ckpt}: run `medasr train` first")
+    model = load_base(base)
+    apply_freeze(model, list(cfg.model.freeze_params))
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["state_dict"], strict=True)
+    keys = export_keys(model)
+    sd = model.state_dict()
+    tensors = {k: sd[k].detach().contiguous().cpu() for k in keys}
+    tmp = run_dir / (EXPORT_NAME + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / "adapter.safetensors"))
+    # PEFT format too, for tools that speak it. target_modules must be a plain list (OmegaConf ListConfig breaks it).
+    lora_cfg = model.llm.peft_config["default"]
+    lora_cfg.target_modules = sorted(lora_cfg.target_modules)
+    model.llm.save_pretrained(str(tmp / "lora"))
+    meta = {
+        "format": FORMAT,
+        "medasr_version": __version__,
+        "base_model": _base_ref(base, out),
+        "prompt": cfg.model.prompt,
+        "prompt_format": model.cfg.prompt_format,
+        "lora": OmegaConf.to_container(model.cfg.lora) if "lora" in model.cfg else None,
+        "freeze_params": list(cfg.model.freeze_params),
+        "global_step": int(state.get("global_step", -1)),
+        "checkpoint": ckpt.name,
+        "num_tensors": len(tensors),
+        "num_parameters": int(sum(t.numel() for t in tensors.values())),
+        "preset": cfg.name,
+    }
+    (tmp / "medasr_adapter.json").write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    return out
+
+
+def read_meta(adapter_dir: Path) -> dict:
+    p = Path(adapter_dir) / "medasr_adapter.json"
+    if not p.exists():
+        raise AdapterError(f"{adapter_dir}: not a medasr adapter (no medasr_adapter.json); export one with `medasr export`")
+    meta = json.loads(p.read_text())
+    if meta.get("format") != FORMAT:
+        raise AdapterError(f"{p}: unsupported format {meta.get('format')!r} (expected {FORMAT})")
+    return meta
+
+
+def resolve_base(adapter_dir: Path, meta: dict) -> str:
+    ref = meta["base_model"]
+    local = (Path(adapter_dir) / ref).resolve()
+    return str(local) if local.exists() else ref
+
+
+def load_adapted(adapter_dir: str | Path, map_location: str = "cpu"):
+    """Base + adapter. Refuses an adapter whose tensors do not all land in the model with the right shape."""
+    adapter_dir = Path(adapter_dir)
+    meta = read_meta(adapter_dir)
+    model = load_base(resolve_base(adapter_dir, meta), map_location=map_location)
+    tensors = load_file(str(adapter_dir / "adapter.safetensors"))
+    sd = model.state_dict()
+    unknown = [k for k in tensors if k not in sd]
+    bad = [f"{k}: {tuple(v.shape)} vs {tuple(sd[k].shape)}" for k, v in tensors.items() if k in sd and v.shape != sd[k].shape]
+    if unknown or bad:
+        raise AdapterError(
+            f"{adapter_dir}: adapter does not fit the base {meta['base_model']!r}: "
+            f"{len(unknown)} unknown keys {unknown[:5]}, {len(bad)} shape mismatches {bad[:5]}"
+        )
+    model.load_state_dict(tensors, strict=False)
+    return model, meta
+
+
+def write_model_card(out: Path, meta: dict, build_report: dict, before: dict, after: dict, compare: dict, date: str) -> None:
+    def pct(x):
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+
+    rows = [
+        ("WER (corpus)", before["wer"], after["wer"]),
+        ("CER", before["cer"], after["cer"]),
+        ("KER, all term rows", before["ker"], after["ker"]),
+        ("KER, terms seen in training", before["ker_seen"], after["ker_seen"]),
+        ("KER, held-out terms", before["ker_unseen"], after["ker_unseen"]),
+    ]
+    tiny = meta.get("preset", "").startswith("tiny")
+    text = f"""# {EXPORT_NAME}
+
+A medasr LoRA adapter for a NeMo speechlm2 SALM (Canary-Qwen layout): LoRA on the LLM's attention projections plus the
+fine-tuned speech encoder and projection. The LLM itself is frozen and **not** included.
+
+- Base model: `{meta['base_model']}`
+- Preset: `{meta['preset']}`{' — random-init tiny model: this adapter proves the pipeline, not accuracy' if tiny else ''}
+- Trained steps: {meta['global_step']} · tensors: {meta['num_tensors']} · parameters: {meta['num_parameters']:,}
+- LoRA: `{json.dumps(meta['lora'])}`
+- Prompt (train and inference): `{meta['prompt']}` (prompt format `{meta['prompt_format']}`)
+- Exported: {date} by medasr {meta['medasr_version']}
+
+## Training data
+Source `{build_report.get('source')}`: {build_report['splits']['train']['rows']} training rows
+({build_report['splits']['train']['terms']} terms), {build_report['splits']['val']['rows']} validation rows.
+The test set holds terms never seen in training and seen terms spoken by a voice not used in training.
+
+## Results on the test set ({after['n_rows']} rows, normaliser `{after['normalizer']}`)
+
+| metric | base | fine-tuned |
+|---|---|---|
+""" + "\n".join(f"| {n} | {pct(b)} | {pct(a)} |" for n, b, a in rows) + f"""
+
+Decision: **{compare['decision']}** — {compare['reason']}
+
+## Use
+```bash
+medasr transcribe --adapter {EXPORT_NAME}/ recording.wav
+```
+```python
+from medasr.train.export import load_adapted
+model, meta = load_adapted("{EXPORT_NAME}")
+```
+"""
+    (out / "README.md").write_text(text)

@@ -1,0 +1,33 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+# Tests never talk to W&B cloud: offline mode, and no key from the developer's environment.
+os.environ["WANDB_MODE"] = "offline"
+os.environ.pop("WANDB_API_KEY", None)
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The README's main job: the whole flywheel on the tiny preset, run once for the session."""
+    from medasr.config import load_config
+    from medasr.flywheel import run_flywheel
+
+    run_dir = tmp_path_factory.mktemp("tiny") / "run"
+    cfg = load_config("tiny")
+    summary = run_flywheel(cfg, run_dir)
+    return cfg, run_dir, summary
+
+
+@pytest.fixture
+def tiny_data_and_base(tiny_run, tmp_path):
+    """A fresh run dir sharing the session's data and base model (nothing trained yet)."""
+    _, run_dir, _ = tiny_run
+    fresh = tmp_path / "run"
+    fresh.mkdir()
+    shutil.copytree(run_dir / "data", fresh / "data")
+    shutil.copytree(run_dir / "model", fresh / "model")
+    return fresh

@@ -1,0 +1,102 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from medasr.config import load_config
+from medasr.data.lexicon import CATEGORIES, Lexicon, Term, core_lexicon
+from medasr.data.manifest import ManifestError, read_manifest, write_manifest
+from medasr.data.synth import add_noise, plan_corpus
+
+
+def test_manifest_round_trip(tmp_path):
+    rows = [
+        {"audio_filepath": "/a.wav", "duration": 1.5, "text": "Start metformin — 500 mg", "term": "metformin", "entity_category": "drug"},
+        {"audio_filepath": "/b.wav", "duration": 2.0, "text": "naïve café", "extra": [1, 2]},
+    ]
+    p = tmp_path / "m.json"
+    assert write_manifest(p, rows) == 2
+    assert read_manifest(p) == rows
+
+
+def test_manifest_errors_name_the_line(tmp_path):
+    with pytest.raises(ManifestError, match="use the .json suffix"):
+        write_manifest(tmp_path / "m.jsonl", [])
+    p = tmp_path / "bad.json"
+    p.write_text('{"audio_filepath": "a", "duration": 1, "text": "x"}\n{"audio_filepath": "b", "text": "y"}\n')
+    with pytest.raises(ManifestError, match=r"bad.json:2: missing field\(s\) duration"):
+        read_manifest(p)
+    p.write_text('{"audio_filepath": "a", "duration": 1, "text": "x"}\nnot json\n')
+    with pytest.raises(ManifestError, match="bad.json:2: malformed JSON"):
+        read_manifest(p)
+
+
+def test_core_lexicon_size_and_categories():
+    lex = core_lexicon()
+    assert len(lex) >= 150
+    by = lex.by_category()
+    assert set(by) == set(CATEGORIES) and all(len(v) >= 25 for v in by.values())
+
+
+def test_lexicon_lookup_multiword_and_hyphen():
+    lex = core_lexicon()
+    assert lex.get("Piperacillin Tazobactam").term == "piperacillin-tazobactam"
+    assert lex.get("D Dimer").entity_category == "lab"
+    found = [(m.term.term, m.term.entity_category) for m in lex.tag("Hx of Type Two Diabetes; on insulin glargine and D-dimer pending.")]
+    assert found == [("type two diabetes", "condition"), ("insulin glargine", "drug"), ("d-dimer", "lab")]
+
+
+def test_lexicon_longest_match_first():
+    lex = Lexicon([Term("heart", "anatomy"), Term("heart failure", "condition")])
+    assert [m.term.term for m in lex.tag("acute heart failure and a big heart")] == ["heart failure", "heart"]
+    with pytest.raises(ValueError, match="unknown category"):
+        Lexicon([Term("x", "gadget")])
+
+
+def _plan(seed):
+    s = load_config("tiny").data.synth
+    return plan_corpus(
+        core_lexicon(), seed=seed, train_voices=list(s.train_voices), test_voices=list(s.test_voices),
+        unseen_fraction=0.2, train_per_term=3, val_per_term=1, test_per_term=1, unseen_test_per_term=2,
+        rates=(140, 190), noise_levels=["clean", "snr15", "snr5"],
+    )
+
+
+def test_plan_is_deterministic_and_split_is_honest():
+    a, b = _plan(7), _plan(7)
+    assert [(u.text, u.voice_id, u.noise_level) for u in a] == [(u.text, u.voice_id, u.noise_level) for u in b]
+    assert [u.text for u in _plan(8)] != [u.text for u in a]
+    train_terms = {u.term.term for u in a if u.split == "train"}
+    unseen = {u.term.term for u in a if u.split == "test" and not u.term_seen}
+    assert unseen and not unseen & train_terms  # held-out terms never reach training
+    train_voices = {u.voice_id for u in a if u.split == "train"}
+    seen_test_voices = {u.voice_id for u in a if u.split == "test" and u.term_seen}
+    assert seen_test_voices and not seen_test_voices & train_voices  # seen terms tested on a new voice
+    for u in a:  # every sentence really contains its term
+        assert u.term.term.lower() in u.text.lower()
+
+
+def test_noise_hits_the_requested_snr():
+    rng = np.random.default_rng(0)
+    clean = np.sin(np.linspace(0, 2000, 16000)).astype(np.float32) * 0.3
+    noisy = add_noise(clean, 5.0, np.random.default_rng(1))
+    snr = 10 * np.log10(np.mean(clean**2) / np.mean((noisy - clean) ** 2))
+    assert snr == pytest.approx(5.0, abs=0.2)
+    assert add_noise(clean, None, rng) is clean
+
+
+def test_built_corpus(tiny_run):
+    cfg, run_dir, _ = tiny_run
+    rep = json.loads((run_dir / "data" / "build_report.json").read_text())
+    train = read_manifest(run_dir / "data" / "train.json")
+    test = read_manifest(run_dir / "data" / "test.json")
+    assert rep["splits"]["train"]["rows"] == len(train) > 300
+    for r in train[:20] + test[:20]:
+        info = sf.info(r["audio_filepath"])
+        assert info.samplerate == 16000 and info.channels == 1
+        assert r["duration"] == pytest.approx(info.frames / 16000, abs=1e-3)
+        assert {"term", "entity_category", "voice_id", "noise_level", "context_type"} <= r.keys()
+    assert any(not r["term_seen"] for r in test) and any(r["term_seen"] for r in test)
+    train_terms = {r["term"] for r in train}
+    assert all(r["term_seen"] == (r["term"] in train_terms) for r in test)

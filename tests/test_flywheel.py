@@ -1,0 +1,138 @@
+"""End-to-end on the tiny preset: the flywheel, export → reload, freeze pattern, resume after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from medasr.config import load_config
+from medasr.data.manifest import read_manifest
+from medasr.flywheel import run_flywheel
+from medasr.models.salm import load_base, transcribe_paths
+from medasr.train.export import AdapterError, export_keys, load_adapted
+from medasr.train.trainer import FreezePatternError, apply_freeze
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_flywheel_outputs_and_learning(tiny_run):
+    cfg, run_dir, summary = tiny_run
+    assert summary["status"] == "done"
+    for f in ["data/train.json", "data/val.json", "data/test.json", "eval/cycle0/hyps.json", "eval/cycle0/metrics.json",
+              "eval/cycle0/report.md", "eval/cycle1/metrics.json", "eval/compare/compare.json", "train/DONE",
+              "canary-qwen-medical-lora/adapter.safetensors", "canary-qwen-medical-lora/README.md",
+              "canary-qwen-medical-lora/lora/adapter_config.json", "summary.json"]:
+        assert (run_dir / f).exists(), f
+    assert json.loads((run_dir / "train/DONE").read_text()) == {"global_step": cfg.train.max_steps, "max_steps": cfg.train.max_steps}
+    val = json.loads((run_dir / "train/val_loss.json").read_text())
+    assert val["final"] < val["base"] - 0.05, val  # the fine-tuned tiny model fits the validation set better
+    m = json.loads((run_dir / "eval/cycle0/metrics.json").read_text())
+    assert {"wer", "cer", "ker", "ker_by_category", "ker_seen", "ker_unseen"} <= m.keys()
+    assert m["n_rows"] == len(read_manifest(run_dir / "data/test.json"))
+    assert set(m["ker_by_category"]) == {"anatomy", "condition", "drug", "lab", "procedure"}
+    gate = json.loads((run_dir / "eval/gate.json").read_text())
+    assert gate["train"] is True and gate["route"] == "fine_tune"  # random-init base misses every term
+    card = (run_dir / "canary-qwen-medical-lora/README.md").read_text()
+    assert "proves the pipeline, not accuracy" in card and "KER, held-out terms" in card
+
+
+def test_rerun_is_resume(tiny_run):
+    cfg, run_dir, _ = tiny_run
+    before = (run_dir / "eval/cycle1/metrics.json").stat().st_mtime
+    t = time.time()
+    summary = run_flywheel(cfg, run_dir)
+    assert time.time() - t < 120
+    assert summary["status"] == "done"
+    assert (run_dir / "eval/cycle1/metrics.json").stat().st_mtime == before  # nothing recomputed
+    assert "train" in summary["timings_s"] and summary["timings_s"]["train"] < 5
+
+
+def test_trainable_groups_match_freeze_pattern(tiny_run):
+    cfg, run_dir, _ = tiny_run
+    table = json.loads((run_dir / "train/trainable_params.json").read_text())["groups"]
+    assert table["llm (frozen)"]["trainable"] == 0 and table["llm (frozen)"]["frozen"] > 0
+    assert table["lora"]["trainable"] > 0 and table["lora"]["frozen"] == 0
+    assert table["encoder"]["trainable"] > 0 and table["projection"]["trainable"] > 0
+    # LoRA r=8 on q_proj and v_proj of 2 layers: A (r x in) + B (out x r) per module
+    t = cfg.model.tiny
+    q = t.lora_r * t.hidden_size + t.num_heads * t.head_dim * t.lora_r
+    v = t.lora_r * t.hidden_size + t.num_kv_heads * t.head_dim * t.lora_r
+    assert table["lora"]["trainable"] == t.num_layers * (q + v)
+
+
+def test_wrong_freeze_pattern_fails_loudly(tiny_run):
+    _, run_dir, _ = tiny_run
+    model = load_base(run_dir / "model/base")
+    with pytest.raises(FreezePatternError, match="no trainable encoder"):
+        apply_freeze(model, [r"^llm\..+$", r"^perception\.encoder\..+$"])
+
+
+def test_export_reload_identical(tiny_run):
+    cfg, run_dir, _ = tiny_run
+    adapter = run_dir / "canary-qwen-medical-lora"
+    # the in-memory fine-tuned model: base + the final training checkpoint
+    mem = load_base(run_dir / "model/base")
+    apply_freeze(mem, list(cfg.model.freeze_params))
+    mem.load_state_dict(torch.load(run_dir / "train/checkpoints/last.ckpt", weights_only=False)["state_dict"])
+    reloaded, meta = load_adapted(adapter)
+    assert meta["global_step"] == cfg.train.max_steps
+    paths = [r["audio_filepath"] for r in read_manifest(run_dir / "data/test.json")[:6]]
+    kw = dict(prompt=cfg.model.prompt, batch_size=6, max_new_tokens=12, min_new_tokens=12)
+    a = transcribe_paths(mem, paths, **kw)
+    b = transcribe_paths(reloaded, paths, **kw)
+    assert all(len(x) > 0 for x in a)
+    assert a == b
+    sd_mem, sd_re = mem.state_dict(), reloaded.state_dict()
+    assert all(torch.equal(sd_mem[k], sd_re[k]) for k in export_keys(mem))
+    base = transcribe_paths(load_base(run_dir / "model/base"), paths, **kw)
+    assert base != a  # the adapter really changes the model
+
+
+def test_adapter_that_does_not_fit_is_refused(tiny_run, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    _, run_dir, _ = tiny_run
+    bad = tmp_path / "bad"
+    shutil.copytree(run_dir / "canary-qwen-medical-lora", bad)
+    meta = json.loads((bad / "medasr_adapter.json").read_text())
+    meta["base_model"] = str((run_dir / "model/base").resolve())
+    (bad / "medasr_adapter.json").write_text(json.dumps(meta))
+    t = load_file(str(bad / "adapter.safetensors"))
+    k = next(k for k in t if "lora_A" in k)
+    t[k] = torch.zeros(3, 3)
+    save_file(t, str(bad / "adapter.safetensors"))
+    with pytest.raises(AdapterError, match="shape mismatches"):
+        load_adapted(bad)
+
+
+def test_sigkill_then_resume(tiny_data_and_base):
+    run_dir = tiny_data_and_base
+    overrides = ["--set", "train.max_steps=40", "--set", "train.ckpt_every_n_steps=10", "--set", "train.val_every_n_steps=20"]
+    cmd = [sys.executable, "-m", "medasr.cli", "train", "--preset", "tiny", "--run-dir", str(run_dir), *overrides]
+    env = os.environ | {"WANDB_MODE": "offline"}
+    last = run_dir / "train/checkpoints/last.ckpt"
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert last.exists(), "no checkpoint before the deadline"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "train/DONE").exists()
+    step_at_kill = torch.load(last, weights_only=False, map_location="cpu")["global_step"]
+    assert 10 <= step_at_kill < 40
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = [json.loads(x) for x in (run_dir / "train/resume_log.jsonl").read_text().splitlines()]
+    assert log[0]["start_step"] == 0 and log[0]["resumed_from"] is None
+    assert log[-1]["start_step"] == step_at_kill and log[-1]["resumed_from"].endswith("last.ckpt")
+    assert json.loads((run_dir / "train/DONE").read_text()) == {"global_step": 40, "max_steps": 40}

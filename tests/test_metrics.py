@@ -1,0 +1,60 @@
+import pytest
+
+from medasr.evaluate.metrics import compute_metrics, contains, score_row
+from medasr.evaluate.normalize import basic_normalize, normalize, term_tokens
+
+
+def test_wer_known_pair():
+    # "the cat sat" -> "the cat sit on": 1 substitution + 1 insertion over 3 reference words
+    s = score_row("The cat sat.", "the cat sit on", normalizer="basic")
+    assert (s.subs, s.dels, s.ins, s.ref_words) == (1, 0, 1, 3)
+    assert s.word_edits / s.ref_words == pytest.approx(2 / 3)
+
+
+def test_cer_known_pair():
+    s = score_row("abc", "abd", normalizer="basic")
+    assert s.char_edits == 1 and s.ref_chars == 3
+
+
+def test_corpus_wer_is_not_mean_of_rows():
+    rows = [
+        {"text": "a b c d e f g h i j", "pred_text": "a b c d e f g h i j"},  # 0/10
+        {"text": "x", "pred_text": "y"},  # 1/1
+    ]
+    m = compute_metrics(rows, normalizer="basic", n_boot=50)
+    assert m["wer"] == pytest.approx(1 / 11)  # corpus level; the mean of row WERs would be 0.5
+    assert m["substitutions"] == 1 and m["ref_words"] == 11
+
+
+def test_ker_multiword_hyphen_possessive():
+    assert term_tokens("Piperacillin-Tazobactam") == ("piperacillin", "tazobactam")
+    assert contains(term_tokens("gave piperacillin tazobactam at six"), term_tokens("piperacillin-tazobactam"))
+    assert contains(term_tokens("check the patient's warfarin's dose"), term_tokens("warfarin"))
+    assert contains(term_tokens("D-dimer was high"), term_tokens("d-dimer"))
+    assert not contains(term_tokens("atrial flutter and fibrillation"), term_tokens("atrial fibrillation"))
+    assert contains(term_tokens("type 2 / type two diabetes"), term_tokens("type two diabetes"))
+
+
+def test_ker_by_category_seen_unseen():
+    rows = [
+        {"text": "start metformin", "pred_text": "start metformin", "term": "metformin", "entity_category": "drug", "term_seen": True},
+        {"text": "start warfarin", "pred_text": "start war farm", "term": "warfarin", "entity_category": "drug", "term_seen": False},
+        {"text": "pain in the femur", "pred_text": "pain in the femur", "term": "femur", "entity_category": "anatomy", "term_seen": False},
+        {"text": "no term here", "pred_text": "no term here"},
+    ]
+    m = compute_metrics(rows, normalizer="basic", n_boot=100)
+    assert m["ker"] == pytest.approx(1 / 3)
+    assert m["ker_by_category"] == {"anatomy": {"ker": 0.0, "n": 1}, "drug": {"ker": 0.5, "n": 2}}
+    assert m["ker_seen"] == 0.0 and m["ker_unseen"] == 0.5
+    assert m["per_term"]["warfarin"]["ker"] == 1.0
+    lo, hi = m["ci95"]["ker"]
+    assert 0.0 <= lo <= m["ker"] <= hi <= 1.0
+
+
+def test_normalizers():
+    assert basic_normalize("Dr. Smith's  BP: 120/80!") == "dr smiths bp 120 80"
+    assert normalize("Hello,   World", "none") == "Hello, World"
+    # Whisper's English normaliser spells out titles and writes numbers as digits
+    assert normalize("Mr. Smith has two cats.", "whisper") == normalize("Mister Smith has 2 cats", "whisper") == "mister smith has 2 cats"
+    with pytest.raises(ValueError, match="unknown normalizer"):
+        normalize("x", "bogus")
