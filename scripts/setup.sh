@@ -11,12 +11,13 @@ fi
 PY=${PYTHON:-python3.11}
 [ -x .venv/bin/python ] || $PY -m venv .venv
 stamp=.venv/.medasr-installed
-want=$(cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
+want=$(cat requirements.txt requirements.lock pyproject.toml | sha256sum | cut -c1-16)
 if [ "$(cat $stamp 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q --upgrade pip
-  # CPU torch first so NeMo does not pull a CUDA build; on a GPU pod set MEDASR_TORCH_INDEX to a CUDA index.
+  # torch first, pinned: on this kind of machine pip finds the CPU build on disk; on a GPU pod PyPI serves the CUDA
+  # build of the same version (MEDASR_TORCH_INDEX picks another index, e.g. a specific CUDA wheel index).
   .venv/bin/pip install -q ${MEDASR_TORCH_INDEX:+--index-url $MEDASR_TORCH_INDEX} "torch==2.13.0"
-  .venv/bin/pip install -q -r requirements.txt
+  .venv/bin/pip install -q -r requirements.txt -c requirements.lock
   .venv/bin/pip install -q --no-deps -e .
   echo "$want" > $stamp
 fi
