@@ -136,3 +136,23 @@ def test_sigkill_then_resume(tiny_data_and_base):
     assert log[0]["start_step"] == 0 and log[0]["resumed_from"] is None
     assert log[-1]["start_step"] == step_at_kill and log[-1]["resumed_from"].endswith("last.ckpt")
     assert json.loads((run_dir / "train/DONE").read_text()) == {"global_step": 40, "max_steps": 40}
+
+
+def test_cli_transcribe_with_adapter(tiny_run):
+    from typer.testing import CliRunner
+
+    from medasr.cli import app
+
+    cfg, run_dir, _ = tiny_run
+    rows = read_manifest(run_dir / "data/test.json")[:3]
+    adapter = run_dir / "canary-qwen-medical-lora"
+    args = ["transcribe", "--adapter", str(adapter), "--max-new-tokens", "10", *[r["audio_filepath"] for r in rows]]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+    assert [x["audio_filepath"] for x in lines] == [r["audio_filepath"] for r in rows]
+    model, meta = load_adapted(adapter)
+    expected = transcribe_paths(model, [r["audio_filepath"] for r in rows], meta["prompt"], 16, 10)
+    assert [x["pred_text"] for x in lines] == expected
+    bad = CliRunner().invoke(app, ["transcribe", "--adapter", str(adapter), "/nonexistent.wav"])
+    assert bad.exit_code == 2 and "audio not found" in bad.output
