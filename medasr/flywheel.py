@@ -18,6 +18,8 @@ from medasr.data.build import build
 from medasr.evaluate.compare import compare_rows
 from medasr.evaluate.gate import decide
 from medasr.evaluate.report import compare_markdown
+from medasr.evaluate.report_html import compare_html
+from medasr.evaluate.report_html import write as write_html
 from medasr.evaluate.stage import evaluate
 from medasr.data.manifest import read_manifest
 from medasr.models.salm import load_base
@@ -25,6 +27,7 @@ from medasr.train.export import EXPORT_NAME, export_adapter, load_adapted, read_
 from medasr.train.trainer import is_done, train
 
 console = Console()
+SUMMARY_KEYS = ("wer", "cer", "ker", "ker_seen", "ker_unseen", "term_error_rate")
 
 
 def resolve_base(cfg: Config, run_dir: Path) -> str:
@@ -47,6 +50,8 @@ def run_compare(cfg: Config, before_dir: Path, after_dir: Path, out_dir: Path) -
     )
     (out_dir / "compare.json").write_text(json.dumps(c, indent=2))
     (out_dir / "compare.md").write_text(compare_markdown(c))
+    before, after = (json.loads((d / "metrics.json").read_text()) for d in (before_dir, after_dir))
+    write_html(out_dir / "compare.html", compare_html(c, before, after))
     return c
 
 
@@ -98,8 +103,9 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
             "decision": cmp["decision"],
             "reason": cmp["reason"],
             "val_loss": val,
-            "before": {k: before[k] for k in ("wer", "cer", "ker", "ker_seen", "ker_unseen")},
-            "after": {k: after[k] for k in ("wer", "cer", "ker", "ker_seen", "ker_unseen")},
+            "before": {k: before.get(k) for k in SUMMARY_KEYS},
+            "after": {k: after.get(k) for k in SUMMARY_KEYS},
+            "deltas": {k: cmp["deltas"][k] for k in ("wer", "ker", "term_error_rate", "ker[priority]") if k in cmp["deltas"]},
             "adapter": str(adapter),
             "train_done": is_done(run_dir / "train", cfg.train.max_steps),
         }

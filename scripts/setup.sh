@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # One-shot, idempotent setup: system packages + .venv with the pinned Python stack.
+#   ./scripts/setup.sh          what medasr needs to run
+#   ./scripts/setup.sh --test   plus what the tests need (Chromium renders the HTML reports)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+pkgs=(espeak-ng sox libsndfile1 ffmpeg)
+[ "${1:-}" = "--test" ] && pkgs+=(chromium)
 need=()
-for p in espeak-ng sox libsndfile1 ffmpeg; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
 if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi

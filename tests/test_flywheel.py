@@ -156,3 +156,17 @@ def test_cli_transcribe_with_adapter(tiny_run):
     assert [x["pred_text"] for x in lines] == expected
     bad = CliRunner().invoke(app, ["transcribe", "--adapter", str(adapter), "/nonexistent.wav"])
     assert bad.exit_code == 2 and "audio not found" in bad.output
+
+
+def test_gate_stops_the_flywheel_unless_forced(tiny_data_and_base):
+    run_dir = tiny_data_and_base
+    cfg = load_config("tiny", ["gate.ker_threshold=1.01", "train.max_steps=4", "train.ckpt_every_n_steps=2",
+                               "train.val_every_n_steps=2", "eval.max_new_tokens=4"])
+    s = run_flywheel(cfg, run_dir)
+    assert s["status"].startswith("stopped at gate (expand_terms)")
+    assert not (run_dir / "train").exists()
+    gate = json.loads((run_dir / "eval/gate.json").read_text())
+    assert gate["train"] is False and gate["forced"] is False
+    s = run_flywheel(cfg, run_dir, force_train=True)
+    assert s["status"] == "done" and json.loads((run_dir / "eval/gate.json").read_text())["forced"] is True
+    assert json.loads((run_dir / "train/DONE").read_text())["global_step"] == 4

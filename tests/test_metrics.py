@@ -44,7 +44,7 @@ def test_ker_by_category_seen_unseen():
     ]
     m = compute_metrics(rows, normalizer="basic", n_boot=100)
     assert m["ker"] == pytest.approx(1 / 3)
-    assert m["ker_by_category"] == {"anatomy": {"ker": 0.0, "n": 1}, "drug": {"ker": 0.5, "n": 2}}
+    assert {c: (v["ker"], v["n"]) for c, v in m["ker_by_category"].items()} == {"anatomy": (0.0, 1), "drug": (0.5, 2)}
     assert m["ker_seen"] == 0.0 and m["ker_unseen"] == 0.5
     assert m["per_term"]["warfarin"]["ker"] == 1.0
     lo, hi = m["ci95"]["ker"]
@@ -58,3 +58,58 @@ def test_normalizers():
     assert normalize("Mr. Smith has two cats.", "whisper") == normalize("Mister Smith has 2 cats", "whisper") == "mister smith has 2 cats"
     with pytest.raises(ValueError, match="unknown normalizer"):
         normalize("x", "bogus")
+
+
+def test_sentence_and_mean_utterance_rates():
+    rows = [
+        {"text": "a b c d", "pred_text": "a b c d"},
+        {"text": "a b", "pred_text": "a x"},
+    ]
+    m = compute_metrics(rows, normalizer="basic", n_boot=0)
+    assert m["ser"] == 0.5
+    assert m["wer"] == pytest.approx(1 / 6) and m["wer_mean_utt"] == pytest.approx(0.25)
+    assert (m["substitutions"], m["deletions"], m["insertions"]) == (1, 0, 0)
+
+
+def test_term_error_rate_without_term_column():
+    rows = [  # no `term` column: the lexicon finds the terms in the references
+        {"text": "Patient on metformin and warfarin, history of atrial fibrillation.",
+         "pred_text": "patient on metformin and war farin history of atrial fibrillation"},
+        {"text": "Check the D-dimer and troponin.", "pred_text": "check the d dimer and troponin"},
+        # the term word appears in the hypothesis, but not aligned to the reference occurrence: still an error
+        {"text": "metformin was stopped, no insulin", "pred_text": "it was stopped no insulin metformin"},
+    ]
+    m = compute_metrics(rows, normalizer="basic", n_boot=100)
+    # occurrences: metformin, warfarin, atrial fibrillation, d-dimer, troponin, metformin -> misses: warfarin, metformin#2
+    assert m["term_error_rate"] == pytest.approx(2 / 6) and m["term_recall"] == pytest.approx(4 / 6)
+    c = m["term_counts_by_category"]
+    assert c["drug"] == {"occurrences": 3, "errors": 2, "term_error_rate": pytest.approx(2 / 3), "term_recall": pytest.approx(1 / 3)}
+    assert c["lab"]["occurrences"] == 2 and c["lab"]["errors"] == 0
+    assert c["condition"]["occurrences"] == 1 and m["ker"] is None  # no term column, no KER
+    assert m["ci95"]["term_error_rate"][0] <= m["term_error_rate"] <= m["ci95"]["term_error_rate"][1]
+
+
+def test_ker_slash_and_partial_multiword():
+    assert contains(term_tokens("given piperacillin/tazobactam"), term_tokens("piperacillin-tazobactam"))
+    assert not contains(term_tokens("given piperacillin only"), term_tokens("piperacillin-tazobactam"))
+    assert contains(term_tokens("the CABG: coronary-artery bypass graft"), term_tokens("coronary artery bypass graft"))
+
+
+def test_parallel_scoring_matches_serial():
+    from medasr.evaluate.metrics import score_rows
+
+    rows = [{"text": f"start metformin {i} times", "pred_text": f"start met for men {i} times" if i % 3 else f"start metformin {i}"}
+            for i in range(300)]
+    from medasr.data.lexicon import core_lexicon
+
+    lex = core_lexicon()
+    serial = score_rows(rows, "whisper", lex, workers=1)
+    import medasr.evaluate.metrics as mm
+
+    old = mm.PARALLEL_MIN_ROWS
+    mm.PARALLEL_MIN_ROWS = 10
+    try:
+        parallel = score_rows(rows, "whisper", lex, workers=2)
+    finally:
+        mm.PARALLEL_MIN_ROWS = old
+    assert parallel == serial

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medasr.evaluate.metrics import score_row
+from medasr.evaluate.metrics import score_rows
 
 
 def _paired(before: np.ndarray, after: np.ndarray, den: np.ndarray, n_boot: int, seed: int) -> dict:
@@ -34,11 +34,18 @@ def compare_rows(before_rows: list[dict], after_rows: list[dict], priority: list
     pairs = [(r, after_by[key(r)]) for r in before_rows if key(r) in after_by]
     if not pairs:
         raise ValueError("no rows in common between the two evaluations (matched on id / audio_filepath)")
-    sb = [score_row(b["text"], b.get("pred_text", ""), b.get("term"), normalizer) for b, _ in pairs]
-    sa = [score_row(a["text"], a.get("pred_text", ""), a.get("term"), normalizer) for _, a in pairs]
+    from medasr.data.lexicon import core_lexicon
+
+    lex = core_lexicon()
+    sb = score_rows([b for b, _ in pairs], normalizer, lex)
+    sa = score_rows([a for _, a in pairs], normalizer, lex)
     words = np.array([s.ref_words for s in sb], float)
     out = {"n_rows": len(pairs), "n_boot": n_boot, "seed": seed, "priority": list(priority), "deltas": {}}
     out["deltas"]["wer"] = _paired(np.array([s.word_edits for s in sb], float), np.array([s.word_edits for s in sa], float), words, n_boot, seed)
+    occ = np.array([len(s.occurrences) for s in sb], float)
+    out["deltas"]["term_error_rate"] = _paired(
+        np.array([sum(1 - o[2] for o in s.occurrences) for s in sb], float),
+        np.array([sum(1 - o[2] for o in s.occurrences) for s in sa], float), occ, n_boot, seed)
     has_term = np.array([s.term_hit is not None for s in sb])
     miss_b = np.array([0 if s.term_hit is None else 1 - s.term_hit for s in sb], float)
     miss_a = np.array([0 if s.term_hit is None else 1 - s.term_hit for s in sa], float)

@@ -1,32 +1,44 @@
-"""Corpus WER/CER and keyword error rate (KER), with bootstrap confidence intervals.
+"""Corpus WER/CER, sentence error rate, keyword error rate (KER) and lexicon term error rate, with bootstrap CIs.
 
-- WER/CER are corpus-level: total edits / total reference words (characters), not a mean of per-row rates.
-- KER (NVIDIA clinical-ASR-eval rule): a row whose `term` tokens do not occur contiguously in the hypothesis scores 1,
-  else 0; aggregated per row, per entity category, per term, and for seen vs unseen terms (`term_seen` column,
-  written by `medasr build`: True when the term occurs in the training manifest).
+- WER/CER are corpus-level: total edits / total reference words (characters); `wer_mean_utt` (mean of per-row WER,
+  what some leaderboards report) is given beside it, never instead of it.
+- KER (NVIDIA clinical-ASR-eval rule): a row whose `term` tokens do not occur contiguously in the hypothesis scores 1;
+  aggregated per row, per entity category, per term, and for seen vs held-out terms (`term_seen`).
+- Term error rate needs no `term` column: the lexicon tags every medical term occurrence in each reference, and an
+  occurrence counts as reproduced only if each of its words is aligned to an identical hypothesis word (word
+  alignment of the term-normalised texts). That scores conversational test sets whose rows carry no single term.
 """
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 from collections import defaultdict
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 
 import jiwer
 import numpy as np
 
 from medasr.evaluate.normalize import normalize, term_tokens
 
+PARALLEL_MIN_ROWS = 4000  # below this, process start-up costs more than it saves
+
 
 @dataclass
 class RowScore:
     ref_words: int
-    word_edits: int
     subs: int
     dels: int
     ins: int
     ref_chars: int
     char_edits: int
-    term_hit: int | None  # 1 = term reproduced, 0 = missed, None = row has no term
+    term_hit: int | None  # 1 = the row's `term` reproduced, 0 = missed, None = row has no term
+    occurrences: list[tuple[str, str, int]] = field(default_factory=list)  # (term, category, reproduced 0/1)
+
+    @property
+    def word_edits(self) -> int:
+        return self.subs + self.dels + self.ins
 
 
 def contains(haystack: tuple[str, ...], needle: tuple[str, ...]) -> bool:
@@ -37,54 +49,118 @@ def contains(haystack: tuple[str, ...], needle: tuple[str, ...]) -> bool:
     return any(haystack[i] == first and haystack[i : i + n] == needle for i in range(len(haystack) - n + 1))
 
 
-def score_row(ref: str, hyp: str, term: str | None = None, normalizer: str = "whisper") -> RowScore:
-    r, h = normalize(ref, normalizer), normalize(hyp, normalizer)
+def aligned_equal_mask(ref_toks: tuple[str, ...], hyp_toks: tuple[str, ...]) -> list[bool]:
+    """For each reference token: is it aligned to an identical hypothesis token?"""
+    mask = [False] * len(ref_toks)
+    if not ref_toks or not hyp_toks:
+        return mask
+    out = jiwer.process_words(" ".join(ref_toks), " ".join(hyp_toks))
+    for chunk in out.alignments[0]:
+        if chunk.type == "equal":
+            mask[chunk.ref_start_idx : chunk.ref_end_idx] = [True] * (chunk.ref_end_idx - chunk.ref_start_idx)
+    return mask
+
+
+def score_row(ref: str, hyp: str, term: str | None = None, normalizer: str = "whisper", lexicon=None) -> RowScore:
+    r, h = normalize(ref, normalizer), normalize(hyp or "", normalizer)
     if r:
-        w = jiwer.process_words(r, h)
-        subs, dels, ins = w.substitutions, w.deletions, w.insertions
-        c = jiwer.process_characters(r, h)
-        char_edits = c.substitutions + c.deletions + c.insertions
+        w = jiwer.process_words(r, h) if h else None
+        subs, dels, ins = (w.substitutions, w.deletions, w.insertions) if w else (0, len(r.split()), 0)
+        char_edits = _char_edits(r, h)
     else:  # empty reference: every hypothesis word is an insertion
         subs, dels, ins = 0, 0, len(h.split())
         char_edits = len(h)
-    hit = None
-    if term:
-        hit = int(contains(term_tokens(hyp), term_tokens(term)))
-    return RowScore(len(r.split()), subs + dels + ins, subs, dels, ins, len(r), char_edits, hit)
+    hyp_toks = term_tokens(hyp or "")
+    hit = None if not term else int(contains(hyp_toks, term_tokens(term)))
+    occ: list[tuple[str, str, int]] = []
+    if lexicon is not None:
+        ref_toks = term_tokens(ref)
+        matches = lexicon.tag_tokens(ref_toks)
+        if matches:
+            mask = aligned_equal_mask(ref_toks, hyp_toks)
+            occ = [(m.term.term, m.term.entity_category, int(all(mask[m.start : m.end]))) for m in matches]
+    return RowScore(len(r.split()), subs, dels, ins, len(r), char_edits, hit, occ)
 
 
+def _char_edits(r: str, h: str) -> int:
+    if not h:
+        return len(r)
+    c = jiwer.process_characters(r, h)
+    return c.substitutions + c.deletions + c.insertions
+
+
+# --- parallel scoring (fork: workers inherit the lexicon and the loaded normaliser) -------------------------------
+_WORKER_ARGS: dict = {}
+
+
+def _score_chunk(chunk: list[tuple[str, str, str | None]]) -> list[RowScore]:
+    a = _WORKER_ARGS
+    return [score_row(r, h, t, a["normalizer"], a["lexicon"]) for r, h, t in chunk]
+
+
+def score_rows(rows: list[dict], normalizer: str = "whisper", lexicon=None, workers: int | None = None) -> list[RowScore]:
+    triples = [(r["text"], r.get("pred_text") or "", r.get("term")) for r in rows]
+    workers = workers or min(os.cpu_count() or 1, 8)
+    if len(rows) < PARALLEL_MIN_ROWS or workers < 2:
+        return [score_row(r, h, t, normalizer, lexicon) for r, h, t in triples]
+    _WORKER_ARGS.update(normalizer=normalizer, lexicon=lexicon)
+    normalize("warm up", normalizer)  # load the normaliser once, before the fork
+    size = max(500, len(triples) // (workers * 4))
+    chunks = [triples[i : i + size] for i in range(0, len(triples), size)]
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+        return [s for part in pool.map(_score_chunk, chunks) for s in part]
+
+
+# --- aggregation ------------------------------------------------------------------------------------------------
 def _rate(num: float, den: float) -> float | None:
-    return None if den == 0 else num / den
+    return None if den == 0 else float(num / den)
 
 
 def bootstrap_ci(num: np.ndarray, den: np.ndarray, n_boot: int = 1000, seed: int = 0) -> list[float] | None:
     """95 % percentile interval of sum(num)/sum(den) with rows resampled with replacement."""
-    if len(num) == 0 or den.sum() == 0:
+    num, den = np.asarray(num, float), np.asarray(den, float)
+    if len(num) == 0 or den.sum() == 0 or n_boot <= 0:
         return None
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(num), size=(n_boot, len(num)))
-    d = den[idx].sum(axis=1)
-    ratios = np.where(d > 0, num[idx].sum(axis=1) / np.maximum(d, 1), np.nan)
-    lo, hi = np.nanpercentile(ratios, [2.5, 97.5])
+    # resample in blocks to bound memory on 100k-row sets
+    ratios = []
+    block = max(1, 2_000_000 // max(1, len(num)))
+    for start in range(0, n_boot, block):
+        idx = rng.integers(0, len(num), size=(min(block, n_boot - start), len(num)))
+        d = den[idx].sum(axis=1)
+        ratios.append(np.where(d > 0, num[idx].sum(axis=1) / np.maximum(d, 1e-12), np.nan))
+    lo, hi = np.nanpercentile(np.concatenate(ratios), [2.5, 97.5])
     return [float(lo), float(hi)]
 
 
-def compute_metrics(rows: list[dict], normalizer: str = "whisper", n_boot: int = 1000, seed: int = 0) -> dict:
-    """Metrics over manifest rows holding `text` and `pred_text` (and optionally `term`, `entity_category`, `term_seen`)."""
-    scores = [score_row(r["text"], r.get("pred_text", ""), r.get("term"), normalizer) for r in rows]
+def compute_metrics(rows: list[dict], normalizer: str = "whisper", n_boot: int = 1000, seed: int = 0,
+                    lexicon=None, workers: int | None = None) -> dict:
+    """Metrics over manifest rows holding `text` and `pred_text` (optionally `term`, `entity_category`, `term_seen`).
+    `lexicon`: tag medical terms in references for the term error rate (default: the bundled core lexicon)."""
+    if lexicon is None:
+        from medasr.data.lexicon import core_lexicon
+
+        lexicon = core_lexicon()
+    scores = score_rows(rows, normalizer, lexicon, workers)
     ref_words = sum(s.ref_words for s in scores)
+    edits = np.array([s.word_edits for s in scores], float)
+    words = np.array([s.ref_words for s in scores], float)
+    with_ref = words > 0
     out: dict = {
         "n_rows": len(rows),
         "normalizer": normalizer,
-        "wer": _rate(sum(s.word_edits for s in scores), ref_words),
+        "wer": _rate(edits.sum(), ref_words),
+        "wer_mean_utt": float(np.mean(edits[with_ref] / words[with_ref])) if with_ref.any() else None,
         "cer": _rate(sum(s.char_edits for s in scores), sum(s.ref_chars for s in scores)),
+        "ser": float(np.mean(edits > 0)) if len(scores) else None,
         "substitutions": sum(s.subs for s in scores),
         "deletions": sum(s.dels for s in scores),
         "insertions": sum(s.ins for s in scores),
         "ref_words": ref_words,
     }
+    # KER on rows with a `term`
     termed = [(r, s) for r, s in zip(rows, scores) if s.term_hit is not None]
-    miss = np.array([1 - s.term_hit for _, s in termed], dtype=float)
+    miss = np.array([1 - s.term_hit for _, s in termed], float)
     out["ker"] = float(miss.mean()) if len(miss) else None
     by_cat: dict[str, list[int]] = defaultdict(list)
     by_term: dict[str, list[int]] = defaultdict(list)
@@ -98,7 +174,10 @@ def compute_metrics(rows: list[dict], normalizer: str = "whisper", n_boot: int =
         term_cat[r["term"]] = cat
         if "term_seen" in r:
             seen[bool(r["term_seen"])].append(m)
-    out["ker_by_category"] = {c: {"ker": float(np.mean(v)), "n": len(v)} for c, v in sorted(by_cat.items())}
+    out["ker_by_category"] = {
+        c: {"ker": float(np.mean(v)), "n": len(v), "ci95": bootstrap_ci(np.array(v, float), np.ones(len(v)), n_boot, seed)}
+        for c, v in sorted(by_cat.items())
+    }
     out["ker_seen"] = float(np.mean(seen[True])) if seen[True] else None
     out["ker_unseen"] = float(np.mean(seen[False])) if seen[False] else None
     out["n_seen"], out["n_unseen"] = len(seen[True]), len(seen[False])
@@ -106,10 +185,23 @@ def compute_metrics(rows: list[dict], normalizer: str = "whisper", n_boot: int =
         t: {"ker": float(np.mean(v)), "n": len(v), "entity_category": term_cat[t]}
         for t, v in sorted(by_term.items(), key=lambda kv: (-np.mean(kv[1]), kv[0]))
     }
-    edits = np.array([s.word_edits for s in scores], dtype=float)
-    words = np.array([s.ref_words for s in scores], dtype=float)
+    # lexicon-tagged term occurrences in the references
+    occ_err = np.array([sum(1 - o[2] for o in s.occurrences) for s in scores], float)
+    occ_n = np.array([len(s.occurrences) for s in scores], float)
+    out["term_error_rate"] = _rate(occ_err.sum(), occ_n.sum())
+    out["term_recall"] = None if out["term_error_rate"] is None else 1 - out["term_error_rate"]
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for s in scores:
+        for _, cat, hit in s.occurrences:
+            counts[cat][0] += 1
+            counts[cat][1] += 1 - hit
+    out["term_counts_by_category"] = {
+        c: {"occurrences": n, "errors": e, "term_error_rate": e / n, "term_recall": 1 - e / n}
+        for c, (n, e) in sorted(counts.items())
+    }
     out["ci95"] = {
         "wer": bootstrap_ci(edits, words, n_boot, seed),
         "ker": bootstrap_ci(miss, np.ones_like(miss), n_boot, seed) if len(miss) else None,
+        "term_error_rate": bootstrap_ci(occ_err, occ_n, n_boot, seed),
     }
     return out

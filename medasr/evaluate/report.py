@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 
+def fmt_p(p) -> str:
+    """A bootstrap cannot show p below 1/n_boot: report 0 as '< 0.001', not as zero."""
+    return "n/a" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
 def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def ci_range(ci) -> str:
+    return "" if not ci else f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}"
+
+
 def _ci(ci) -> str:
-    return "" if not ci else f" (95% CI {100 * ci[0]:.1f}–{100 * ci[1]:.1f})"
+    return "" if not ci else f" (95% CI {ci_range(ci)})"
 
 
 def metrics_markdown(m: dict, title: str) -> str:
@@ -20,7 +29,10 @@ def metrics_markdown(m: dict, title: str) -> str:
         "| metric | value |",
         "|---|---|",
         f"| WER (corpus) | {_pct(m['wer'])}{_ci(m['ci95'].get('wer'))} |",
+        f"| WER (mean of rows) | {_pct(m.get('wer_mean_utt'))} |",
         f"| CER | {_pct(m['cer'])} |",
+        f"| sentence error rate | {_pct(m.get('ser'))} |",
+        f"| medical term error rate (lexicon-tagged) | {_pct(m.get('term_error_rate'))}{_ci(m['ci95'].get('term_error_rate'))} |",
         f"| KER (all term rows) | {_pct(m['ker'])}{_ci(m['ci95'].get('ker'))} |",
         f"| KER, terms seen in training ({m['n_seen']} rows) | {_pct(m['ker_seen'])} |",
         f"| KER, held-out terms ({m['n_unseen']} rows) | {_pct(m['ker_unseen'])} |",
@@ -52,6 +64,6 @@ def compare_markdown(c: dict) -> str:
     for name, d in c["deltas"].items():
         ci = d["ci95"]
         ci_s = "n/a" if ci is None else f"{100 * ci[0]:+.1f} … {100 * ci[1]:+.1f} pt"
-        p = "n/a" if d["p_value"] is None else f"{d['p_value']:.3f}"
+        p = fmt_p(d["p_value"])
         lines.append(f"| {name} | {_pct(d['before'])} | {_pct(d['after'])} | {100 * d['delta']:+.1f} pt | {ci_s} | {p} |")
     return "\n".join(lines) + "\n"

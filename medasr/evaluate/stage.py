@@ -12,6 +12,7 @@ from medasr.config import Config
 from medasr.data.manifest import read_manifest, write_manifest
 from medasr.evaluate.metrics import compute_metrics
 from medasr.evaluate.report import metrics_markdown
+from medasr.evaluate.report_html import eval_html, write
 from medasr.models.salm import transcribe_paths
 
 
@@ -25,6 +26,7 @@ def score_manifest(rows: list[dict], out_dir: Path, cfg: Config, title: str) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "report.md").write_text(metrics_markdown(metrics, title))
+    write(out_dir / "report.html", eval_html(metrics, rows, title))
     return metrics
 
 

@@ -1,0 +1,123 @@
+"""Issue 3: the scorer's keys, agreement with an independent implementation, long rows, HTML rendering."""
+
+import json
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from medasr.cli import app
+from medasr.data.manifest import write_manifest
+from medasr.evaluate.metrics import compute_metrics, score_row
+
+SCORE_KEYS = {"n_rows", "wer", "wer_mean_utt", "cer", "ser", "substitutions", "deletions", "insertions", "ref_words",
+              "ker", "ker_by_category", "ker_seen", "ker_unseen", "per_term", "term_error_rate", "term_recall",
+              "term_counts_by_category", "ci95"}
+
+words = st.lists(st.sampled_from(["a", "b", "c", "dose", "metformin", "of", "the", "x"]), min_size=0, max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ref=words.filter(bool), hyp=words)
+def test_edit_counts_match_nemo(ref, hyp):
+    """Our word edits (jiwer alignment) equal NeMo's editdistance-based word_error_rate on random pairs."""
+    from nemo.collections.asr.metrics.wer import word_error_rate
+
+    r, h = " ".join(ref), " ".join(hyp)
+    s = score_row(r, h, normalizer="none")
+    assert s.ref_words == len(ref)
+    assert s.word_edits == round(word_error_rate([h], [r]) * len(ref))
+
+
+@settings(max_examples=100, deadline=None)
+@given(ref=st.text(alphabet="abcde ", min_size=1, max_size=30).filter(str.strip), hyp=st.text(alphabet="abcde ", max_size=30))
+def test_char_edits_match_nemo(ref, hyp):
+    from nemo.collections.asr.metrics.wer import word_error_rate
+
+    r, h = " ".join(ref.split()), " ".join(hyp.split())
+    s = score_row(r, h, normalizer="none")
+    assert s.char_edits == round(word_error_rate([h], [r], use_cer=True) * len(r))
+
+
+def test_score_cli_keys_and_long_row(tmp_path):
+    long_ref = " ".join(["the patient takes metformin and reports chest pain"] * 200)  # ~1,600 words, one row
+    long_hyp = long_ref.replace("metformin", "met foreman", 50)
+    rows = [
+        {"audio_filepath": "consult.wav", "duration": 600, "text": long_ref, "pred_text": long_hyp},
+        {"audio_filepath": "b.wav", "duration": 2, "text": "Start warfarin.", "pred_text": "start warfarin",
+         "term": "warfarin", "entity_category": "drug", "term_seen": False},
+    ]
+    write_manifest(tmp_path / "hyps.json", rows)
+    res = CliRunner().invoke(app, ["score", str(tmp_path / "hyps.json"), "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "s/metrics.json").read_text())
+    assert SCORE_KEYS <= m.keys()
+    assert m["term_counts_by_category"]["drug"]["occurrences"] == 201  # 200 metformin + 1 warfarin
+    assert m["term_counts_by_category"]["drug"]["errors"] == 50
+    assert m["ker_unseen"] == 0.0 and m["n_rows"] == 2
+    assert (tmp_path / "s/report.html").exists() and (tmp_path / "s/report.md").exists()
+
+
+def _screenshot(page, png):
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert exe, "chromium missing: run ./scripts/setup.sh --test"
+    profile = tempfile.mkdtemp()
+    subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={profile}", "--window-size=1000,1200", f"--screenshot={png}", f"file://{page}"],
+                   capture_output=True, timeout=120, check=True)
+    shutil.rmtree(profile, ignore_errors=True)
+    return png.stat().st_size
+
+
+def _demo_pair(tmp_path):
+    before, after = [], []
+    drugs = ["metformin", "warfarin", "lisinopril", "apixaban", "heparin"]
+    for i in range(60):
+        d = drugs[i % 5]
+        base = {"id": f"r{i}", "audio_filepath": f"/x/{i}.wav", "duration": 2, "text": f"Start {d} today.", "term": d,
+                "entity_category": "drug" if i % 2 == 0 else "lab", "term_seen": i % 3 > 0}
+        # 30 drug rows (even i): before, only i % 8 == 0 right (8 of 30: KER 22/30); after, only i % 10 == 0 wrong (6/30)
+        before.append(base | {"pred_text": f"start {d[:3]} {d[3:]} today" if i % 8 else f"start {d} today"})
+        after.append(base | {"pred_text": f"start {d} today" if i % 10 else f"start {d[:3]} today"})
+    write_manifest(tmp_path / "before.json", before)
+    write_manifest(tmp_path / "after.json", after)
+    r = CliRunner()
+    assert r.invoke(app, ["score", str(tmp_path / "before.json"), "--out", str(tmp_path / "b")]).exit_code == 0
+    assert r.invoke(app, ["score", str(tmp_path / "after.json"), "--out", str(tmp_path / "a")]).exit_code == 0
+    for d, rows in (("b", before), ("a", after)):  # compare reads hyps.json beside metrics.json
+        write_manifest(tmp_path / d / "hyps.json", rows)
+    return tmp_path / "b", tmp_path / "a"
+
+
+def test_compare_cli_and_html_render(tmp_path):
+    b, a = _demo_pair(tmp_path)
+    res = CliRunner().invoke(app, ["compare", str(b), str(a), "--out", str(tmp_path / "c"), "--priority", "drug"])
+    assert res.exit_code == 0, res.output
+    c = json.loads((tmp_path / "c/compare.json").read_text())
+    d = c["deltas"]["ker[priority]"]
+    assert d["before"] == pytest.approx(22 / 30) and d["after"] == pytest.approx(6 / 30)
+    assert c["decision"] == "keep" and d["ci95"][1] < 0 and d["p_value"] < 0.05
+    assert {"wer", "ker", "term_error_rate", "ker[drug]", "ker[lab]", "ker[seen]", "ker[unseen]"} <= c["deltas"].keys()
+    html = (tmp_path / "c/compare.html").read_text()
+    assert "Decision: keep" in html and "<svg" in html and "http" not in html.replace("http://www.w3.org/2000/svg", "")
+    eval_html = (b / "report.html").read_text()
+    assert "Worst terms first" in eval_html and 'class=sub' in eval_html  # aligned examples mark substitutions
+    assert _screenshot(tmp_path / "c/compare.html", tmp_path / "c.png") > 10_000
+    assert _screenshot(b / "report.html", tmp_path / "b.png") > 10_000
+
+
+def test_gate_exit_codes(tmp_path):
+    b, a = _demo_pair(tmp_path)
+    m = compute_metrics([json.loads(x) for x in (tmp_path / "before.json").read_text().splitlines()], n_boot=10)
+    assert m["ker_by_category"]["drug"]["ker"] == pytest.approx(22 / 30)
+    r = CliRunner()
+    res = r.invoke(app, ["gate", str(b), "--min-rows", "50"])  # drug KER 0.73 > 0.3 with 60 rows
+    assert res.exit_code == 0 and "fine-tune" in res.output
+    res = r.invoke(app, ["gate", str(a), "--min-rows", "50", "--priority", "drug"])  # 0.2: expand terms first
+    assert res.exit_code == 1 and "expand terms" in res.output
+    assert r.invoke(app, ["gate", str(tmp_path / "nope")]).exit_code == 2
