@@ -182,5 +182,31 @@ def compare(before_dir: Path, after_dir: Path, out: Path = typer.Option(..., "--
     return c
 
 
+@app.command()
+def validate(manifest: Path, report: Path = typer.Option(..., "--report", help="where to write the JSON report"),
+             fix: bool = typer.Option(False, help="resample to 16 kHz mono and re-measure durations (listed in the report)"),
+             skip_bad: bool = typer.Option(False, help="write the accepted rows to --out and exit 0 (rejections still reported)"),
+             out: Optional[Path] = typer.Option(None, help="clean manifest to write (default MANIFEST.valid.json)")):
+    """Preflight a manifest: exit 1 if any row is rejected; R.json = {accepted, rejected: [{line, audio_filepath, reason}]}."""
+    from medasr.data.manifest import write_manifest
+    from medasr.data.validate import validate_manifest, write_report
+
+    if not manifest.exists():
+        console.print(f"[red]{manifest} not found[/]")
+        raise typer.Exit(2)
+    rep = validate_manifest(manifest, fix=fix)
+    write_report(rep, report)
+    for r in rep.rejected[:20]:
+        console.print(f"[red]line {r['line']}[/] {r['audio_filepath']}: {r['reason']}")
+    if len(rep.rejected) > 20:
+        console.print(f"… and {len(rep.rejected) - 20} more in {report}")
+    console.print(f"accepted {rep.accepted}, rejected {len(rep.rejected)}, fixed {len(rep.fixed)} → {report}")
+    if fix or skip_bad:
+        dest = out or manifest.with_suffix(".valid.json")
+        write_manifest(dest, rep.accepted_rows)
+        console.print(f"clean manifest: {dest}")
+    raise typer.Exit(0 if rep.ok or skip_bad else 1)
+
+
 if __name__ == "__main__":
     app()
