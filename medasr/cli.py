@@ -58,13 +58,29 @@ def flywheel(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_:
 
 @app.command()
 def build(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt,
+          source: Optional[str] = typer.Option(None, help="synthetic | osce | primock57 | kaggle-medical | hf:<id> | folder:<path>"),
+          local: Optional[Path] = typer.Option(None, help="offline copy of the source in its upstream layout"),
+          max_train: Optional[int] = typer.Option(None, help="training rows (default 2000)"),
+          val: Optional[int] = typer.Option(None, help="validation rows (default 200)"),
+          text_column: Optional[str] = typer.Option(None), audio_column: Optional[str] = typer.Option(None),
+          speaker_column: Optional[str] = typer.Option(None),
           force: bool = typer.Option(False, help="rebuild even if a valid build exists")):
-    """Build the data: NeMo manifests train/val/test.json (+ audio) under RUN/data/."""
+    """Build the data: NeMo manifests train/val/test.json (+ audio) under RUN/data/, contamination-checked."""
     from medasr.data.build import build as do_build
+    from medasr.data.sources import SourceError
 
-    cfg = _cfg(preset, set_)
-    rep = do_build(cfg, _run_dir(cfg, run_dir), force=force)
-    console.print_json(json.dumps(rep["splits"]))
+    extra = [f"data.{k}={v}" for k, v in (("source", source), ("local", local and local.resolve()), ("max_train", max_train),
+                                          ("max_val", val), ("text_column", text_column), ("audio_column", audio_column),
+                                          ("speaker_column", speaker_column)) if v is not None]
+    cfg = _cfg(preset, list(set_ or []) + extra)
+    try:
+        rep = do_build(cfg, _run_dir(cfg, run_dir), force=force)
+    except SourceError as e:
+        console.print(f"[red]{e}[/]")
+        raise typer.Exit(2)
+    console.print_json(json.dumps({"splits": rep["splits"], "contamination_dropped": rep["contamination"]["dropped"],
+                                   "adapter_dropped": rep.get("adapter", {}).get("dropped", {})}))
+
 
 
 @app.command("eval")

@@ -64,10 +64,17 @@ class SynthConfig:
 
 @dataclass
 class DataConfig:
+    # synthetic | osce | primock57 | kaggle-medical | hf:<dataset id> | folder:<path>  (docs/DATASETS.md)
     source: str = "synthetic"
+    local: Optional[str] = None  # offline copy of the source in its upstream layout
+    text_column: Optional[str] = None  # hf:<id> sources
+    audio_column: Optional[str] = None
+    speaker_column: Optional[str] = None
     seed: int = 1234
     max_train: int = 2000
     max_val: int = 200
+    contamination_ngram: int = 8
+    skip_bad: bool = False  # preflight: continue without rejected rows (still reported) instead of stopping
     synth: SynthConfig = field(default_factory=SynthConfig)
 
 

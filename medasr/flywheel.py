@@ -55,6 +55,33 @@ def run_compare(cfg: Config, before_dir: Path, after_dir: Path, out_dir: Path) -
     return c
 
 
+class PreflightError(RuntimeError):
+    pass
+
+
+def preflight_manifests(cfg: Config, run_dir: Path) -> dict:
+    """Validate every manifest before any model time; stop with the report unless data.skip_bad is set."""
+    from medasr.data.manifest import write_manifest
+    from medasr.data.validate import validate_manifest, write_report
+
+    out = {}
+    for split in ("train", "val", "test"):
+        m = run_dir / "data" / f"{split}.json"
+        rep = validate_manifest(m)
+        report_path = run_dir / "data" / "preflight" / f"{split}.json"
+        write_report(rep, report_path)
+        out[split] = {"accepted": rep.accepted, "rejected": len(rep.rejected), "report": str(report_path)}
+        if rep.rejected:
+            if not cfg.data.skip_bad:
+                raise PreflightError(
+                    f"{len(rep.rejected)} bad row(s) in {m}, e.g. line {rep.rejected[0]['line']}: {rep.rejected[0]['reason']}. "
+                    f"Full list: {report_path}. Fix them, or set data.skip_bad=true to continue without them (still reported)."
+                )
+            m.replace(m.with_suffix(".with_rejected.json"))
+            write_manifest(m, rep.accepted_rows)
+    return out
+
+
 def _export_current(run_dir: Path, step: int) -> bool:
     try:
         return read_meta(run_dir / EXPORT_NAME)["global_step"] == step
@@ -75,13 +102,15 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
         return out
 
     report = stage("build", lambda: build(cfg, run_dir))
+    summary_preflight = stage("preflight (validate manifests)", lambda: preflight_manifests(cfg, run_dir))
     base = stage("base model", lambda: resolve_base(cfg, run_dir))
     test = run_dir / "data" / "test.json"
     before = stage("eval cycle0 (base)", lambda: evaluate(cfg, test, run_dir / "eval" / "cycle0", lambda: load_base(base), "Cycle 0 — base model"))
     gate = decide(before, cfg.gate)
     (run_dir / "eval" / "gate.json").write_text(json.dumps(gate.to_dict() | {"forced": force_train and not gate.train}, indent=2))
     console.print(f"gate: {gate.reason}")
-    summary = {"preset": cfg.name, "run_dir": str(run_dir), "gate": gate.to_dict(), "base_model": base}
+    summary = {"preset": cfg.name, "run_dir": str(run_dir), "gate": gate.to_dict(), "base_model": base,
+               "preflight": summary_preflight, "contamination_dropped": report["contamination"]["dropped"]}
     if not gate.train and not force_train:
         summary["status"] = f"stopped at gate ({gate.route}); use --force to train anyway"
     else:

@@ -1,7 +1,9 @@
-"""Stage 1 — build: the term-targeted synthetic medical corpus as NeMo manifests (train / val / test).
+"""Stage 1 — build: NeMo manifests (train / val / test) from the synthetic corpus or a real dataset adapter.
 
-Outputs under RUN/data/: audio/, train.json, val.json, test.json, build_report.json. A finished build (report present,
-same config fingerprint, every manifest row count matching) is skipped, so re-running the flywheel resumes.
+Outputs under RUN/data/: audio/, train.json, val.json, test.json, build_report.json (+ selection.json for real
+sources). Every build ends with the contamination check (training rows equal to, or sharing an 8-gram with, a
+validation/test reference are dropped and counted). A finished build (report present, same config fingerprint,
+every manifest row count matching) is skipped, so re-running the flywheel resumes.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from rich.progress import Progress
 
 from medasr.config import Config
+from medasr.data.contamination import decontaminate
 from medasr.data.lexicon import core_lexicon
 from medasr.data.manifest import read_manifest, write_manifest
 from medasr.data.synth import plan_corpus, synthesize
@@ -41,23 +44,54 @@ def build_is_done(data_dir: Path, cfg: Config) -> bool:
 
 
 def _summary(rows: list[dict]) -> dict:
-    return {
+    out = {
         "rows": len(rows),
         "hours": round(sum(r["duration"] for r in rows) / 3600, 4),
-        "terms": len({r["term"] for r in rows}),
-        "by_category": dict(sorted(Counter(r["entity_category"] for r in rows).items())),
-        "by_noise": dict(sorted(Counter(r["noise_level"] for r in rows).items())),
-        "seen_terms_rows": sum(bool(r["term_seen"]) for r in rows),
-        "unseen_terms_rows": sum(not r["term_seen"] for r in rows),
+        "by_source": dict(sorted(Counter(r.get("source", "?") for r in rows).items())),
+        "speakers": len({r["speaker"] for r in rows if r.get("speaker")}),
     }
+    if any("term" in r for r in rows):  # term-targeted rows
+        out |= {
+            "terms": len({r["term"] for r in rows if r.get("term")}),
+            "by_category": dict(sorted(Counter(r["entity_category"] for r in rows if r.get("term")).items())),
+            "by_noise": dict(sorted(Counter(r["noise_level"] for r in rows if "noise_level" in r).items())),
+            "seen_terms_rows": sum(bool(r.get("term_seen")) for r in rows if r.get("term")),
+            "unseen_terms_rows": sum(not r.get("term_seen") for r in rows if r.get("term")),
+        }
+    tagged = Counter(t["entity_category"] for r in rows for t in r.get("terms", []))
+    if tagged:
+        out["lexicon_term_occurrences"] = dict(sorted(tagged.items()))
+    return out
 
 
-def build(cfg: Config, run_dir: Path, force: bool = False) -> dict:
-    data_dir = run_dir / "data"
-    if not force and build_is_done(data_dir, cfg):
-        return json.loads((data_dir / "build_report.json").read_text()) | {"skipped": True}
-    if cfg.data.source != "synthetic":
-        raise NotImplementedError(f"data.source={cfg.data.source!r}: only 'synthetic' is available in this version")
+def _build_real(cfg: Config, data_dir: Path) -> tuple[dict[str, list[dict]], dict]:
+    from medasr.data.select import speakers, split_train_val, stratified_take
+    from medasr.data.sources import load_source
+
+    d = cfg.data
+    res = load_source(d.source, data_dir / "audio", Path(d.local) if d.local else None,
+                      text_column=d.text_column, audio_column=d.audio_column, speaker_column=d.speaker_column)
+    train_pool, val_pool, test = res.splits.get("train", []), res.splits.get("val", []), res.splits.get("test", [])
+    test_speakers = speakers(test)
+    train_pool = [r for r in train_pool if str(r.get("speaker")) not in test_speakers or not r.get("speaker")]
+    if val_pool:
+        val, _ = stratified_take(val_pool, min(d.max_val, len(val_pool)), d.seed)
+        val_spk = speakers(val)
+        train, _ = stratified_take([r for r in train_pool if not r.get("speaker") or str(r["speaker"]) not in val_spk],
+                                   min(d.max_train, len(train_pool)), d.seed + 1)
+    else:
+        train, val = split_train_val(train_pool, d.max_train, d.max_val, d.seed)
+    selection = {"seed": d.seed, "max_train": d.max_train, "max_val": d.max_val,
+                 "ids": {"train": [r["id"] for r in train], "val": [r["id"] for r in val], "test": [r["id"] for r in test]}}
+    (data_dir / "selection.json").write_text(json.dumps(selection, indent=1))
+    report = {"source": d.source, "local": d.local, "adapter": res.report(),
+              "selection": {"seed": d.seed, "pool": {"train": len(train_pool), "val": len(val_pool)},
+                            "speaker_overlap": {"train&val": len(speakers(train) & speakers(val)),
+                                                "train&test": len(speakers(train) & test_speakers)}}}
+    return {"train": train, "val": val, "test": test}, report
+
+
+def _build_synthetic(cfg: Config, data_dir: Path) -> tuple[dict[str, list[dict]], dict]:
     s = cfg.data.synth
     lexicon = core_lexicon()
     plan = plan_corpus(
@@ -74,8 +108,7 @@ def build(cfg: Config, run_dir: Path, force: bool = False) -> dict:
         noise_levels=list(s.noise_levels),
     )
     caps = {"train": cfg.data.max_train, "val": cfg.data.max_val, "test": None}
-    dropped = {}
-    kept = []
+    dropped, kept = {}, []
     for split in SPLITS:
         items = [u for u in plan if u.split == split]
         cap = caps[split]
@@ -87,21 +120,30 @@ def build(cfg: Config, run_dir: Path, force: bool = False) -> dict:
         task = progress.add_task("synthesising speech (espeak-ng)", total=len(kept))
         rows = synthesize(kept, data_dir / "audio", progress=lambda: progress.advance(task))
     by_split = {sp: [r for r in rows if r["id"].startswith(sp + "-")] for sp in SPLITS}
-    train_terms = {r["term"] for r in by_split["train"]}
-    # term_seen is recomputed from the final train manifest, so caps can never mislabel a row.
+    report = {"source": "synthetic-espeak", "lexicon_terms": len(lexicon), "dropped_by_cap": dropped,
+              "voices": {"train": list(s.train_voices), "test_only": list(s.test_voices)}}
+    return by_split, report
+
+
+def build(cfg: Config, run_dir: Path, force: bool = False) -> dict:
+    data_dir = run_dir / "data"
+    if not force and build_is_done(data_dir, cfg):
+        return json.loads((data_dir / "build_report.json").read_text()) | {"skipped": True}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.data.source == "synthetic":
+        by_split, report = _build_synthetic(cfg, data_dir)
+    else:
+        by_split, report = _build_real(cfg, data_dir)
+    by_split["train"], report["contamination"] = decontaminate(
+        by_split["train"], by_split["val"] + by_split["test"], n=cfg.data.contamination_ngram)
+    train_terms = {r["term"] for r in by_split["train"] if r.get("term")}
+    # term_seen is computed from the final train manifest, so caps or decontamination can never mislabel a row.
     for sp in ("val", "test"):
         for r in by_split[sp]:
-            r["term_seen"] = r["term"] in train_terms
+            if r.get("term"):
+                r["term_seen"] = r["term"] in train_terms
     for sp in SPLITS:
         write_manifest(data_dir / f"{sp}.json", by_split[sp])
-    report = {
-        "source": "synthetic-espeak",
-        "fingerprint": fingerprint(cfg),
-        "lexicon_terms": len(lexicon),
-        "seed": cfg.data.seed,
-        "dropped_by_cap": dropped,
-        "splits": {sp: _summary(by_split[sp]) for sp in SPLITS},
-        "voices": {"train": list(s.train_voices), "test_only": list(s.test_voices)},
-    }
+    report |= {"fingerprint": fingerprint(cfg), "seed": cfg.data.seed, "splits": {sp: _summary(by_split[sp]) for sp in SPLITS}}
     (data_dir / "build_report.json").write_text(json.dumps(report, indent=2))
     return report

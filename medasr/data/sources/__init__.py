@@ -1,0 +1,48 @@
+"""Dataset adapters: each turns one upstream layout into 16 kHz mono WAV segments + NeMo manifest rows.
+
+Every adapter returns a `SourceResult`: rows per upstream split and a report that counts everything it did not keep
+(too long, empty after cleaning, duplicate, undecodable) — nothing is dropped silently.
+Online, adapters download with huggingface_hub (HF_TOKEN from the environment for gated sets); offline, `local`
+points at a copy in the upstream layout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medasr.data.sources.common import SourceError, SourceResult
+
+
+def available() -> list[str]:
+    return ["osce", "primock57", "kaggle-medical", "folder:<path>", "hf:<dataset id>"]
+
+
+def load_source(name: str, out_dir: Path, local: Path | None = None, **opts) -> SourceResult:
+    """Dispatch on the source name; `out_dir` receives the cut audio."""
+    if name == "osce":
+        from medasr.data.sources.osce import load_osce
+
+        return load_osce(out_dir, local)
+    if name == "primock57":
+        from medasr.data.sources.primock57 import load_primock57
+
+        return load_primock57(out_dir, local)
+    if name == "kaggle-medical":
+        from medasr.data.sources.hf import load_hf_parquet
+
+        return load_hf_parquet("Hani89/medical_asr_recording_dataset", out_dir, local,
+                               text_column=opts.get("text_column") or "sentence", audio_column=opts.get("audio_column") or "audio",
+                               source="kaggle-medical")
+    if name.startswith("hf:"):
+        from medasr.data.sources.hf import load_hf_parquet
+
+        return load_hf_parquet(name[3:], out_dir, local, text_column=opts.get("text_column"),
+                               audio_column=opts.get("audio_column") or "audio", speaker_column=opts.get("speaker_column"))
+    if name.startswith("folder:"):
+        from medasr.data.sources.folder import load_folder
+
+        return load_folder(Path(name[len("folder:"):]), out_dir)
+    raise SourceError(f"unknown source {name!r}; choose one of {', '.join(available())}")
+
+
+__all__ = ["SourceError", "SourceResult", "available", "load_source"]

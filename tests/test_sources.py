@@ -1,0 +1,218 @@
+"""Issue 4: each adapter on a small fixture in its upstream layout, selection, contamination, preflight."""
+
+import io
+import json
+import subprocess
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from medasr.config import load_config
+from medasr.data.build import build
+from medasr.data.manifest import read_manifest, write_manifest
+from medasr.data.select import speakers, split_train_val
+from medasr.data.sources import SourceError, load_source
+from medasr.data.sources.osce import sentence_case
+from medasr.data.sources.primock57 import clean_text
+from medasr.data.synth import speak
+
+SR = 16000
+
+
+def _conversation(sentences, gap=0.7, tail=0.0, rate=160):
+    """Speech for each sentence separated by silence; returns audio and [(start, end)] of each sentence."""
+    parts, bounds, t = [], [], 0.5
+    parts.append(np.zeros(int(0.5 * SR), np.float32))
+    for s in sentences:
+        a = speak(s, "en-us", rate)
+        bounds.append((round(t, 3), round(t + len(a) / SR, 3)))
+        parts += [a, np.zeros(int(gap * SR), np.float32)]
+        t += len(a) / SR + gap
+    parts.append(np.zeros(int(tail * SR), np.float32))
+    return np.concatenate(parts), bounds
+
+
+def _lag_ms(a, b):
+    n = min(len(a), len(b))
+    c = np.correlate(a[:n], b[:n], mode="full")
+    return abs(int(np.argmax(c)) - (n - 1)) / SR * 1000
+
+
+@pytest.fixture(scope="module")
+def osce_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("osce")
+    (root / "audio").mkdir()
+    convs = {
+        "RES0001": ["START METFORMIN TWICE DAILY", "I HAVE HAD A COUGH FOR A WEEK", "ANY CHEST PAIN"],
+        "GAS0002": ["THE PAIN IS IN MY ABDOMEN", "I TOOK SOME IBUPROFEN"],
+        "CAR0003": ["DO YOU HAVE HEART FAILURE", "I TOOK SOME IBUPROFEN"],
+    }
+    truth = {}
+    for cid, sents in convs.items():
+        audio, bounds = _conversation(sents, tail=45.0 if cid == "CAR0003" else 0.0)
+        wav = root / f"{cid}.wav"
+        sf.write(wav, audio, SR)
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(wav), "-b:a", "128k", str(root / "audio" / f"{cid}.mp3")], check=True)
+        wav.unlink()
+        truth[cid] = (audio, bounds)
+    def line(cid, i):
+        s, e = truth[cid][1][i]
+        return f"audio/{cid}.mp3,[{s},{e}]\t{convs[cid][i]}"
+    (root / "medical_train.info").write_text("\n".join([line("RES0001", 0), line("RES0001", 1), line("RES0001", 2),
+                                                        line("RES0001", 1)]) + "\n")  # last: duplicate segment
+    (root / "medical_dev.info").write_text("\n".join([line("GAS0002", 0), line("GAS0002", 1)]) + "\n")
+    long_end = round(len(truth["CAR0003"][0]) / SR - 0.1, 2)
+    (root / "medical_test.info").write_text("\n".join([line("CAR0003", 0), line("CAR0003", 1),
+                                                       f"audio/CAR0003.mp3,[0.0,{long_end}]\tTHE WHOLE THING"]) + "\n")
+    with tarfile.open(root / "audio.tar.gz", "w:gz") as t:  # upstream ships the MP3s as a tarball
+        t.add(root / "audio", arcname="audio")
+    for f in (root / "audio").iterdir():
+        f.unlink()
+    (root / "audio").rmdir()
+    return root, truth
+
+
+def test_osce_adapter(osce_root, tmp_path):
+    root, truth = osce_root
+    res = load_source("osce", tmp_path, local=root)
+    assert {k: len(v) for k, v in res.splits.items()} == {"train": 3, "val": 2, "test": 2}
+    assert res.dropped == {"duplicate audio": 1, "longer than 40 s (rejected)": 1}
+    r0 = res.splits["train"][0]
+    assert r0["text"] == "Start metformin twice daily" and r0["text_raw"] == "START METFORMIN TWICE DAILY"
+    assert r0["speaker"] == "RES0001" and r0["terms"] == [{"term": "metformin", "entity_category": "drug"}]
+    assert res.splits["test"][0]["terms"] == [{"term": "heart failure", "entity_category": "condition"}]
+    for row, (s, e) in zip(res.splits["train"], truth["RES0001"][1]):
+        assert row["duration"] == pytest.approx(e - s, abs=0.01)  # boundaries to ±10 ms
+        cut, _ = sf.read(row["audio_filepath"], dtype="float32")
+        ref = truth["RES0001"][0][int(s * SR) : int(e * SR)]
+        assert _lag_ms(cut, ref) <= 10  # the right audio, not shifted (MP3 decoder delay included)
+    assert sentence_case("I'M SURE I TOOK IT") == "I'm sure I took it"
+
+
+def test_osce_build_selection_and_contamination(osce_root, tmp_path):
+    root, _ = osce_root
+    cfg = load_config("tiny", ["data.source=osce", f"data.local={root}", "data.max_train=2", "data.max_val=1"])
+    rep = build(cfg, tmp_path)
+    train, val, test = (read_manifest(tmp_path / f"data/{s}.json") for s in ("train", "val", "test"))
+    assert (len(val), len(test)) == (1, 2)
+    assert len(train) <= 2 and rep["selection"]["speaker_overlap"] == {"train&val": 0, "train&test": 0}
+    assert not speakers(train) & speakers(val) and not speakers(train) & speakers(test)
+    sel = json.loads((tmp_path / "data/selection.json").read_text())
+    assert sel["seed"] == cfg.data.seed and sel["ids"]["train"] == [r["id"] for r in train]
+    assert rep["adapter"]["dropped"]["longer than 40 s (rejected)"] == 1
+    assert rep["contamination"]["train_rows_in"] == len(train) + rep["contamination"]["dropped"]
+    assert build(cfg, tmp_path)["skipped"] is True
+
+
+def test_contamination_drops_exact_and_ngram():
+    from medasr.data.contamination import decontaminate
+
+    held = [{"text": "Okay so take the tablets twice a day with food please", "source": "osce"}]
+    train = [
+        {"text": "okay, so take the tablets twice a day with food please!", "source": "osce"},   # exact after normalising
+        {"text": "and then take the tablets twice a day with food after that", "source": "osce"},  # shares an 8-gram
+        {"text": "take the tablets once a day", "source": "osce"},                                 # fine
+        {"text": "so take the tablets twice a day with food or not", "source": "synthetic-espeak"},  # template overlap: kept
+    ]
+    kept, rep = decontaminate(train, held, n=8)
+    assert [r["text"] for r in kept] == [train[2]["text"], train[3]["text"]]
+    assert rep["by_source"]["osce"] == {"dropped_exact": 1, "dropped_8gram": 1, "kept": 1}
+    assert rep["by_source"]["synthetic-espeak"] == {"template_overlap_kept": 1, "kept": 1}
+
+
+def _textgrid(path, intervals, total):
+    from praatio import textgrid
+    from praatio.data_classes.interval_tier import IntervalTier
+
+    tg = textgrid.Textgrid()
+    tg.addTier(IntervalTier("Doctor", intervals, 0, total))
+    tg.save(str(path), format="long_textgrid", includeBlankSpaces=True)
+
+
+def test_primock57_adapter(tmp_path):
+    root = tmp_path / "primock57"
+    (root / "audio").mkdir(parents=True)
+    (root / "transcripts").mkdir()
+    for consult, rate in (("day1_consultation07", 150), ("day2_consultation01", 175)):
+        audio, bounds = _conversation(["Have you taken any paracetamol", "It could be asthma"], rate=rate)
+        total = len(audio) / SR
+        sf.write(root / "audio" / f"{consult}_doctor.wav", audio, SR)
+        (s0, e0), (s1, e1) = bounds
+        _textgrid(root / "transcripts" / f"{consult}_doctor.TextGrid",
+                  [(s0, e0, "Have you taken <UNSURE>any</UNSURE> paracetamol? <UNIN/>"),
+                   (e0 + 0.1, s1 - 0.1, "<UNIN/>"),
+                   (s1, e1, "It could be asthma.")], total)
+    res = load_source("primock57", tmp_path / "out", local=root)
+    rows = res.splits["test"]
+    assert list(res.splits) == ["test"] and len(rows) == 4
+    assert res.dropped == {"only transcriber tags / empty": 2}
+    assert rows[0]["text"] == "Have you taken any paracetamol?" and "<UNSURE>" in rows[0]["text_raw"]
+    assert rows[0]["leaderboard_excluded"] is True and rows[2]["leaderboard_excluded"] is False
+    assert rows[0]["speaker"] == "day1_consultation07_doctor" and rows[0]["role"] == "doctor"
+    assert rows[1]["terms"] == [{"term": "asthma", "entity_category": "condition"}]
+    assert clean_text("<UNSURE>Come</UNSURE> and go <UNIN/>") == "Come and go"
+
+
+def test_hf_parquet_adapter(tmp_path):
+    root = tmp_path / "hfset" / "data"
+    root.mkdir(parents=True)
+    for split, texts in (("train", ["my chest hurts", "I take lisinopril", ""]), ("test", ["my knee is sore"])):
+        rows = []
+        for i, t in enumerate(texts):
+            buf = io.BytesIO()
+            sf.write(buf, speak(t or "silence", "en-gb", 170), SR, format="WAV")
+            rows.append({"audio": {"bytes": buf.getvalue(), "path": f"{i}.wav"}, "sentence": t, "spk": f"s{i}"})
+        pq.write_table(pa.Table.from_pylist(rows), root / f"{split}-00000-of-00001.parquet")
+    res = load_source("hf:someone/medical-set", tmp_path / "out", local=root.parent, speaker_column="spk")
+    assert {k: len(v) for k, v in res.splits.items()} == {"test": 1, "train": 2}
+    assert res.dropped == {"empty text": 1}
+    assert res.splits["train"][1]["terms"][0]["term"] == "lisinopril" and res.splits["train"][1]["speaker"] == "s1"
+    with pytest.raises(SourceError, match="--text-column"):
+        load_source("hf:someone/medical-set", tmp_path / "out2", local=root.parent, text_column="nope")
+
+
+def test_folder_adapter_csv(tmp_path):
+    root = tmp_path / "mine"
+    root.mkdir()
+    sf.write(root / "a.wav", speak("start warfarin tonight", "en-us", 150), SR)
+    sf.write(root / "b.flac", speak("check the troponin", "en-us", 150), SR)
+    (root / "transcripts.csv").write_text("audio,text,speaker\na.wav,Start warfarin tonight.,dr1\nb.flac,Check the troponin.,dr2\nmissing.wav,x,dr3\n")
+    res = load_source(f"folder:{root}", tmp_path / "out")
+    assert len(res.splits["train"]) == 2 and res.dropped == {"audio file missing": 1}
+    assert sf.info(res.splits["train"][1]["audio_filepath"]).samplerate == SR
+
+
+def test_download_failure_names_dataset_and_flag(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SourceError, match=r"osce: could not download yfyeung/medical.*--local PATH"):
+        load_source("osce", tmp_path)
+
+
+def test_split_train_val_is_speaker_disjoint():
+    rows = [{"id": f"r{i}", "speaker": f"spk{i % 17}", "source": "a" if i % 3 else "b", "text": "x", "duration": 1} for i in range(400)]
+    train, val = split_train_val(rows, max_train=200, n_val=50, seed=3)
+    assert len(train) == 200 and len(val) == 50
+    assert not speakers(train) & speakers(val)
+    again = split_train_val(rows, max_train=200, n_val=50, seed=3)
+    assert [r["id"] for r in again[0]] == [r["id"] for r in train]
+
+
+def test_flywheel_preflight_stops_on_bad_rows(tiny_data_and_base):
+    from medasr.flywheel import PreflightError, preflight_manifests
+
+    run_dir = tiny_data_and_base
+    rows = read_manifest(run_dir / "data/train.json")
+    rows[3]["text"] = "  "
+    write_manifest(run_dir / "data/train.json", rows)
+    cfg = load_config("tiny")
+    with pytest.raises(PreflightError, match=r"line 4: empty or whitespace-only text"):
+        preflight_manifests(cfg, run_dir)
+    cfg = load_config("tiny", ["data.skip_bad=true"])
+    out = preflight_manifests(cfg, run_dir)
+    assert out["train"] == {"accepted": len(rows) - 1, "rejected": 1, "report": str(run_dir / "data/preflight/train.json")}
+    assert len(read_manifest(run_dir / "data/train.json")) == len(rows) - 1
+    assert len(read_manifest(run_dir / "data/train.with_rejected.json")) == len(rows)
