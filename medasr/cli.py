@@ -172,7 +172,8 @@ def transcribe(files: List[Path] = typer.Argument(..., help="audio files"),
 
 @app.command()
 def score(manifest: Path, out: Path = typer.Option(..., "--out"),
-          normalizer: str = typer.Option("whisper", help="whisper | basic | none")):
+          normalizer: str = typer.Option("whisper", help="whisper | basic | none"),
+          lexicon: str = typer.Option("core", help="core (174 curated terms) | extended (+ drugs, ICD-10-CM conditions)")):
     """Score a manifest that holds `text` and `pred_text` (and optionally `term`, `entity_category`)."""
     from medasr.config import Config
     from medasr.data.manifest import read_manifest
@@ -180,6 +181,7 @@ def score(manifest: Path, out: Path = typer.Option(..., "--out"),
 
     cfg = Config()
     cfg.eval.normalizer = normalizer
+    cfg.eval.lexicon = lexicon
     m = score_manifest(read_manifest(manifest, required=("text", "pred_text")), out, cfg, f"Scores for {manifest.name}")
     console.print((out / "report.md").read_text())
     return m
@@ -196,6 +198,28 @@ def compare(before_dir: Path, after_dir: Path, out: Path = typer.Option(..., "--
     c = run_compare(cfg, before_dir, after_dir, out)
     console.print((out / "compare.md").read_text())
     return c
+
+
+@app.command("lexicon")
+def lexicon_(extended: bool = typer.Option(False, help="add drugs and ICD-10-CM conditions from the pinned packages"),
+             out: Optional[Path] = typer.Option(None, help="write the lexicon as TSV"),
+             tag: Optional[str] = typer.Option(None, help="tag this sentence and print the matches")):
+    """Show the medical lexicon (sizes per category), export it, or tag a sentence."""
+    from collections import Counter
+
+    from rich.markup import escape
+
+    from medasr.data.lexicon import core_lexicon
+    from medasr.data.lexicon_sources import extended_lexicon
+
+    lex = extended_lexicon() if extended else core_lexicon()
+    console.print(f"{len(lex)} terms: {dict(sorted(Counter(t.entity_category for t in lex.terms).items()))}")
+    if out:
+        out.write_text("term\tentity_category\tsource\n" + "".join(f"{t.term}\t{t.entity_category}\t{t.source}\n" for t in lex.terms))
+        console.print(f"written: {out}")
+    if tag:
+        for m in lex.tag(tag):
+            console.print(escape(f"{m.term.term} [{m.term.entity_category}] ({m.term.source})"))
 
 
 @app.command()

@@ -104,6 +104,7 @@ class EvalConfig:
     batch_size: int = 16
     max_new_tokens: int = 64
     normalizer: str = "whisper"
+    lexicon: str = "core"  # core | extended: the lexicon that tags term occurrences for term_error_rate
     n_boot: int = 1000
 
 

@@ -100,3 +100,26 @@ def test_built_corpus(tiny_run):
     assert any(not r["term_seen"] for r in test) and any(r["term_seen"] for r in test)
     train_terms = {r["term"] for r in train}
     assert all(r["term_seen"] == (r["term"] in train_terms) for r in test)
+
+
+def test_extended_lexicon(tmp_path):
+    import time
+    from collections import Counter
+
+    from medasr.data.lexicon_sources import condition_name, extended_lexicon
+
+    lex = extended_lexicon(tmp_path / "ext.tsv")
+    n = Counter(t.entity_category for t in lex.terms)
+    assert n["drug"] > 10_000 and n["condition"] > 2_000 and len(lex) >= len(core_lexicon())
+    assert lex.get("metformin").source == "medasr-core"  # curated entries win
+    assert lex.get("istradefylline").entity_category == "drug"
+    assert [m.term.term for m in lex.tag("I drink water and coffee and sleep at night")] == []  # everyday words
+    assert [m.term.term for m in lex.tag("type 2 diabetes mellitus and essential hypertension")] == ["type 2 diabetes mellitus", "essential hypertension"]
+    assert condition_name("Pneumonia, unspecified organism") == "pneumonia"
+    assert condition_name("Sedative, hypnotic, or anxiolytic related disorders") is None
+    assert (tmp_path / "ext.tsv").exists() and len(extended_lexicon(tmp_path / "ext.tsv")) == len(lex)  # cache
+    sents = ["She has asthma and takes atorvastatin, had pneumonia last year, is 64 and doing well today."] * 5000
+    t = time.perf_counter()
+    for s in sents:
+        lex.tag(s)
+    assert len(sents) / (time.perf_counter() - t) >= 10_000  # sentences per second on one core

@@ -16,13 +16,26 @@ from medasr.evaluate.report_html import eval_html, write
 from medasr.models.salm import transcribe_paths
 
 
+def load_lexicon(name: str):
+    from medasr.data.lexicon import core_lexicon
+
+    if name == "core":
+        return core_lexicon()
+    if name == "extended":
+        from medasr.data.lexicon_sources import extended_lexicon
+
+        return extended_lexicon()
+    raise ValueError(f"eval.lexicon={name!r}: use core or extended")
+
+
 def eval_is_done(out_dir: Path, n_rows: int) -> bool:
     m = out_dir / "metrics.json"
     return m.exists() and (out_dir / "hyps.json").exists() and json.loads(m.read_text()).get("n_rows") == n_rows
 
 
 def score_manifest(rows: list[dict], out_dir: Path, cfg: Config, title: str) -> dict:
-    metrics = compute_metrics(rows, normalizer=cfg.eval.normalizer, n_boot=cfg.eval.n_boot)
+    metrics = compute_metrics(rows, normalizer=cfg.eval.normalizer, n_boot=cfg.eval.n_boot, lexicon=load_lexicon(cfg.eval.lexicon))
+    metrics["lexicon"] = cfg.eval.lexicon
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "report.md").write_text(metrics_markdown(metrics, title))
