@@ -63,9 +63,19 @@ class SynthConfig:
 
 
 @dataclass
-class DataConfig:
-    # synthetic | osce | primock57 | kaggle-medical | hf:<dataset id> | folder:<path>  (docs/DATASETS.md)
+class MixItem:
+    """One component of `data.source: mix`: which splits of which source go into the run's manifests."""
+
     source: str = "synthetic"
+    local: Optional[str] = None
+    use: list[str] = field(default_factory=lambda: ["train", "val", "test"])
+
+
+@dataclass
+class DataConfig:
+    # synthetic | osce | primock57 | united-syn-med | kaggle-medical | eka | hf:<dataset id> | folder:<path> | mix
+    source: str = "synthetic"
+    mix: list[MixItem] = field(default_factory=list)  # components when source == "mix" (docs/DATASETS.md)
     local: Optional[str] = None  # offline copy of the source in its upstream layout
     text_column: Optional[str] = None  # hf:<id> sources
     audio_column: Optional[str] = None

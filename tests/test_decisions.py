@@ -54,6 +54,10 @@ def test_config_rejects_unknown_keys():
     assert load_config("tiny", ["train.max_steps=3"]).train.max_steps == 3
     real = load_config("canary-qwen-2.5b")
     assert real.model.base == "nvidia/canary-qwen-2.5b" and real.model.precision == "bf16-true"
+    assert [(m.source, m.use) for m in real.data.mix] == [("osce", ["train", "val"]), ("primock57", ["test"]),
+                                                          ("synthetic", ["train", "test"])]
+    local = load_config("canary-qwen-2.5b", ["data.mix.0.local=/data/osce"])
+    assert local.data.mix[0].local == "/data/osce" and local.data.mix[1].local is None
 
 
 def test_cli_score(tmp_path):

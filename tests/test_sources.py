@@ -216,3 +216,49 @@ def test_flywheel_preflight_stops_on_bad_rows(tiny_data_and_base):
     assert out["train"] == {"accepted": len(rows) - 1, "rejected": 1, "report": str(run_dir / "data/preflight/train.json")}
     assert len(read_manifest(run_dir / "data/train.json")) == len(rows) - 1
     assert len(read_manifest(run_dir / "data/train.with_rejected.json")) == len(rows)
+
+
+def test_united_syn_med_adapter(tmp_path):
+    root = tmp_path / "usm"
+    (root / "data" / "audio").mkdir(parents=True)
+    for split, items in (("train", [("a1.mp3", "Take amoxicillin three times a day"), ("a2.mp3", "Apixaban five milligrams")]),
+                         ("test", [("t1.mp3", "Continue furosemide"), ("gone.mp3", "not in the tarball")])):
+        with (root / "data" / f"{split}.csv").open("w") as f:
+            f.write("file_name,transcription\n" + "".join(f"{n},{t}\n" for n, t in items))
+        stage = tmp_path / f"stage-{split}"
+        stage.mkdir()
+        for n, t in items:
+            if n == "gone.mp3":
+                continue
+            sf.write(stage / "x.wav", speak(t, "en-us", 160), SR)
+            subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(stage / "x.wav"), str(stage / n)], check=True)
+        with tarfile.open(root / "data" / "audio" / f"{split}.tar.gz", "w:gz") as t:
+            for n, _ in items:
+                if (stage / n).exists():
+                    t.add(stage / n, arcname=f"{split}/{n}")
+    res = load_source("united-syn-med", tmp_path / "out", local=root)
+    assert {k: len(v) for k, v in res.splits.items()} == {"train": 2, "test": 1}
+    assert res.dropped == {"listed in CSV but missing from the tarball": 1}
+    assert res.splits["train"][0]["terms"] == [{"term": "amoxicillin", "entity_category": "drug"}]
+    assert res.splits["train"][0]["duration"] > 1.0
+
+
+def test_mix_build(osce_root, tmp_path):
+    root, _ = osce_root
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    sf.write(mine / "a.wav", speak("the patient takes warfarin", "en-gb", 150), SR)
+    (mine / "transcripts.csv").write_text("audio,text,speaker\na.wav,The patient takes warfarin.,gp1\n")
+    cfg = load_config("tiny", ["data.source=mix"])
+    from omegaconf import OmegaConf
+
+    from medasr.config import Config, MixItem
+
+    cfg.data.mix = [MixItem("osce", str(root), ["train", "val"]), MixItem(f"folder:{mine}", None, ["train"])]
+    cfg.data.mix.append(MixItem(f"folder:{mine}", None, ["test"]))  # the same speaker as a test source
+    rep = build(cfg, tmp_path / "run")
+    train, val, test = (read_manifest(tmp_path / f"run/data/{s}.json") for s in ("train", "val", "test"))
+    assert {r["source"] for r in train} == {"osce"}  # gp1 is a test speaker, so its training row was removed
+    assert rep["dropped_train_rows_of_held_out_speakers"] == 1
+    assert len(val) == 2 and [r["source"] for r in test] == ["folder:mine"]
+    assert [c["source"] for c in rep["components"]] == ["osce", f"folder:{mine}", f"folder:{mine}"]

@@ -64,7 +64,7 @@ def _summary(rows: list[dict]) -> dict:
     return out
 
 
-def _build_real(cfg: Config, data_dir: Path) -> tuple[dict[str, list[dict]], dict]:
+def _build_real(cfg: Config, data_dir: Path, want: tuple[str, ...] = SPLITS) -> tuple[dict[str, list[dict]], dict]:
     from medasr.data.select import speakers, split_train_val, stratified_take
     from medasr.data.sources import load_source
 
@@ -72,9 +72,14 @@ def _build_real(cfg: Config, data_dir: Path) -> tuple[dict[str, list[dict]], dic
     res = load_source(d.source, data_dir / "audio", Path(d.local) if d.local else None,
                       text_column=d.text_column, audio_column=d.audio_column, speaker_column=d.speaker_column)
     train_pool, val_pool, test = res.splits.get("train", []), res.splits.get("val", []), res.splits.get("test", [])
+    if tuple(want) == ("test",):  # a test-only source (e.g. PriMock57 in the POC mix): every row is test
+        test, train_pool, val_pool = train_pool + val_pool + test, [], []
     test_speakers = speakers(test)
     train_pool = [r for r in train_pool if str(r.get("speaker")) not in test_speakers or not r.get("speaker")]
-    if val_pool:
+    if "val" not in want:  # e.g. a mix component that only contributes training rows
+        val = []
+        train, _ = stratified_take(train_pool, min(d.max_train, len(train_pool)), d.seed + 1)
+    elif val_pool:
         val, _ = stratified_take(val_pool, min(d.max_val, len(val_pool)), d.seed)
         val_spk = speakers(val)
         train, _ = stratified_take([r for r in train_pool if not r.get("speaker") or str(r["speaker"]) not in val_spk],
@@ -89,6 +94,36 @@ def _build_real(cfg: Config, data_dir: Path) -> tuple[dict[str, list[dict]], dic
                             "speaker_overlap": {"train&val": len(speakers(train) & speakers(val)),
                                                 "train&test": len(speakers(train) & test_speakers)}}}
     return {"train": train, "val": val, "test": test}, report
+
+
+def _build_mix(cfg: Config, data_dir: Path) -> tuple[dict[str, list[dict]], dict]:
+    """Union of several sources, each contributing only the splits in its `use` list (e.g. OSCE train/val,
+    PriMock57 test, synthetic everything)."""
+    import copy
+
+    if not cfg.data.mix:
+        raise ValueError("data.source=mix needs data.mix: a list of {source, local, use}")
+    by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    components = []
+    for item in cfg.data.mix:
+        bad = set(item.use) - set(SPLITS)
+        if bad:
+            raise ValueError(f"data.mix: {item.source}: use must list splits among {SPLITS}, got {sorted(bad)}")
+        sub = copy.deepcopy(cfg)
+        sub.data.source, sub.data.local = item.source, item.local
+        parts, rep = _build_synthetic(sub, data_dir) if item.source == "synthetic" else _build_real(sub, data_dir, tuple(item.use))
+        for s in item.use:
+            by_split[s].extend(parts.get(s, []))
+        components.append({"source": item.source, "use": list(item.use), "rows": {s: len(parts.get(s, [])) for s in item.use},
+                           "report": rep})
+    # one speaker must never be on two sides, across components too
+    from medasr.data.select import speakers
+
+    held = speakers(by_split["val"]) | speakers(by_split["test"])
+    before = len(by_split["train"])
+    by_split["train"] = [r for r in by_split["train"] if not r.get("speaker") or str(r["speaker"]) not in held]
+    return by_split, {"source": "mix", "components": components,
+                      "dropped_train_rows_of_held_out_speakers": before - len(by_split["train"])}
 
 
 def _build_synthetic(cfg: Config, data_dir: Path) -> tuple[dict[str, list[dict]], dict]:
@@ -132,6 +167,8 @@ def build(cfg: Config, run_dir: Path, force: bool = False) -> dict:
     data_dir.mkdir(parents=True, exist_ok=True)
     if cfg.data.source == "synthetic":
         by_split, report = _build_synthetic(cfg, data_dir)
+    elif cfg.data.source == "mix":
+        by_split, report = _build_mix(cfg, data_dir)
     else:
         by_split, report = _build_real(cfg, data_dir)
     by_split["train"], report["contamination"] = decontaminate(

@@ -14,7 +14,7 @@ from medasr.data.sources.common import SourceError, SourceResult
 
 
 def available() -> list[str]:
-    return ["osce", "primock57", "kaggle-medical", "folder:<path>", "hf:<dataset id>"]
+    return ["osce", "primock57", "united-syn-med", "kaggle-medical", "eka", "folder:<path>", "hf:<dataset id>"]
 
 
 def load_source(name: str, out_dir: Path, local: Path | None = None, **opts) -> SourceResult:
@@ -27,6 +27,17 @@ def load_source(name: str, out_dir: Path, local: Path | None = None, **opts) -> 
         from medasr.data.sources.primock57 import load_primock57
 
         return load_primock57(out_dir, local)
+    if name == "united-syn-med":
+        from medasr.data.sources.united_syn_med import load_united_syn_med
+
+        return load_united_syn_med(out_dir, local)
+    if name == "eka":
+        from medasr.data.sources.hf import load_hf_parquet
+
+        # An evaluation-only set: every row goes to test. Column names are auto-detected (not verified offline).
+        return load_hf_parquet("ekacare/eka-medical-asr-evaluation-dataset", out_dir, local,
+                               text_column=opts.get("text_column"), audio_column=opts.get("audio_column") or "audio",
+                               speaker_column=opts.get("speaker_column"), source="eka", force_split="test")
     if name == "kaggle-medical":
         from medasr.data.sources.hf import load_hf_parquet
 

@@ -19,7 +19,8 @@ def _split_of(path: Path) -> str:
 
 
 def load_hf_parquet(repo_id: str, out_dir: Path, local: Path | None = None, text_column: str | None = None,
-                    audio_column: str = "audio", speaker_column: str | None = None, source: str | None = None) -> SourceResult:
+                    audio_column: str = "audio", speaker_column: str | None = None, source: str | None = None,
+                    force_split: str | None = None) -> SourceResult:
     import pyarrow.parquet as pq
 
     source = source or f"hf:{repo_id}"
@@ -35,7 +36,7 @@ def load_hf_parquet(repo_id: str, out_dir: Path, local: Path | None = None, text
         tcol = text_column or next((c for c in TEXT_COLUMNS if c in cols), None)
         if tcol not in cols or audio_column not in cols:
             raise SourceError(f"{f}: columns are {cols}; pass --text-column / --audio-column (looked for {tcol!r}, {audio_column!r})")
-        split = _split_of(f.relative_to(root))
+        split = force_split or _split_of(f.relative_to(root))
         for g in range(pf.num_row_groups):
             table = pf.read_row_group(g).to_pylist()
             for i, row in enumerate(table):
