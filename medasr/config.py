@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from omegaconf import OmegaConf
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -149,7 +150,13 @@ def load_config(preset: str, overrides: Optional[list[str]] = None) -> Config:
     if not path.exists():
         raise FileNotFoundError(f"no preset {preset!r}: choose one of {', '.join(available_presets())} or pass a .yaml path")
     schema = OmegaConf.structured(Config)
-    merged = OmegaConf.merge(schema, OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides or [])))
+    merged = OmegaConf.merge(schema, OmegaConf.load(path))
+    for o in overrides or []:
+        key, sep, value = o.partition("=")
+        if not sep:
+            raise ValueError(f"override {o!r}: expected key=value, e.g. train.max_steps=50")
+        # update() understands list indices (data.mix.0.local=...) and, on a structured config, rejects unknown keys
+        OmegaConf.update(merged, key.strip(), yaml.safe_load(value) if value.strip() else None, merge=True)
     return OmegaConf.to_object(merged)
 
 

@@ -116,11 +116,14 @@ def hf_download(repo_id: str, name: str, allow_patterns: list[str]) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
+        # huggingface_hub reads HF_HUB_OFFLINE once at import; honour it per call as well
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
         return Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=allow_patterns,
-                                      token=os.environ.get("HF_TOKEN") or None))
+                                      token=os.environ.get("HF_TOKEN") or None, local_files_only=offline))
     except Exception as e:  # noqa: BLE001 - every failure gets the same actionable message
+        reason = " ".join(str(e).split())[:200]
         raise SourceError(
-            f"{name}: could not download {repo_id} from the Hugging Face Hub ({type(e).__name__}: {str(e)[:200]}). "
+            f"{name}: could not download {repo_id} from the Hugging Face Hub ({type(e).__name__}: {reason}). "
             f"If the set is gated, accept its terms and export HF_TOKEN; or download it elsewhere and pass "
             f"--local PATH (a folder in the upstream layout)."
         ) from e
