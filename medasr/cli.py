@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 # A fresh medasr process must not attach to a parent's wandb-core service (inherited WANDB_SERVICE): after a crash
 # that service still holds the killed run's id, and the relaunch would fail with "run ID is in use".
@@ -48,12 +49,17 @@ def presets():
 
 @app.command()
 def flywheel(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt,
-             force: bool = typer.Option(False, help="train even when the gate says it is not warranted")):
-    """Run every stage: build → eval → gate → train → export → re-eval → compare. Re-running resumes."""
-    from medasr.flywheel import run_flywheel
+             force: bool = typer.Option(False, help="train even when the gate says it is not warranted"),
+             skip_bad: bool = typer.Option(False, help="preflight: continue without rejected rows (still reported)")):
+    """Run every stage: build → preflight → eval → gate → train → export → re-eval → compare. Re-running resumes."""
+    from medasr.flywheel import PreflightError, run_flywheel
 
-    cfg = _cfg(preset, set_)
-    run_flywheel(cfg, _run_dir(cfg, run_dir), force_train=force)
+    cfg = _cfg(preset, list(set_ or []) + (["data.skip_bad=true"] if skip_bad else []))
+    try:
+        run_flywheel(cfg, _run_dir(cfg, run_dir), force_train=force)
+    except PreflightError as e:
+        console.print(f"[red]preflight stopped the run:[/] {escape(str(e))}")
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -206,8 +212,6 @@ def lexicon_(extended: bool = typer.Option(False, help="add drugs and ICD-10-CM 
              tag: Optional[str] = typer.Option(None, help="tag this sentence and print the matches")):
     """Show the medical lexicon (sizes per category), export it, or tag a sentence."""
     from collections import Counter
-
-    from rich.markup import escape
 
     from medasr.data.lexicon import core_lexicon
     from medasr.data.lexicon_sources import extended_lexicon
