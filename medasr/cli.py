@@ -17,6 +17,14 @@ from rich.markup import escape
 os.environ.pop("WANDB_SERVICE", None)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+@app.callback()
+def _main():
+    """Load `.env` and redact secret values from every log line, before any command runs."""
+    from medasr.ops.secrets import load_secrets
+
+    load_secrets()
 console = Console()
 
 PresetOpt = typer.Option("tiny", "--preset", "-p", help="configs/<preset>.yaml or a YAML path")
