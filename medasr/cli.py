@@ -260,5 +260,33 @@ def validate(manifest: Path, report: Path = typer.Option(..., "--report", help="
     raise typer.Exit(0 if rep.ok or skip_bad else 1)
 
 
+@app.command()
+def sync(run_dir: Path = typer.Option(..., "--run-dir", "-d"), to: str = typer.Option(..., "--to", help="s3://bucket/prefix"),
+         include_audio: bool = typer.Option(False, help="also upload data/audio/")):
+    """Upload a run dir to S3 (checkpoints, adapter, reports, manifests): idempotent, verified, resumable."""
+    from medasr.ops.storage import StorageError, sync_up
+
+    try:
+        r = sync_up(run_dir, to, include_audio=include_audio)
+    except StorageError as e:
+        console.print(f"[red]{escape(str(e))}[/]")
+        raise typer.Exit(2)
+    console.print(f"uploaded {len(r.uploaded)} ({r.bytes_uploaded:,} bytes), already there {len(r.skipped)} → {to}")
+
+
+@app.command()
+def restore(from_: str = typer.Option(..., "--from", help="s3://bucket/prefix"),
+            run_dir: Path = typer.Option(..., "--run-dir", "-d")):
+    """Pull a run dir back from S3 (only what is missing or different locally)."""
+    from medasr.ops.storage import StorageError, restore as do_restore
+
+    try:
+        pulled = do_restore(from_, run_dir)
+    except StorageError as e:
+        console.print(f"[red]{escape(str(e))}[/]")
+        raise typer.Exit(2)
+    console.print(f"restored {len(pulled)} file(s) into {run_dir}")
+
+
 if __name__ == "__main__":
     app()

@@ -128,6 +128,13 @@ class GateConfig:
 
 
 @dataclass
+class OpsConfig:
+    # s3://bucket/prefix for checkpoint/adapter/report sync; MEDASR_S3_URI from the environment when unset
+    s3_uri: Optional[str] = None
+    s3_include_audio: bool = False
+
+
+@dataclass
 class Config:
     name: str = "tiny"
     description: str = ""
@@ -136,6 +143,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    ops: OpsConfig = field(default_factory=OpsConfig)
+
+
+def s3_uri(cfg: "Config") -> Optional[str]:
+    import os
+
+    return cfg.ops.s3_uri or os.environ.get("MEDASR_S3_URI") or None
 
 
 def available_presets() -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from medasr.config import Config, save_config
+from medasr.config import Config, s3_uri, save_config
 from medasr.data.build import build
 from medasr.evaluate.compare import compare_rows
 from medasr.evaluate.gate import decide
@@ -140,6 +140,11 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
         }
     summary["timings_s"] = timings
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if uri := s3_uri(cfg):
+        from medasr.ops.storage import sync_up
+
+        res = stage("sync to S3", lambda: sync_up(run_dir, uri, include_audio=cfg.ops.s3_include_audio))
+        console.print(f"S3: {len(res.uploaded)} uploaded, {len(res.skipped)} already there → {uri}")
     console.rule("[bold]summary")
     console.print_json(json.dumps({k: v for k, v in summary.items() if k != "gate"}))
     return summary

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from medasr.config import Config, to_dict
+from medasr.config import Config, s3_uri, to_dict
 from medasr.models.salm import AUDIO_TAG, group_of, load_base, quiet_nemo, split_prompt
 
 console = Console()
@@ -135,6 +135,34 @@ def resume_log_callback(train_dir: Path, resumed_from: str | None):
     return _ResumeLog()
 
 
+def s3_sync_callback(run_dir: Path, uri: str):
+    """After every checkpoint (and at the end of training), sync the run to S3 in the background."""
+    from lightning.pytorch.callbacks import Callback
+
+    from medasr.ops.storage import BackgroundSync
+
+    class _S3Sync(Callback):
+        def __init__(self):
+            self.sync = BackgroundSync(run_dir, uri)
+            self._last = -1
+
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            self._pending = True
+
+        def on_train_batch_end(self, trainer, *args):
+            if getattr(self, "_pending", False):  # runs after ModelCheckpoint wrote the file (callback order)
+                self._pending = False
+                self.sync.request()
+
+        def on_train_end(self, trainer, pl_module):
+            self.sync.request()
+            self.sync.join(timeout=600)
+            if self.sync.errors:
+                console.print(f"[yellow]S3 sync errors (will retry on the next sync): {self.sync.errors[-1]}")
+
+    return _S3Sync()
+
+
 def wandb_logger(cfg: Config, train_dir: Path):
     from lightning.pytorch.loggers import WandbLogger
 
@@ -214,7 +242,8 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
         devices=cfg.train.devices,
         precision=cfg.model.precision,
         logger=wandb_logger(cfg, train_dir),
-        callbacks=[ckpt_cb, LearningRateMonitor(logging_interval="step"), resume_log_callback(train_dir, resume_from)],
+        callbacks=[ckpt_cb, LearningRateMonitor(logging_interval="step"), resume_log_callback(train_dir, resume_from)]
+        + ([s3_sync_callback(run_dir, s3_uri(cfg))] if s3_uri(cfg) else []),
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=sys.stderr.isatty(),
         check_val_every_n_epoch=None,  # finite manifests: an epoch is a few batches (FACTS §7)
