@@ -261,6 +261,19 @@ def validate(manifest: Path, report: Path = typer.Option(..., "--report", help="
 
 
 @app.command()
+def supervise(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt,
+              max_restarts: int = typer.Option(20, help="give up after this many restarts"),
+              backoff: float = typer.Option(5.0, help="first restart delay in seconds (doubles each time, max 300)")):
+    """Keep the flywheel alive until the run is done (decided from files, never from exit codes); restart on any
+    crash with backoff; forward SIGTERM; state in RUN/supervisor.json. The pod's continuous command."""
+    from medasr.ops.supervisor import Supervisor
+
+    cfg = _cfg(preset, set_)
+    sup = Supervisor(preset, _run_dir(cfg, run_dir), list(set_ or []), max_restarts=max_restarts, backoff_base=backoff)
+    raise typer.Exit(sup.run())
+
+
+@app.command()
 def sync(run_dir: Path = typer.Option(..., "--run-dir", "-d"), to: str = typer.Option(..., "--to", help="s3://bucket/prefix"),
          include_audio: bool = typer.Option(False, help="also upload data/audio/")):
     """Upload a run dir to S3 (checkpoints, adapter, reports, manifests): idempotent, verified, resumable."""

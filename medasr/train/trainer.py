@@ -135,6 +135,37 @@ def resume_log_callback(train_dir: Path, resumed_from: str | None):
     return _ResumeLog()
 
 
+def stop_signal_checkpoint(ckpt_dir: Path):
+    """Lightning turns SIGTERM into SIGTERMException at the next batch boundary and saves nothing (FACTS §6).
+    On SIGTERM or Ctrl-C this writes `last.ckpt` (atomically) so the next launch resumes from the very step."""
+    from lightning.pytorch.callbacks import Callback
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    class _StopCheckpoint(Callback):
+        def on_exception(self, trainer, pl_module, exception):
+            if isinstance(exception, (SIGTERMException, KeyboardInterrupt)) and trainer.global_step > 0:
+                trainer.save_checkpoint(str(ckpt_dir / "last.ckpt"))
+                console.print(f"[yellow]stop signal: saved last.ckpt at step {trainer.global_step}")
+
+    return _StopCheckpoint()
+
+
+def progress_callback(train_dir: Path):
+    """`train/progress.json` = {global_step, max_steps, time, pid} after every step: a heartbeat for supervisors."""
+    import time
+
+    from lightning.pytorch.callbacks import Callback
+
+    class _Progress(Callback):
+        def on_train_batch_end(self, trainer, *args):
+            tmp = train_dir / "progress.json.tmp"
+            tmp.write_text(json.dumps({"global_step": int(trainer.global_step), "max_steps": int(trainer.max_steps),
+                                       "time": time.time(), "pid": os.getpid()}))
+            tmp.replace(train_dir / "progress.json")
+
+    return _Progress()
+
+
 def s3_sync_callback(run_dir: Path, uri: str):
     """After every checkpoint (and at the end of training), sync the run to S3 in the background."""
     from lightning.pytorch.callbacks import Callback
@@ -242,7 +273,8 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
         devices=cfg.train.devices,
         precision=cfg.model.precision,
         logger=wandb_logger(cfg, train_dir),
-        callbacks=[ckpt_cb, LearningRateMonitor(logging_interval="step"), resume_log_callback(train_dir, resume_from)]
+        callbacks=[ckpt_cb, LearningRateMonitor(logging_interval="step"), resume_log_callback(train_dir, resume_from),
+                   stop_signal_checkpoint(ckpt_dir), progress_callback(train_dir)]
         + ([s3_sync_callback(run_dir, s3_uri(cfg))] if s3_uri(cfg) else []),
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=sys.stderr.isatty(),

@@ -1,0 +1,163 @@
+"""The continuous command: keep the flywheel running until the run is really done, whatever happens to it.
+
+- The flywheel runs in a child process in its own process group; SIGTERM/SIGINT to the supervisor is forwarded to
+  that group (the trainer then writes `last.ckpt`), and the supervisor exits without restarting.
+- "Done" is decided only from files — `summary.json` status done + `train/DONE` at max_steps + the exported adapter,
+  or a flywheel that stopped at the gate — never from an exit code (Lightning exits 0 on SIGTERM).
+- Any other exit is restarted with exponential backoff, up to `max_restarts`.
+- Before each launch, unfinished checkpoint writes are removed and an unreadable `last.ckpt` is replaced by the
+  newest readable step checkpoint.
+- On a fresh machine whose run dir is empty, the run is first restored from S3 (when an S3 URI is configured).
+- `supervisor.json` = {"state": running|backoff|done|failed|stopped, "restarts", "last_exit", "heartbeat", ...}.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+console = Console()
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_is_done(run_dir: Path, max_steps: int) -> tuple[bool, str]:
+    s = run_dir / "summary.json"
+    if not s.exists():
+        return False, "no summary.json yet"
+    summary = json.loads(s.read_text())
+    status = summary.get("status", "")
+    if status.startswith("stopped at gate"):
+        return True, status
+    if status != "done":
+        return False, f"summary status {status!r}"
+    done = run_dir / "train" / "DONE"
+    if not done.exists() or json.loads(done.read_text()).get("global_step") != max_steps:
+        return False, "train/DONE missing or short of max_steps"
+    if not (run_dir / "canary-qwen-medical-lora" / "adapter.safetensors").exists():
+        return False, "adapter not exported"
+    return True, "done"
+
+
+def clean_checkpoints(ckpt_dir: Path) -> list[str]:
+    """Remove unfinished writes; make sure `last.ckpt`, if present, is loadable (else fall back to the newest step)."""
+    import torch
+
+    actions = []
+    if not ckpt_dir.exists():
+        return actions
+    for p in ckpt_dir.glob("*.partial"):
+        p.unlink()
+        actions.append(f"removed unfinished {p.name}")
+
+    def loads(p: Path) -> bool:
+        try:
+            torch.load(p, map_location="cpu", weights_only=False, mmap=True)
+            return True
+        except Exception:  # noqa: BLE001 - any failure means unusable
+            return False
+
+    last = ckpt_dir / "last.ckpt"
+    if last.exists() and not loads(last):
+        last.unlink()
+        actions.append("removed unreadable last.ckpt")
+        for step in sorted(ckpt_dir.glob("step*.ckpt"), reverse=True):
+            if loads(step):
+                os.link(step, last) if hasattr(os, "link") else step.replace(last)
+                actions.append(f"last.ckpt <- {step.name}")
+                break
+    return actions
+
+
+class Supervisor:
+    def __init__(self, preset: str, run_dir: Path, overrides: list[str], max_restarts: int = 20,
+                 backoff_base: float = 5.0, backoff_max: float = 300.0, heartbeat_s: float = 10.0):
+        from medasr.config import load_config
+
+        self.cfg = load_config(preset, overrides)
+        self.preset, self.run_dir, self.overrides = preset, run_dir, overrides
+        self.max_restarts, self.backoff_base, self.backoff_max, self.heartbeat_s = max_restarts, backoff_base, backoff_max, heartbeat_s
+        self.state = {"state": "starting", "restarts": 0, "last_exit": None, "heartbeat": now(), "child_pid": None,
+                      "started": now(), "reason": None, "cleanups": []}
+        self.child: subprocess.Popen | None = None
+        self._stop = threading.Event()
+
+    def _write(self, **kw) -> None:
+        self.state.update(kw, heartbeat=now())
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.run_dir / "supervisor.json.tmp"
+        tmp.write_text(json.dumps(self.state, indent=2))
+        tmp.replace(self.run_dir / "supervisor.json")
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            self._write()
+
+    def _forward(self, signum, frame) -> None:
+        self._stop.set()
+        if self.child and self.child.poll() is None:
+            os.killpg(self.child.pid, signal.SIGTERM)  # the trainer saves last.ckpt on SIGTERM
+
+    def _maybe_restore(self) -> None:
+        from medasr.config import s3_uri
+
+        uri = s3_uri(self.cfg)
+        if uri and not any(self.run_dir.glob("*")):
+            from medasr.ops.storage import restore
+
+            pulled = restore(uri, self.run_dir)
+            console.print(f"restored {len(pulled)} file(s) from {uri}")
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "medasr.cli", "flywheel", "--preset", self.preset, "--run-dir", str(self.run_dir)]
+        for o in self.overrides:
+            cmd += ["--set", o]
+        return cmd
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._forward)
+        signal.signal(signal.SIGINT, self._forward)
+        self._maybe_restore()
+        threading.Thread(target=self._heartbeat, daemon=True).start()
+        failures = 0
+        env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+        while True:
+            done, why = run_is_done(self.run_dir, self.cfg.train.max_steps)
+            if done:
+                self._write(state="done", reason=why, child_pid=None)
+                return 0
+            if self._stop.is_set():
+                self._write(state="stopped", reason="stop signal received", child_pid=None)
+                return 143
+            if self.state["restarts"] > self.max_restarts:
+                self._write(state="failed", reason=f"gave up after {self.max_restarts} restarts ({why})", child_pid=None)
+                return 1
+            cleaned = clean_checkpoints(self.run_dir / "train" / "checkpoints")
+            if cleaned:
+                self.state["cleanups"] = (self.state["cleanups"] + cleaned)[-20:]
+            started = time.time()
+            self.child = subprocess.Popen(self.command(), env=env, start_new_session=True)
+            self._write(state="running", child_pid=self.child.pid)
+            rc = self.child.wait()
+            self._write(last_exit=rc, child_pid=None)
+            done, why = run_is_done(self.run_dir, self.cfg.train.max_steps)
+            if done or self._stop.is_set():
+                continue
+            # a child that ran for a while made progress: start the backoff again from the bottom
+            failures = 1 if time.time() - started > 600 else failures + 1
+            delay = min(self.backoff_max, self.backoff_base * 2 ** (failures - 1))
+            self.state["restarts"] += 1
+            self._write(state="backoff", reason=f"exit {rc}; not done ({why}); retry in {delay:.0f}s")
+            console.print(f"[yellow]flywheel exited {rc} ({why}); restart {self.state['restarts']} in {delay:.0f}s")
+            self._stop.wait(delay)
