@@ -301,5 +301,142 @@ def restore(from_: str = typer.Option(..., "--from", help="s3://bucket/prefix"),
     console.print(f"restored {len(pulled)} file(s) into {run_dir}")
 
 
+runpod_app = typer.Typer(no_args_is_help=True, help="Run the POC on a RunPod GPU pod: up, status, logs, cost, watch, down.")
+app.add_typer(runpod_app, name="runpod")
+
+
+def _spec(preset, run_name, gpu, gpu_count, cloud, image, volume_gb, network_volume, data_center, repo):
+    from medasr.ops.pods import PodSpec
+
+    return PodSpec(name=f"medasr-{run_name}", image=image, gpu_type=gpu, gpu_count=gpu_count, cloud_type=cloud.upper(),
+                   volume_gb=volume_gb, network_volume_id=network_volume, data_center_id=data_center, repo_url=repo,
+                   preset=preset, run_name=run_name)
+
+
+_GPU = typer.Option("NVIDIA A100 80GB PCIe", help="RunPod GPU id, e.g. 'NVIDIA H100 80GB HBM3', 'NVIDIA L40S'")
+
+
+@runpod_app.command("up")
+def runpod_up(preset: str = typer.Option("canary-qwen-2.5b", "--preset", "-p"), run_name: str = typer.Option("poc", "--run-name"),
+              gpu: str = _GPU, gpu_count: int = 1, cloud: str = typer.Option("SECURE", help="SECURE | COMMUNITY"),
+              image: str = typer.Option("runpod/pytorch:2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubuntu22.04"),
+              volume_gb: int = 200, network_volume: Optional[str] = typer.Option(None, help="network volume id (survives the pod)"),
+              data_center: Optional[str] = None,
+              repo: str = typer.Option(..., "--repo", help="git URL the pod clones (this project)"),
+              max_usd: float = typer.Option(25.0, "--max-usd", help="budget cap: the watcher stops the pod here"),
+              yes: bool = typer.Option(False, "--yes", help="really create the pod (it costs money)"),
+              watch_: bool = typer.Option(False, "--watch", help="then watch it until done or over budget")):
+    """Show the price and the estimated cost, then (with --yes) create the pod running run.sh."""
+    from medasr.ops.pods import PodError, create, estimate_hours, hourly_price, save_state
+
+    cfg = _cfg(preset, None)
+    spec = _spec(preset, run_name, gpu, gpu_count, cloud, image, volume_gb, network_volume, data_center, repo)
+    try:
+        price = hourly_price(spec)
+    except PodError as e:
+        console.print(f"[red]{escape(str(e))}[/]")
+        raise typer.Exit(2)
+    est = estimate_hours(cfg.train.max_steps, cfg.train.batch_size)
+    cost = price * est["total_hours"]
+    console.print(f"{gpu} x{gpu_count} ({cloud.lower()} cloud): ${price:.2f}/h")
+    console.print(f"estimate: {est['total_hours']:.1f} h ({est['train_hours']:.1f} h training + {est['overhead_hours']} h "
+                  f"overhead) ≈ ${cost:.2f}; budget cap ${max_usd:.2f}")
+    if cost > max_usd:
+        console.print("[yellow]the estimate is above the budget cap: the watcher will stop the pod at the cap")
+    if not yes:
+        console.print("nothing created: add --yes to create the pod")
+        raise typer.Exit(1)
+    pod = create(spec)
+    save_state({"pod_id": pod["id"], "preset": preset, "run_name": run_name, "max_usd": max_usd, "price_per_hour": price,
+                "spec": spec.__dict__ | {"env": {}}})
+    console.print(f"pod {pod['id']} created; state in .medasr-pod.json")
+    if watch_:
+        runpod_watch(pod_id=None, max_usd=max_usd, interval=60, max_iterations=None)
+
+
+def _pod_id(pod_id: Optional[str]) -> str:
+    from medasr.ops.pods import load_state
+
+    return pod_id or load_state()["pod_id"]
+
+
+@runpod_app.command("status")
+def runpod_status(pod_id: Optional[str] = typer.Option(None, "--pod-id")):
+    """Pod state, GPU, uptime and money spent."""
+    from medasr.ops.pods import spent_usd, status
+
+    pod = status(_pod_id(pod_id))
+    console.print_json(json.dumps({k: pod.get(k) for k in ("id", "name", "desiredStatus", "gpuCount", "costPerHr", "uptimeSeconds")}
+                                  | {"spent_usd": round(spent_usd(pod), 2)}))
+
+
+@runpod_app.command("cost")
+def runpod_cost(pod_id: Optional[str] = typer.Option(None, "--pod-id")):
+    """Money spent on this run so far (all pods of the run, recreations included)."""
+    from medasr.ops.pods import load_state, spent_usd, status
+
+    pid = _pod_id(pod_id)
+    before = load_state().get("spent_before_usd", 0.0) if not pod_id else 0.0
+    console.print(f"${spent_usd(status(pid), before):.2f} spent")
+
+
+@runpod_app.command("down")
+def runpod_down(pod_id: Optional[str] = typer.Option(None, "--pod-id"),
+                terminate_: bool = typer.Option(False, "--terminate", help="delete the pod (and its non-network volume)")):
+    """Stop the pod (billing stops; the volume stays), or terminate it."""
+    from medasr.ops.pods import stop, terminate
+
+    pid = _pod_id(pod_id)
+    if terminate_:
+        terminate(pid)
+        console.print(f"pod {pid} terminated")
+    else:
+        stop(pid)
+        console.print(f"pod {pid} stopped")
+
+
+@runpod_app.command("logs")
+def runpod_logs(s3: Optional[str] = typer.Option(None, "--s3", help="the run's S3 prefix (default MEDASR_S3_URI)")):
+    """The run's progress as synced to S3 (supervisor state, training heartbeat, summary)."""
+    import boto3
+
+    from medasr.ops.storage import parse_uri
+
+    uri = s3 or os.environ.get("MEDASR_S3_URI")
+    if not uri:
+        console.print("[red]no S3 prefix: pass --s3 or set MEDASR_S3_URI; RunPod's own container logs are in its web console")
+        raise typer.Exit(2)
+    bucket, prefix = parse_uri(uri)
+    c = boto3.client("s3")
+    for rel in ("supervisor.json", "train/progress.json", "summary.json"):
+        try:
+            console.print(f"[bold]{rel}[/]: " + c.get_object(Bucket=bucket, Key=f"{prefix}/{rel}")["Body"].read().decode())
+        except c.exceptions.NoSuchKey:
+            console.print(f"[bold]{rel}[/]: (not synced yet)")
+
+
+@runpod_app.command("watch")
+def runpod_watch(pod_id: Optional[str] = typer.Option(None, "--pod-id"), max_usd: Optional[float] = typer.Option(None, "--max-usd"),
+                 interval: float = typer.Option(60.0, help="seconds between checks"),
+                 max_iterations: Optional[int] = typer.Option(None, help="stop watching after this many checks")):
+    """Resume an EXITED pod that is not done, recreate one that lost its GPU, stop at the budget cap or when done."""
+    from medasr.config import load_config
+    from medasr.ops.pods import PodSpec, load_state, watch
+    from medasr.ops.storage import remote_run_is_done
+
+    state = load_state()
+    if pod_id:
+        state["pod_id"] = pod_id
+    spec = PodSpec(**{k: v for k, v in state["spec"].items() if k in PodSpec.__dataclass_fields__})
+    cfg = load_config(state["preset"])
+    uri = os.environ.get("MEDASR_S3_URI")
+    if not uri:
+        console.print("[red]watch needs MEDASR_S3_URI: 'done' is read from the run's markers synced to S3")
+        raise typer.Exit(2)
+    why = watch(spec, state, lambda: remote_run_is_done(uri, cfg.train.max_steps), max_usd or state["max_usd"],
+                interval_s=interval, max_iterations=max_iterations)
+    console.print(f"watch ended: {why}")
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,175 @@
+"""A local HTTP server that speaks the subset of RunPod's GraphQL API that medasr uses (test stand-in).
+
+It parses GraphQL literals for real (strings with escapes, objects, lists), so a client that fails to escape a quote
+gets the same kind of syntax error the real API returns.
+"""
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+GPUS = {"NVIDIA A100 80GB PCIe": {"securePrice": 1.64, "communityPrice": 1.19},
+        "NVIDIA H100 80GB HBM3": {"securePrice": 2.99, "communityPrice": 2.39}}
+
+
+class GraphQLSyntaxError(ValueError):
+    pass
+
+
+class _Parser:
+    def __init__(self, text, pos):
+        self.t, self.i = text, pos
+
+    def ws(self):
+        while self.i < len(self.t) and self.t[self.i] in " \t\r\n,":
+            self.i += 1
+
+    def value(self):
+        self.ws()
+        c = self.t[self.i]
+        if c == '"':
+            m = re.compile(r'"((?:[^"\\\n]|\\.)*)"').match(self.t, self.i)
+            if not m:
+                raise GraphQLSyntaxError(f"Syntax Error: Unterminated string at {self.i}")
+            self.i = m.end()
+            return json.loads(m.group(0))
+        if c == "{":
+            return self.obj()
+        if c == "[":
+            self.i += 1
+            out = []
+            while True:
+                self.ws()
+                if self.t[self.i] == "]":
+                    self.i += 1
+                    return out
+                out.append(self.value())
+        m = re.compile(r"[A-Za-z0-9_.\-]+").match(self.t, self.i)
+        if not m:
+            raise GraphQLSyntaxError(f"Syntax Error: Unexpected character {c!r} at {self.i}")
+        self.i = m.end()
+        tok = m.group(0)
+        return {"true": True, "false": False, "null": None}.get(tok, int(tok) if tok.isdigit() else tok)
+
+    def obj(self):
+        assert self.t[self.i] == "{"
+        self.i += 1
+        out = {}
+        while True:
+            self.ws()
+            if self.t[self.i] == "}":
+                self.i += 1
+                return out
+            m = re.compile(r"([A-Za-z_]\w*)\s*:").match(self.t, self.i)
+            if not m:
+                raise GraphQLSyntaxError(f"Syntax Error: Expected Name, found {self.t[self.i:self.i + 10]!r}")
+            self.i = m.end()
+            out[m.group(1)] = self.value()
+
+
+def parse_args(query: str, op: str) -> dict:
+    i = query.index(op) + len(op)
+    j = query.index("(", i)
+    p = _Parser(query, j + 1)
+    args = {}
+    while True:
+        p.ws()
+        if p.t[p.i] == ")":
+            return args
+        m = re.compile(r"([A-Za-z_]\w*)\s*:").match(p.t, p.i)
+        if not m:
+            raise GraphQLSyntaxError(f"Syntax Error: Expected Name at {p.i}")
+        p.i = m.end()
+        args[m.group(1)] = p.value()
+
+
+class RunPodAPI:
+    def __init__(self, api_key="rp-test-key"):
+        self.api_key = api_key
+        self.pods, self.calls, self.created = {}, [], []
+        self.resume_gpus = None  # None: resume gives the requested GPUs; 0: no GPU free on the host
+        self.uptime_s = 3600
+        self.volumes = [{"id": "vol-1", "dataCenterId": "EU-RO-1"}]
+        self._n = 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+
+    def _handler(self):
+        api = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                if self.path != "/graphql":
+                    return self._send(404, {"error": "not found"})
+                if self.headers.get("Authorization") != f"Bearer {api.api_key}":
+                    return self._send(401, {"errors": [{"message": "Unauthorized"}]})
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                try:
+                    self._send(200, {"data": api.handle(body["query"])})
+                except GraphQLSyntaxError as e:
+                    self._send(200, {"errors": [{"message": str(e)}]})
+
+            def _send(self, code, obj):
+                data = json.dumps(obj).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        return H
+
+    def _pod_view(self, pod):
+        return {"id": pod["id"], "name": pod["name"], "desiredStatus": pod["desiredStatus"], "gpuCount": pod["gpuCount"],
+                "costPerHr": pod["costPerHr"], "uptimeSeconds": self.uptime_s, "imageName": pod["imageName"],
+                "env": [f"{e['key']}={e['value']}" for e in pod["env"]], "dockerArgs": pod["dockerArgs"],
+                "machine": {"gpuDisplayName": pod["gpuTypeId"]}, "runtime": None}
+
+    def handle(self, q):
+        if "gpuTypes" in q:
+            gid = parse_args(q, "gpuTypes")["input"]["id"]
+            self.calls.append(("gpuTypes", gid))
+            g = GPUS.get(gid)
+            return {"gpuTypes": [] if not g else [{"id": gid, "displayName": gid, "memoryInGb": 80, **g,
+                                                    "lowestPrice": {"minimumBidPrice": 0.9, "uninterruptablePrice": g["securePrice"]}}]}
+        if "networkVolumes" in q:
+            return {"myself": {"id": "user-1", "pubKey": "", "networkVolumes": self.volumes}}
+        if "podFindAndDeployOnDemand" in q:
+            inp = parse_args(q, "podFindAndDeployOnDemand")["input"]
+            self._n += 1
+            pod = {"id": f"pod-{self._n}", "desiredStatus": "RUNNING", "costPerHr": GPUS[inp["gpuTypeId"]]["securePrice"]
+                   * inp.get("gpuCount", 1), "env": inp.get("env", []), "dockerArgs": inp.get("dockerArgs"), **inp}
+            self.pods[pod["id"]] = pod
+            self.created.append(inp)
+            self.calls.append(("create", pod["id"]))
+            return {"podFindAndDeployOnDemand": {"id": pod["id"], "imageName": inp["imageName"], "env": [], "machineId": "m1",
+                                                 "machine": {"podHostId": "h1"}}}
+        for op in ("podStop", "podResume", "podTerminate"):
+            if op in q:
+                inp = parse_args(q, op)["input"]
+                pod = self.pods.get(inp["podId"])
+                self.calls.append((op, inp["podId"]))
+                if pod is None:
+                    raise GraphQLSyntaxError(f"pod {inp['podId']} not found")
+                if op == "podStop":
+                    pod["desiredStatus"] = "EXITED"
+                    return {"podStop": {"id": pod["id"], "desiredStatus": "EXITED"}}
+                if op == "podTerminate":
+                    del self.pods[pod["id"]]
+                    return {"podTerminate": None}
+                gpus = inp["gpuCount"] if self.resume_gpus is None else self.resume_gpus
+                pod["gpuCount"], pod["desiredStatus"] = gpus, "RUNNING"
+                return {"podResume": {"id": pod["id"], "desiredStatus": "RUNNING", "gpuCount": gpus, "imageName": pod["imageName"],
+                                      "env": [], "machineId": "m1", "machine": {"podHostId": "h1"}}}
+        if "pod(input" in q:
+            pid = parse_args(q, "pod")["input"]["podId"]
+            return {"pod": self._pod_view(self.pods[pid]) if pid in self.pods else None}
+        raise GraphQLSyntaxError("unsupported operation in test server")
