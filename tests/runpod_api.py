@@ -52,13 +52,12 @@ class _Parser:
         tok = m.group(0)
         return {"true": True, "false": False, "null": None}.get(tok, int(tok) if tok.isdigit() else tok)
 
-    def obj(self):
-        assert self.t[self.i] == "{"
-        self.i += 1
+    def fields(self, closer):
+        """`name: value` pairs up to the closing character (an object's } or an argument list's ))."""
         out = {}
         while True:
             self.ws()
-            if self.t[self.i] == "}":
+            if self.t[self.i] == closer:
                 self.i += 1
                 return out
             m = re.compile(r"([A-Za-z_]\w*)\s*:").match(self.t, self.i)
@@ -67,21 +66,14 @@ class _Parser:
             self.i = m.end()
             out[m.group(1)] = self.value()
 
+    def obj(self):
+        self.i += 1  # past {
+        return self.fields("}")
+
 
 def parse_args(query: str, op: str) -> dict:
-    i = query.index(op) + len(op)
-    j = query.index("(", i)
-    p = _Parser(query, j + 1)
-    args = {}
-    while True:
-        p.ws()
-        if p.t[p.i] == ")":
-            return args
-        m = re.compile(r"([A-Za-z_]\w*)\s*:").match(p.t, p.i)
-        if not m:
-            raise GraphQLSyntaxError(f"Syntax Error: Expected Name at {p.i}")
-        p.i = m.end()
-        args[m.group(1)] = p.value()
+    j = query.index("(", query.index(op) + len(op))
+    return _Parser(query, j + 1).fields(")")
 
 
 class RunPodAPI:

@@ -38,11 +38,8 @@ class ValidationReport:
 
 
 def _sha1(path: Path) -> str:
-    h = hashlib.sha1()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha1").hexdigest()
 
 
 def _fix_audio(path: Path, fix_dir: Path, line: int) -> Path:

@@ -44,11 +44,8 @@ def client(endpoint_url: str | None = None):
 
 
 def md5_file(path: Path) -> str:
-    h = hashlib.md5()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def files_to_sync(run_dir: Path, include_audio: bool = False) -> list[Path]:
