@@ -16,7 +16,7 @@ from medasr.data.manifest import read_manifest
 from medasr.flywheel import run_flywheel
 from medasr.models.salm import load_base, transcribe_paths
 from medasr.train.export import AdapterError, export_keys, load_adapted
-from medasr.train.trainer import FreezePatternError, apply_freeze
+from medasr.train.trainer import FreezePatternError, apply_freeze, load_training_checkpoint
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent
@@ -80,7 +80,7 @@ def test_export_reload_identical(tiny_run):
     # the in-memory fine-tuned model: base + the final training checkpoint
     mem = load_base(run_dir / "model/base")
     apply_freeze(mem, list(cfg.model.freeze_params))
-    mem.load_state_dict(torch.load(run_dir / "train/checkpoints/last.ckpt", weights_only=False)["state_dict"])
+    load_training_checkpoint(mem, run_dir / "train/checkpoints/last.ckpt")
     reloaded, meta = load_adapted(adapter)
     assert meta["global_step"] == cfg.train.max_steps
     paths = [r["audio_filepath"] for r in read_manifest(run_dir / "data/test.json")[:6]]
@@ -170,3 +170,18 @@ def test_gate_stops_the_flywheel_unless_forced(tiny_data_and_base):
     s = run_flywheel(cfg, run_dir, force_train=True)
     assert s["status"] == "done" and json.loads((run_dir / "eval/gate.json").read_text())["forced"] is True
     assert json.loads((run_dir / "train/DONE").read_text())["global_step"] == 4
+
+
+def test_checkpoints_are_slim(tiny_run):
+    """Checkpoints hold trainable tensors, buffers and optimizer state, not the frozen LLM."""
+    cfg, run_dir, _ = tiny_run
+    ck = torch.load(run_dir / "train/checkpoints/last.ckpt", weights_only=False, map_location="cpu")
+    sd = ck["state_dict"]
+    assert not [k for k in sd if k.startswith("llm.") and ".lora_" not in k]  # frozen LLM weights dropped
+    assert not [k for k in sd if k.startswith("embed_tokens.")]
+    assert any(".lora_A" in k for k in sd) and any(k.startswith("perception.encoder.") for k in sd)
+    assert ck["medasr_slim"]["dropped_frozen_tensors"] > 0 and "optimizer_states" in ck
+    model = load_base(run_dir / "model/base")
+    apply_freeze(model, list(cfg.model.freeze_params))
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert set(sd) == set(model.state_dict()) - frozen  # exactly: everything but the frozen parameters

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from medasr import __version__
 from medasr.config import Config
 from medasr.models.salm import load_base
-from medasr.train.trainer import apply_freeze
+from medasr.train.trainer import apply_freeze, load_training_checkpoint
 
 EXPORT_NAME = "canary-qwen-medical-lora"
 FORMAT = "medasr-salm-adapter/1"
@@ -52,8 +52,7 @@ def export_adapter(cfg: Config, run_dir: Path, base: str | Path, ckpt: Path | No
         raise AdapterError(f"no checkpoint at {ckpt}: run `medasr train` first")
     model = load_base(base)
     apply_freeze(model, list(cfg.model.freeze_params))
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["state_dict"], strict=True)
+    state = load_training_checkpoint(model, ckpt)
     keys = export_keys(model)
     sd = model.state_dict()
     tensors = {k: sd[k].detach().contiguous().cpu() for k in keys}

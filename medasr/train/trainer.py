@@ -135,6 +135,49 @@ def resume_log_callback(train_dir: Path, resumed_from: str | None):
     return _ResumeLog()
 
 
+class CheckpointError(RuntimeError):
+    pass
+
+
+def slim_checkpoint_callback():
+    """Checkpoints hold what training changes: trainable parameters (LoRA, encoder, projection), all buffers,
+    optimizer/scheduler state and loop position. The frozen LLM is dropped (for the real model that is 1.7 B
+    parameters per checkpoint) and comes back on resume from the base model, which is always loaded first.
+    Resume refuses a checkpoint that lacks any trainable parameter."""
+    from lightning.pytorch.callbacks import Callback
+
+    class _Slim(Callback):
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            frozen = {n for n, p in pl_module.named_parameters() if not p.requires_grad}
+            sd = checkpoint["state_dict"]
+            for k in [k for k in sd if k in frozen]:
+                del sd[k]
+            checkpoint["medasr_slim"] = {"dropped_frozen_tensors": len(frozen), "kept_tensors": len(sd)}
+
+        def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+            missing = [n for n, p in pl_module.named_parameters() if p.requires_grad and n not in checkpoint["state_dict"]]
+            if missing:
+                raise CheckpointError(f"checkpoint lacks {len(missing)} trainable tensors (e.g. {missing[:3]}): "
+                                      "it does not belong to this model/preset")
+
+    return _Slim()
+
+
+def load_training_checkpoint(model, path: Path) -> dict:
+    """Weights from a (slim) training checkpoint into a model built from the base: every trainable tensor must be
+    there, and nothing unknown may be."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    sd = state["state_dict"]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(trainable - set(sd))
+    unexpected = sorted(set(sd) - set(model.state_dict()))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: {len(missing)} trainable tensors missing {missing[:3]}, "
+                              f"{len(unexpected)} unknown {unexpected[:3]}")
+    model.load_state_dict(sd, strict=False)
+    return state
+
+
 def stop_signal_checkpoint(ckpt_dir: Path):
     """Lightning turns SIGTERM into SIGTERMException at the next batch boundary and saves nothing (FACTS §6).
     On SIGTERM or Ctrl-C this writes `last.ckpt` (atomically) so the next launch resumes from the very step."""
@@ -249,6 +292,7 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
         "max_steps": cfg.train.max_steps,
     }
     table = apply_freeze(model, list(cfg.model.freeze_params))
+    model.strict_loading = False  # slim checkpoints: frozen weights come from the base, checked in on_load_checkpoint
     print_param_table(table)
     (train_dir / "trainable_params.json").write_text(
         json.dumps({"groups": table, "lora": OmegaConf.to_container(model.cfg.lora) if "lora" in model.cfg else None, "freeze_params": list(cfg.model.freeze_params)}, indent=2)
@@ -274,7 +318,7 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
         precision=cfg.model.precision,
         logger=wandb_logger(cfg, train_dir),
         callbacks=[ckpt_cb, LearningRateMonitor(logging_interval="step"), resume_log_callback(train_dir, resume_from),
-                   stop_signal_checkpoint(ckpt_dir), progress_callback(train_dir)]
+                   stop_signal_checkpoint(ckpt_dir), progress_callback(train_dir), slim_checkpoint_callback()]
         + ([s3_sync_callback(run_dir, s3_uri(cfg))] if s3_uri(cfg) else []),
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=sys.stderr.isatty(),
