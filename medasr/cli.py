@@ -58,11 +58,13 @@ def presets():
 @app.command()
 def flywheel(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt,
              force: bool = typer.Option(False, help="train even when the gate says it is not warranted"),
-             skip_bad: bool = typer.Option(False, help="preflight: continue without rejected rows (still reported)")):
+             skip_bad: bool = typer.Option(False, help="preflight: continue without rejected rows (still reported)"),
+             redact_transcripts: bool = typer.Option(False, help="W&B eval tables get SHA-256 prefixes instead of text (PHI)")):
     """Run every stage: build → preflight → eval → gate → train → export → re-eval → compare. Re-running resumes."""
     from medasr.flywheel import PreflightError, run_flywheel
 
-    cfg = _cfg(preset, list(set_ or []) + (["data.skip_bad=true"] if skip_bad else []))
+    cfg = _cfg(preset, list(set_ or []) + (["data.skip_bad=true"] if skip_bad else [])
+               + (["eval.redact_transcripts=true"] if redact_transcripts else []))
     try:
         run_flywheel(cfg, _run_dir(cfg, run_dir), force_train=force)
     except PreflightError as e:
@@ -111,7 +113,7 @@ def eval_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Op
     cfg = _cfg(preset, set_)
     rd = _run_dir(cfg, run_dir)
     loader = (lambda: load_adapted(adapter)[0]) if adapter else (lambda: load_base(resolve_base(cfg, rd)))
-    m = evaluate(cfg, manifest or rd / "data" / "test.json", rd / "eval" / f"cycle{cycle}", loader, f"Cycle {cycle}")
+    m = evaluate(cfg, manifest or rd / "data" / "test.json", rd / "eval" / f"cycle{cycle}", loader, f"Cycle {cycle}", rd)
     console.print((rd / "eval" / f"cycle{cycle}" / "report.md").read_text())
     return m
 
@@ -346,6 +348,7 @@ def runpod_up(preset: str = typer.Option("canary-qwen-2.5b", "--preset", "-p"), 
     if not yes:
         console.print("nothing created: add --yes to create the pod")
         raise typer.Exit(1)
+    spec.env["MEDASR_PRICE_PER_HOUR"] = f"{price:.4f}"  # the pod logs its cost so far to W&B
     pod = create(spec)
     save_state({"pod_id": pod["id"], "preset": preset, "run_name": run_name, "max_usd": max_usd, "price_per_hour": price,
                 "spec": spec.__dict__ | {"env": {}}})

@@ -108,6 +108,7 @@ class TrainConfig:
     threads: int = 2  # torch CPU threads; on a shared 2-core box more threads only thrash
     seed: int = 42
     wandb_project: str = "medical-asr-poc"
+    price_per_hour: float = 0.0  # USD, for the cost-so-far metric; MEDASR_PRICE_PER_HOUR overrides (set by run.sh)
 
 
 @dataclass
@@ -116,6 +117,7 @@ class EvalConfig:
     max_new_tokens: int = 64
     normalizer: str = "whisper"
     lexicon: str = "core"  # core | extended: the lexicon that tags term occurrences for term_error_rate
+    redact_transcripts: bool = False  # W&B tables get SHA-256 prefixes instead of text (PHI)
     n_boot: int = 1000
 
 

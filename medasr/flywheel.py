@@ -105,7 +105,7 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
     summary_preflight = stage("preflight (validate manifests)", lambda: preflight_manifests(cfg, run_dir))
     base = stage("base model", lambda: resolve_base(cfg, run_dir))
     test = run_dir / "data" / "test.json"
-    before = stage("eval cycle0 (base)", lambda: evaluate(cfg, test, run_dir / "eval" / "cycle0", lambda: load_base(base), "Cycle 0 — base model"))
+    before = stage("eval cycle0 (base)", lambda: evaluate(cfg, test, run_dir / "eval" / "cycle0", lambda: load_base(base), "Cycle 0 — base model", run_dir))
     gate = decide(before, cfg.gate)
     (run_dir / "eval" / "gate.json").write_text(json.dumps(gate.to_dict() | {"forced": force_train and not gate.train}, indent=2))
     console.print(f"gate: {gate.reason}")
@@ -122,7 +122,7 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
         adapter = run_dir / EXPORT_NAME
         after = stage(
             "eval cycle1 (fine-tuned)",
-            lambda: evaluate(cfg, test, run_dir / "eval" / "cycle1", lambda: load_adapted(adapter)[0], "Cycle 1 — fine-tuned"),
+            lambda: evaluate(cfg, test, run_dir / "eval" / "cycle1", lambda: load_adapted(adapter)[0], "Cycle 1 — fine-tuned", run_dir),
         )
         cmp = stage("compare", lambda: run_compare(cfg, run_dir / "eval" / "cycle0", run_dir / "eval" / "cycle1", run_dir / "eval" / "compare"))
         write_model_card(adapter, read_meta(adapter), report, before, after, cmp, dt.date.today().isoformat())

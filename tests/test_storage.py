@@ -112,3 +112,17 @@ def test_training_syncs_checkpoints_to_s3(s3_server, tiny_data_and_base):
         key = f"train-run/train/checkpoints/{name}"
         assert objs[key] == (rd / "train/checkpoints" / name).stat().st_size
     assert "train-run/train/trainable_params.json" in objs and not any("/data/audio/" in k for k in objs)
+
+
+def test_supervisor_restores_empty_run_dir_and_logs_read_s3(s3_server, tmp_path):
+    from medasr.ops.supervisor import Supervisor
+
+    rd = _run_dir(tmp_path)
+    (rd / "supervisor.json").write_text('{"state": "running", "restarts": 2}')
+    sync_up(rd, "s3://medasr-test/pod-run")
+    fresh = tmp_path / "fresh-pod"  # a new pod: the volume is empty
+    sup = Supervisor("tiny", fresh, ["ops.s3_uri=s3://medasr-test/pod-run"])
+    sup._maybe_restore()
+    assert (fresh / "train/checkpoints/last.ckpt").read_bytes() == (rd / "train/checkpoints/last.ckpt").read_bytes()
+    res = CliRunner().invoke(app, ["runpod", "logs", "--s3", "s3://medasr-test/pod-run"])
+    assert res.exit_code == 0 and '"restarts": 2' in res.output and "train/progress.json" in res.output

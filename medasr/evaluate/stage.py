@@ -43,7 +43,7 @@ def score_manifest(rows: list[dict], out_dir: Path, cfg: Config, title: str) -> 
     return metrics
 
 
-def evaluate(cfg: Config, manifest: Path, out_dir: Path, load_model, title: str) -> dict:
+def evaluate(cfg: Config, manifest: Path, out_dir: Path, load_model, title: str, run_dir: Path | None = None) -> dict:
     """`load_model` is called only when work is needed, so a finished evaluation costs no model load."""
     rows = read_manifest(manifest)
     if eval_is_done(out_dir, len(rows)):
@@ -63,4 +63,9 @@ def evaluate(cfg: Config, manifest: Path, out_dir: Path, load_model, title: str)
     scored = [r | {"pred_text": h} for r, h in zip(rows, hyps)]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(out_dir / "hyps.json", scored)
-    return score_manifest(scored, out_dir, cfg, title)
+    metrics = score_manifest(scored, out_dir, cfg, title)
+    if run_dir is not None:
+        from medasr.ops.tracking import log_eval
+
+        log_eval(cfg, run_dir, out_dir.name, metrics, scored)
+    return metrics

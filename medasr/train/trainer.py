@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import uuid
 from pathlib import Path
 
 import torch
@@ -193,6 +192,30 @@ def stop_signal_checkpoint(ckpt_dir: Path):
     return _StopCheckpoint()
 
 
+def throughput_callback(price_per_hour: float):
+    """Logs samples/s, audio seconds per second of wall time, and the money this launch has cost so far."""
+    import time
+
+    from lightning.pytorch.callbacks import Callback
+
+    class _Throughput(Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.t0 = self.t = time.time()
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.t = time.time()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            dt = max(time.time() - self.t, 1e-6)
+            audio_s = float(batch["audio_lens"].sum()) / pl_module.sampling_rate if "audio_lens" in batch else 0.0
+            pl_module.log_dict({"throughput/samples_per_s": len(batch["audio_lens"]) / dt if "audio_lens" in batch else 0.0,
+                                "throughput/audio_s_per_s": audio_s / dt,
+                                "cost/usd_this_launch": price_per_hour * (time.time() - self.t0) / 3600},
+                               on_step=True, batch_size=1)
+
+    return _Throughput()
+
+
 def progress_callback(train_dir: Path):
     """`train/progress.json` = {global_step, max_steps, time, pid} after every step: a heartbeat for supervisors."""
     import time
@@ -240,18 +263,15 @@ def s3_sync_callback(run_dir: Path, uri: str):
 def wandb_logger(cfg: Config, train_dir: Path):
     from lightning.pytorch.loggers import WandbLogger
 
-    id_file = train_dir / "wandb_id"
-    if not id_file.exists():
-        id_file.write_text(uuid.uuid4().hex[:12])
-    run_id = id_file.read_text().strip()
-    offline = not os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "offline"
+    from medasr.ops.tracking import offline, run_id
+
     return WandbLogger(
         project=cfg.train.wandb_project,
         name=f"{cfg.name}-{train_dir.parent.name}",
-        id=run_id,
+        id=run_id(train_dir.parent),
         resume="allow",
         save_dir=str(train_dir),
-        offline=offline,
+        offline=offline(),
         config=to_dict(cfg),
     )
 
@@ -318,7 +338,8 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
         precision=cfg.model.precision,
         logger=wandb_logger(cfg, train_dir),
         callbacks=[ckpt_cb, LearningRateMonitor(logging_interval="step"), resume_log_callback(train_dir, resume_from),
-                   stop_signal_checkpoint(ckpt_dir), progress_callback(train_dir), slim_checkpoint_callback()]
+                   stop_signal_checkpoint(ckpt_dir), progress_callback(train_dir), slim_checkpoint_callback(),
+                   throughput_callback(float(os.environ.get("MEDASR_PRICE_PER_HOUR") or cfg.train.price_per_hour))]
         + ([s3_sync_callback(run_dir, s3_uri(cfg))] if s3_uri(cfg) else []),
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=sys.stderr.isatty(),

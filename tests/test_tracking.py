@@ -1,0 +1,45 @@
+"""W&B offline: eval tables (plain and redacted), metrics and training throughput keys land in the run's files."""
+
+import json
+
+from medasr.config import load_config
+from medasr.ops.tracking import digest, log_eval, run_id
+
+ROWS = [{"id": "r1", "text": "Start metformin today.", "pred_text": "start met for men today", "term": "metformin",
+         "entity_category": "drug", "term_seen": True},
+        {"id": "r2", "text": "Patient John Smith has asthma.", "pred_text": "patient john smith has asthma", "term": "asthma",
+         "entity_category": "condition", "term_seen": False}]
+METRICS = {"wer": 0.3, "cer": 0.1, "ker": 0.5, "ker_seen": 1.0, "ker_unseen": 0.0, "term_error_rate": 0.5,
+           "ker_by_category": {"drug": {"ker": 1.0, "n": 1}, "condition": {"ker": 0.0, "n": 1}}}
+
+
+def _tables(run_dir):
+    return [json.loads(p.read_text()) for p in (run_dir / "train/wandb").rglob("*.table.json")]
+
+
+def test_eval_table_plain(tmp_path):
+    cfg = load_config("tiny")
+    log_eval(cfg, tmp_path, "cycle0", METRICS, ROWS)
+    (t,) = _tables(tmp_path)
+    assert t["columns"][:3] == ["id", "reference", "hypothesis"]
+    assert t["data"][1][1] == "Patient John Smith has asthma." and t["data"][0][2] == "start met for men today"
+    run_dir = next((tmp_path / "train/wandb").glob("offline-run-*"))
+    assert run_dir.name.endswith(run_id(tmp_path))  # the same id the trainer uses
+    assert b"eval/cycle0/ker_drug" in next(run_dir.glob("*.wandb")).read_bytes()
+
+
+def test_eval_table_redacted(tmp_path):
+    cfg = load_config("tiny", ["eval.redact_transcripts=true"])
+    log_eval(cfg, tmp_path, "cycle1", METRICS, ROWS)
+    (t,) = _tables(tmp_path)
+    assert t["data"][1][1] == digest("Patient John Smith has asthma.") and t["data"][1][1].startswith("sha256:")
+    blobs = b"".join(p.read_bytes() for p in (tmp_path / "train/wandb").rglob("*") if p.is_file())
+    assert b"John Smith" not in blobs and b"met for men" not in blobs  # no transcript text anywhere in W&B files
+
+
+def test_training_logs_throughput(tiny_run):
+    _, run_dir, _ = tiny_run
+    blobs = b"".join(p.read_bytes() for p in (run_dir / "train/wandb").rglob("*.wandb"))
+    for key in (b"throughput/audio_s_per_s", b"throughput/samples_per_s", b"cost/usd_this_launch", b"loss",
+                b"val_loss", b"eval/cycle1/ker"):
+        assert key in blobs, key
