@@ -164,7 +164,7 @@ def test_gate_stops_the_flywheel_unless_forced(tiny_data_and_base):
                                "train.val_every_n_steps=2", "eval.max_new_tokens=4"])
     s = run_flywheel(cfg, run_dir)
     assert s["status"].startswith("stopped at gate (expand_terms)")
-    assert not (run_dir / "train").exists()
+    assert not (run_dir / "train/checkpoints").exists() and not (run_dir / "train/DONE").exists()  # nothing trained
     gate = json.loads((run_dir / "eval/gate.json").read_text())
     assert gate["train"] is False and gate["forced"] is False
     s = run_flywheel(cfg, run_dir, force_train=True)

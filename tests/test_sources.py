@@ -250,9 +250,8 @@ def test_mix_build(osce_root, tmp_path):
     sf.write(mine / "a.wav", speak("the patient takes warfarin", "en-gb", 150), SR)
     (mine / "transcripts.csv").write_text("audio,text,speaker\na.wav,The patient takes warfarin.,gp1\n")
     cfg = load_config("tiny", ["data.source=mix"])
-    from omegaconf import OmegaConf
 
-    from medasr.config import Config, MixItem
+    from medasr.config import MixItem
 
     cfg.data.mix = [MixItem("osce", str(root), ["train", "val"]), MixItem(f"folder:{mine}", None, ["train"])]
     cfg.data.mix.append(MixItem(f"folder:{mine}", None, ["test"]))  # the same speaker as a test source

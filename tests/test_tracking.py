@@ -43,3 +43,31 @@ def test_training_logs_throughput(tiny_run):
     for key in (b"throughput/audio_s_per_s", b"throughput/samples_per_s", b"cost/usd_this_launch", b"loss",
                 b"val_loss", b"eval/cycle1/ker"):
         assert key in blobs, key
+
+
+def test_offline_logging_never_calls_the_server(tmp_path):
+    """A key in the environment, offline as Lightning's WandbLogger leaves it (WANDB_MODE=dryrun), no network:
+    eval logging after training must stay offline instead of trying to resume the run online."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {"WANDB_API_KEY": "x" * 40, "WANDB_MODE": "dryrun"}
+    code = ("from pathlib import Path; from medasr.config import load_config; from medasr.ops.tracking import log_eval; "
+            f"log_eval(load_config('tiny'), Path({str(tmp_path)!r}), 'cycle0', {METRICS!r}, {ROWS!r})")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    assert _tables(tmp_path)
+
+
+def test_offline_detection(monkeypatch):
+    from medasr.ops.tracking import offline
+
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    for mode, want in (("offline", True), ("dryrun", True), ("disabled", True), ("online", False)):
+        monkeypatch.setenv("WANDB_MODE", mode)
+        assert offline() is want, mode
+    monkeypatch.delenv("WANDB_MODE")
+    assert offline() is False
+    monkeypatch.delenv("WANDB_API_KEY")
+    assert offline() is True

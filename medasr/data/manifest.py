@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 REQUIRED = ("audio_filepath", "duration", "text")
-# Extra columns carried by term-targeted rows (NVIDIA clinical-ASR-eval convention).
-TERM_FIELDS = ("term", "entity_category", "voice_id", "noise_level", "context_type")
 
 
 class ManifestError(ValueError):
@@ -39,10 +37,6 @@ def read_manifest(path: str | Path, required: Iterable[str] = REQUIRED) -> list[
                 raise ManifestError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
             rows.append(row)
     return rows
-
-
-def iter_manifest(path: str | Path) -> Iterator[dict]:
-    yield from read_manifest(path, required=())
 
 
 def write_manifest(path: str | Path, rows: Iterable[dict]) -> int:

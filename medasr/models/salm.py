@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import soundfile as sf
@@ -121,10 +119,3 @@ def transcribe_paths(
             progress(len(idx))
     return [out[i] for i in range(len(paths))]
 
-
-def manifest_paths(rows: Iterable[dict]) -> list[str]:
-    return [r["audio_filepath"] for r in rows]
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

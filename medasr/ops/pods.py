@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -182,9 +182,7 @@ def estimate_hours(max_steps: int, batch_size: int, avg_audio_s: float = 8.0, av
     flops = tokens * (4 * 1.7e9 + 6 * 0.8e9)
     train_h = flops / (tflops_achieved * 1e12) / 3600
     overhead_h = 0.5  # install, model download, two evaluations, export, sync
+    assumptions = {"max_steps": max_steps, "batch_size": batch_size, "avg_audio_s": avg_audio_s,
+                   "avg_text_tokens": avg_text_tokens, "tflops_achieved": tflops_achieved}
     return {"tokens": int(tokens), "train_hours": round(train_h, 2), "overhead_hours": overhead_h,
-            "total_hours": round(train_h + overhead_h, 2), "assumptions": asdict_safe(locals())}
-
-
-def asdict_safe(d: dict) -> dict:
-    return {k: v for k, v in d.items() if isinstance(v, (int, float)) and k not in ("tokens", "flops", "train_h")}
+            "total_hours": round(train_h + overhead_h, 2), "assumptions": assumptions}

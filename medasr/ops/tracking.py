@@ -23,7 +23,8 @@ def run_id(run_dir: Path) -> str:
 
 
 def offline() -> bool:
-    return not os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "offline"
+    # Lightning's WandbLogger(offline=True) sets WANDB_MODE=dryrun (the old spelling of offline)
+    return not os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") in ("offline", "dryrun", "disabled")
 
 
 def digest(text: str) -> str:

@@ -15,7 +15,6 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
