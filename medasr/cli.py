@@ -223,13 +223,13 @@ def lexicon_(extended: bool = typer.Option(False, help="add drugs and ICD-10-CM 
     """Show the medical lexicon (sizes per category), export it, or tag a sentence."""
     from collections import Counter
 
-    from medasr.data.lexicon import core_lexicon
+    from medasr.data.lexicon import core_lexicon, lexicon_tsv
     from medasr.data.lexicon_sources import extended_lexicon
 
     lex = extended_lexicon() if extended else core_lexicon()
     console.print(f"{len(lex)} terms: {dict(sorted(Counter(t.entity_category for t in lex.terms).items()))}")
     if out:
-        out.write_text("term\tentity_category\tsource\n" + "".join(f"{t.term}\t{t.entity_category}\t{t.source}\n" for t in lex.terms))
+        out.write_text(lexicon_tsv(lex))
         console.print(f"written: {out}")
     if tag:
         for m in lex.tag(tag):

@@ -97,6 +97,11 @@ class Lexicon:
         return cls(terms)
 
 
+def lexicon_tsv(lex: Lexicon) -> str:
+    """The lexicon in the TSV layout `Lexicon.from_tsv` reads."""
+    return "term\tentity_category\tsource\n" + "".join(f"{t.term}\t{t.entity_category}\t{t.source}\n" for t in lex.terms)
+
+
 def core_lexicon() -> Lexicon:
     """The bundled curated lexicon (CC0, see resources/LEXICON.md)."""
     with resources.as_file(resources.files("medasr.data.resources") / "lexicon_core.tsv") as p:

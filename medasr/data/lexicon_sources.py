@@ -17,7 +17,8 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from medasr.data.lexicon import Lexicon, Term, core_lexicon
+from medasr.atomic import write_text_atomic
+from medasr.data.lexicon import Lexicon, Term, core_lexicon, lexicon_tsv
 
 # Everyday words that DrugBank lists as substances; tagging them as drugs would flood conversational speech.
 EVERYDAY = {
@@ -88,10 +89,5 @@ def extended_lexicon(cache: Path | None = None) -> Lexicon:
     terms = core_lexicon().terms + drug_terms() + condition_terms()
     lex = Lexicon(terms)  # first occurrence wins: the curated core list has precedence
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write("term\tentity_category\tsource\n")
-        for t in lex.terms:
-            f.write(f"{t.term}\t{t.entity_category}\t{t.source}\n")
-    tmp.replace(cache)
+    write_text_atomic(cache, lexicon_tsv(lex))
     return lex

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from medasr.atomic import write_text_atomic
+
 PART_SIZE = 16 * 1024 * 1024
 STATE = ".medasr-s3-state.json"
 EXCLUDE_DIRS = ("train/wandb",)
@@ -91,9 +93,7 @@ class _State:
 
     def save(self) -> None:
         with self.lock:
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.data, indent=1))
-            tmp.replace(self.path)
+            write_text_atomic(self.path, json.dumps(self.data, indent=1))
 
 
 def _multipart(s3, bucket, key, path: Path, md5: str, state: _State, part_size: int, result: SyncResult,

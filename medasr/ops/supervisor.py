@@ -25,6 +25,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from medasr.atomic import write_text_atomic
+
 console = Console()
 
 
@@ -96,9 +98,7 @@ class Supervisor:
     def _write(self, **kw) -> None:
         self.state.update(kw, heartbeat=now())
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_dir / "supervisor.json.tmp"
-        tmp.write_text(json.dumps(self.state, indent=2))
-        tmp.replace(self.run_dir / "supervisor.json")
+        write_text_atomic(self.run_dir / "supervisor.json", json.dumps(self.state, indent=2))
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from medasr.atomic import write_text_atomic
 from medasr.config import Config, s3_uri, to_dict
 from medasr.models.salm import AUDIO_TAG, group_of, load_base, quiet_nemo, split_prompt
 
@@ -154,12 +155,15 @@ def slim_checkpoint_callback():
             checkpoint["medasr_slim"] = {"dropped_frozen_tensors": len(frozen), "kept_tensors": len(sd)}
 
         def on_load_checkpoint(self, trainer, pl_module, checkpoint):
-            missing = [n for n, p in pl_module.named_parameters() if p.requires_grad and n not in checkpoint["state_dict"]]
-            if missing:
+            if missing := missing_trainable(pl_module, checkpoint["state_dict"]):
                 raise CheckpointError(f"checkpoint lacks {len(missing)} trainable tensors (e.g. {missing[:3]}): "
                                       "it does not belong to this model/preset")
 
     return _Slim()
+
+
+def missing_trainable(model, state_dict: dict) -> list[str]:
+    return sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in state_dict)
 
 
 def load_training_checkpoint(model, path: Path) -> dict:
@@ -167,8 +171,7 @@ def load_training_checkpoint(model, path: Path) -> dict:
     there, and nothing unknown may be."""
     state = torch.load(path, map_location="cpu", weights_only=False)
     sd = state["state_dict"]
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    missing = sorted(trainable - set(sd))
+    missing = missing_trainable(model, sd)
     unexpected = sorted(set(sd) - set(model.state_dict()))
     if missing or unexpected:
         raise CheckpointError(f"{path}: {len(missing)} trainable tensors missing {missing[:3]}, "
@@ -207,9 +210,9 @@ def throughput_callback(price_per_hour: float):
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             dt = max(time.time() - self.t, 1e-6)
-            audio_s = float(batch["audio_lens"].sum()) / pl_module.sampling_rate if "audio_lens" in batch else 0.0
-            pl_module.log_dict({"throughput/samples_per_s": len(batch["audio_lens"]) / dt if "audio_lens" in batch else 0.0,
-                                "throughput/audio_s_per_s": audio_s / dt,
+            lens = batch["audio_lens"]  # SALMDataset batches always carry them
+            pl_module.log_dict({"throughput/samples_per_s": len(lens) / dt,
+                                "throughput/audio_s_per_s": float(lens.sum()) / pl_module.sampling_rate / dt,
                                 "cost/usd_this_launch": price_per_hour * (time.time() - self.t0) / 3600},
                                on_step=True, batch_size=1)
 
@@ -224,10 +227,9 @@ def progress_callback(train_dir: Path):
 
     class _Progress(Callback):
         def on_train_batch_end(self, trainer, *args):
-            tmp = train_dir / "progress.json.tmp"
-            tmp.write_text(json.dumps({"global_step": int(trainer.global_step), "max_steps": int(trainer.max_steps),
-                                       "time": time.time(), "pid": os.getpid()}))
-            tmp.replace(train_dir / "progress.json")
+            write_text_atomic(train_dir / "progress.json", json.dumps(
+                {"global_step": int(trainer.global_step), "max_steps": int(trainer.max_steps), "time": time.time(),
+                 "pid": os.getpid()}))
 
     return _Progress()
 
@@ -241,13 +243,13 @@ def s3_sync_callback(run_dir: Path, uri: str):
     class _S3Sync(Callback):
         def __init__(self):
             self.sync = BackgroundSync(run_dir, uri)
-            self._last = -1
+            self._pending = False
 
         def on_save_checkpoint(self, trainer, pl_module, checkpoint):
             self._pending = True
 
         def on_train_batch_end(self, trainer, *args):
-            if getattr(self, "_pending", False):  # runs after ModelCheckpoint wrote the file (callback order)
+            if self._pending:  # runs after ModelCheckpoint wrote the file (callback order)
                 self._pending = False
                 self.sync.request()
 
@@ -371,7 +373,5 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
 
     wandb.finish()  # close the run so a later launch (resume, next cycle) can continue the same id
     done = {"global_step": step, "max_steps": cfg.train.max_steps}
-    tmp = train_dir / "DONE.tmp"
-    tmp.write_text(json.dumps(done))
-    tmp.replace(train_dir / "DONE")
+    write_text_atomic(train_dir / "DONE", json.dumps(done))
     return done
