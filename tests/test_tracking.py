@@ -71,3 +71,19 @@ def test_offline_detection(monkeypatch):
     assert offline() is False
     monkeypatch.delenv("WANDB_API_KEY")
     assert offline() is True
+
+
+def test_flywheel_without_any_wandb_settings(tiny_data_and_base):
+    """The README's main command on a fresh machine: no WANDB_MODE, no key. Eval logging and training must both run
+    offline in the same process."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    cmd = [sys.executable, "-m", "medasr.cli", "flywheel", "--preset", "tiny", "--run-dir", str(tiny_data_and_base),
+           "--set", "train.max_steps=4", "--set", "train.ckpt_every_n_steps=2", "--set", "train.val_every_n_steps=2",
+           "--set", "eval.max_new_tokens=4"]
+    out = subprocess.run(cmd, env=env, capture_output=True, timeout=900)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    assert json.loads((tiny_data_and_base / "summary.json").read_text())["status"] == "done"

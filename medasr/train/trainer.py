@@ -274,6 +274,9 @@ def wandb_logger(cfg: Config, train_dir: Path):
         resume="allow",
         save_dir=str(train_dir),
         offline=offline(),
+        # Lightning's offline flag only sets WANDB_MODE in the environment, which wandb no longer reads once an earlier
+        # wandb.init (the cycle-0 eval log) has run in this process: pass the mode to wandb.init itself.
+        mode="offline" if offline() else "online",
         config=to_dict(cfg),
     )
 
