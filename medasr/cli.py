@@ -62,6 +62,7 @@ def flywheel(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_:
              redact_transcripts: bool = typer.Option(False, help="W&B eval tables get SHA-256 prefixes instead of text (PHI)")):
     """Run every stage: build → preflight → eval → gate → train → export → re-eval → compare. Re-running resumes."""
     from medasr.flywheel import PreflightError, run_flywheel
+    from medasr.models.asr import UnsupportedBaseError
 
     cfg = _cfg(preset, list(set_ or []) + (["data.skip_bad=true"] if skip_bad else [])
                + (["eval.redact_transcripts=true"] if redact_transcripts else []))
@@ -70,6 +71,9 @@ def flywheel(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_:
     except PreflightError as e:
         console.print(f"[red]preflight stopped the run:[/] {escape(str(e))}")
         raise typer.Exit(1)
+    except UnsupportedBaseError as e:
+        console.print(f"[red]{escape(str(e))}[/]")
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -101,18 +105,18 @@ def build(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Op
 
 @app.command("eval")
 def eval_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt,
-          adapter: Optional[Path] = typer.Option(None, help="evaluate base + this adapter instead of the base"),
+          adapter: Optional[Path] = typer.Option(None, "--adapter", "--model",
+                                                 help="evaluate this export (SALM adapter folder or .nemo) instead of the base"),
           cycle: int = typer.Option(0, help="cycle number: results go to RUN/eval/cycle<N>/"),
           manifest: Optional[Path] = typer.Option(None, help="manifest to evaluate (default RUN/data/test.json)")):
     """Transcribe a manifest and score it (WER, CER, KER by category, seen vs unseen terms)."""
     from medasr.evaluate.stage import evaluate
     from medasr.flywheel import resolve_base
-    from medasr.models.salm import load_base
-    from medasr.train.export import load_adapted
+    from medasr.transcribe import load_model
 
     cfg = _cfg(preset, set_)
     rd = _run_dir(cfg, run_dir)
-    loader = (lambda: load_adapted(adapter)[0]) if adapter else (lambda: load_base(resolve_base(cfg, rd)))
+    loader = lambda: load_model(adapter or resolve_base(cfg, rd), kind=cfg.model.kind)  # noqa: E731
     m = evaluate(cfg, manifest or rd / "data" / "test.json", rd / "eval" / f"cycle{cycle}", loader, f"Cycle {cycle}", rd)
     console.print((rd / "eval" / f"cycle{cycle}" / "report.md").read_text())
     return m
@@ -137,7 +141,7 @@ def gate(eval_dir: Path = typer.Argument(..., help="directory holding metrics.js
 
 @app.command("train")
 def train_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt):
-    """LoRA fine-tune (resumes from RUN/train/checkpoints/last.ckpt when present)."""
+    """Fine-tune: SALM LoRA or ASR full SFT, per the preset (resumes from RUN/train/checkpoints/last.ckpt)."""
     from medasr.flywheel import resolve_base
     from medasr.train.trainer import train
 
@@ -149,41 +153,58 @@ def train_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: O
 @app.command()
 def export(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt,
            ckpt: Optional[Path] = typer.Option(None, help="checkpoint to export (default last.ckpt)")):
-    """Write RUN/canary-qwen-medical-lora/ (LoRA + trained encoder/projection, config)."""
+    """Write RUN/canary-qwen-medical-lora/ (SALM: LoRA + encoder/projection) or RUN/adapted_model.nemo (ASR)."""
     from medasr.flywheel import resolve_base
-    from medasr.train.export import export_adapter
+    from medasr.train.export import export_adapter, export_nemo
 
     cfg = _cfg(preset, set_)
     rd = _run_dir(cfg, run_dir)
-    console.print(export_adapter(cfg, rd, resolve_base(cfg, rd), ckpt))
+    console.print((export_nemo if cfg.model.kind == "asr" else export_adapter)(cfg, rd, resolve_base(cfg, rd), ckpt))
 
 
 @app.command()
-def transcribe(files: List[Path] = typer.Argument(..., help="audio files"),
-               adapter: Optional[Path] = typer.Option(None, help="a medasr adapter folder (base + adapter)"),
-               base: Optional[str] = typer.Option(None, help="a base SALM (Hub id or local dir) without adapter"),
-               prompt: Optional[str] = typer.Option(None, help="default: the adapter's training prompt"),
-               batch_size: int = 16, max_new_tokens: int = 256):
-    """Transcribe audio files; prints JSON lines {audio_filepath, pred_text}."""
-    from medasr.models.salm import load_base, transcribe_paths
-    from medasr.train.export import load_adapted
+def transcribe(inputs: List[Path] = typer.Argument(..., help="audio files, folders of audio, or NeMo manifests"),
+               model: Optional[str] = typer.Option(None, "--model", "--adapter", "--base",
+                                                   help="SALM export folder, SALM folder, .nemo file, or Hub id"),
+               kind: Optional[str] = typer.Option(None, help="salm | asr, for a Hub id (default: guessed from the id)"),
+               out: Optional[Path] = typer.Option(None, help="write per-file outputs + transcripts.json here"),
+               format_: str = typer.Option("txt,json,srt", "--format", help="comma-separated: txt, json, srt"),
+               prompt: Optional[str] = typer.Option(None, help="SALM only; default: the export's training prompt"),
+               batch_size: int = 16, max_new_tokens: int = 256,
+               chunk_s: Optional[float] = typer.Option(None, help="long-form chunk length (default SALM 30, ASR 600)"),
+               overlap_s: Optional[float] = typer.Option(None, help="chunk overlap (default 10)"),
+               max_single_s: Optional[float] = typer.Option(None, help="longest audio done in one pass (SALM 40, ASR 1200)")):
+    """Transcribe files of any length (long audio chunked with overlap and merged). Without --out: JSON lines
+    {audio_filepath, pred_text, duration, chunks} on stdout."""
+    from dataclasses import replace
 
-    missing = [str(f) for f in files if not f.exists()]
-    if missing:
-        console.print(f"[red]audio not found:[/] {', '.join(missing)}")
+    from rich.progress import Progress
+
+    from medasr.transcribe import POLICIES, collect_inputs, load_model, model_decoder, transcribe_rows, write_outputs
+
+    if not model:
+        console.print("[red]give --model[/] (a SALM export folder, a SALM folder, a .nemo file or a Hub id)")
         raise typer.Exit(2)
-    if bool(adapter) == bool(base):
-        console.print("[red]give exactly one of --adapter or --base[/]")
+    try:
+        rows = collect_inputs(inputs)
+    except (FileNotFoundError, ValueError) as e:
+        console.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2)
-    if adapter:
-        model, meta = load_adapted(adapter)
-        prompt = prompt or meta["prompt"]
+    formats = [f.strip() for f in format_.split(",") if f.strip()]
+    loaded = load_model(model, kind=kind)
+    policy = POLICIES[loaded.kind]
+    policy = replace(policy, **{k: v for k, v in (("chunk_s", chunk_s), ("overlap_s", overlap_s),
+                                                  ("max_single_s", max_single_s)) if v is not None})
+    decode = model_decoder(loaded, batch_size, max_new_tokens, prompt)
+    with Progress(console=Console(stderr=True)) as progress:
+        results = transcribe_rows(rows, decode, policy, batch_size, progress)
+    if out:
+        written = write_outputs(results, rows, out, formats, loaded.source, policy)
+        console.print(f"{len(results)} file(s) → {out} ({len(written)} files written)", highlight=False)
     else:
-        model = load_base(base)
-        prompt = prompt or "Transcribe the following: <|audioplaceholder|>"
-    hyps = transcribe_paths(model, [str(f) for f in files], prompt, batch_size, max_new_tokens)
-    for f, h in zip(files, hyps):
-        sys.stdout.write(json.dumps({"audio_filepath": str(f), "pred_text": h}) + "\n")
+        for res in results:
+            sys.stdout.write(json.dumps({"audio_filepath": res.audio_filepath, "pred_text": res.text,
+                                         "duration": res.duration, "chunks": len(res.chunks)}) + "\n")
 
 
 @app.command()

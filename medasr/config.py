@@ -38,15 +38,35 @@ class TinyModelConfig:
 
 
 @dataclass
+class TinyASRConfig:
+    """Sizes of the random-init FastConformer-TDT (Parakeet-TDT layout) used offline by `tiny-parakeet`."""
+
+    vocab_size: int = 128  # SentencePiece BPE trained locally
+    d_model: int = 64
+    layers: int = 2
+    heads: int = 4
+    pred_hidden: int = 64
+    joint_hidden: int = 64
+    mel_features: int = 80
+    tdt_durations: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+
+
+@dataclass
 class ModelConfig:
+    # salm: NeMo speechlm2 SALM (Canary-Qwen), LoRA + encoder + projection trained.
+    # asr: NeMo ASRModel (Parakeet-TDT), full fine-tune, exported as adapted_model.nemo.
     kind: str = "salm"
-    # A Hub id or a local SALM directory (config.json + model.safetensors). "tiny" builds one offline into the run dir.
+    # salm: a Hub id or a local SALM directory (config.json + model.safetensors); "tiny" builds one into the run dir.
+    # asr: a Hub id or a local .nemo file; "tiny" builds a FastConformer-TDT .nemo into the run dir.
     base: str = "tiny"
+    # asr only: a SentencePiece tokenizer folder to switch to before fine-tuning (the base's own is kept when unset)
+    tokenizer_dir: Optional[str] = None
     prompt: str = "Transcribe the following: <|audioplaceholder|>"
     precision: str = "32-true"  # Lightning precision; bf16-true on a GPU pod
     # Parameters trained on top of the base's own freeze pattern: the release trains encoder + projection + LoRA.
     freeze_params: list[str] = field(default_factory=lambda: [r"^llm\..+$", r"^embed_tokens\..+$"])
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    tiny_asr: TinyASRConfig = field(default_factory=TinyASRConfig)
 
 
 @dataclass
@@ -173,7 +193,10 @@ def load_config(preset: str, overrides: Optional[list[str]] = None) -> Config:
             raise ValueError(f"override {o!r}: expected key=value, e.g. train.max_steps=50")
         # update() understands list indices (data.mix.0.local=...) and, on a structured config, rejects unknown keys
         OmegaConf.update(merged, key.strip(), yaml.safe_load(value) if value.strip() else None, merge=True)
-    return OmegaConf.to_object(merged)
+    cfg = OmegaConf.to_object(merged)
+    if cfg.model.kind not in ("salm", "asr"):
+        raise ValueError(f"model.kind={cfg.model.kind!r}: use salm (Canary-Qwen LoRA) or asr (Parakeet-TDT full fine-tune)")
+    return cfg
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -22,8 +22,8 @@ from medasr.evaluate.report_html import compare_html
 from medasr.evaluate.report_html import write as write_html
 from medasr.evaluate.stage import evaluate
 from medasr.data.manifest import read_manifest
-from medasr.models.salm import load_base
-from medasr.train.export import EXPORT_NAME, export_adapter, load_adapted, read_meta, write_model_card
+from medasr.train.export import (EXPORT_NAME, NEMO_EXPORT, export_adapter, export_nemo, read_meta, read_nemo_meta,
+                                 write_model_card, write_nemo_model_card)
 from medasr.train.trainer import is_done, train
 
 console = Console()
@@ -31,12 +31,30 @@ SUMMARY_KEYS = ("wer", "cer", "ker", "ker_seen", "ker_unseen", "term_error_rate"
 
 
 def resolve_base(cfg: Config, run_dir: Path) -> str:
-    """The base model to fine-tune: the Hub id / local dir from the preset, or the tiny model built into the run."""
-    if cfg.model.base == "tiny":
+    """The base model to fine-tune: the Hub id / local path from the preset, or the tiny model built into the run."""
+    if cfg.model.kind == "asr":
+        from medasr.models.asr import check_base
+
+        check_base(cfg.model.base)  # refuse before any data or model time
+        if cfg.model.base == "tiny":
+            from medasr.models.tiny_asr import build_tiny_parakeet
+
+            return str(build_tiny_parakeet(cfg, run_dir / "model", seed=cfg.train.seed))
+    elif cfg.model.base == "tiny":
         from medasr.models.tiny import build_tiny_base
 
         return str(build_tiny_base(cfg, run_dir / "model", seed=cfg.train.seed))
     return cfg.model.base
+
+
+def export_path(cfg: Config, run_dir: Path) -> Path:
+    return run_dir / (NEMO_EXPORT if cfg.model.kind == "asr" else EXPORT_NAME)
+
+
+def _loader(cfg: Config, spec: str | Path):
+    from medasr.transcribe import load_model
+
+    return lambda: load_model(spec, kind=cfg.model.kind)
 
 
 def run_compare(cfg: Config, before_dir: Path, after_dir: Path, out_dir: Path) -> dict:
@@ -82,14 +100,23 @@ def preflight_manifests(cfg: Config, run_dir: Path) -> dict:
     return out
 
 
-def _export_current(run_dir: Path, step: int) -> bool:
+def _export_meta(cfg: Config, run_dir: Path) -> dict:
+    path = export_path(cfg, run_dir)
+    return read_nemo_meta(path) if cfg.model.kind == "asr" else read_meta(path)
+
+
+def _export_current(cfg: Config, run_dir: Path, step: int) -> bool:
     try:
-        return read_meta(run_dir / EXPORT_NAME)["global_step"] == step
+        return _export_meta(cfg, run_dir)["global_step"] == step
     except Exception:
         return False
 
 
 def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
+    if cfg.model.kind == "asr":
+        from medasr.models.asr import check_base
+
+        check_base(cfg.model.base)  # a refused base stops before any data or model time
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     timings: dict[str, float] = {}
@@ -105,7 +132,7 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
     summary_preflight = stage("preflight (validate manifests)", lambda: preflight_manifests(cfg, run_dir))
     base = stage("base model", lambda: resolve_base(cfg, run_dir))
     test = run_dir / "data" / "test.json"
-    before = stage("eval cycle0 (base)", lambda: evaluate(cfg, test, run_dir / "eval" / "cycle0", lambda: load_base(base), "Cycle 0 — base model", run_dir))
+    before = stage("eval cycle0 (base)", lambda: evaluate(cfg, test, run_dir / "eval" / "cycle0", _loader(cfg, base), "Cycle 0 — base model", run_dir))
     gate = decide(before, cfg.gate)
     (run_dir / "eval" / "gate.json").write_text(json.dumps(gate.to_dict() | {"forced": force_train and not gate.train}, indent=2))
     console.print(f"gate: {gate.reason}")
@@ -117,15 +144,17 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
         if not gate.train:
             console.print("[yellow]gate says no; training anyway because --force was given (logged in gate.json)")
         done = stage("train", lambda: train(cfg, run_dir, base))
-        if not _export_current(run_dir, done["global_step"]):
-            stage("export", lambda: export_adapter(cfg, run_dir, base))
-        adapter = run_dir / EXPORT_NAME
+        if not _export_current(cfg, run_dir, done["global_step"]):
+            exporter = export_nemo if cfg.model.kind == "asr" else export_adapter
+            stage("export", lambda: exporter(cfg, run_dir, base))
+        adapter = export_path(cfg, run_dir)
         after = stage(
             "eval cycle1 (fine-tuned)",
-            lambda: evaluate(cfg, test, run_dir / "eval" / "cycle1", lambda: load_adapted(adapter)[0], "Cycle 1 — fine-tuned", run_dir),
+            lambda: evaluate(cfg, test, run_dir / "eval" / "cycle1", _loader(cfg, adapter), "Cycle 1 — fine-tuned", run_dir),
         )
         cmp = stage("compare", lambda: run_compare(cfg, run_dir / "eval" / "cycle0", run_dir / "eval" / "cycle1", run_dir / "eval" / "compare"))
-        write_model_card(adapter, read_meta(adapter), report, before, after, cmp, dt.date.today().isoformat())
+        card = write_nemo_model_card if cfg.model.kind == "asr" else write_model_card
+        card(adapter, _export_meta(cfg, run_dir), report, before, after, cmp, dt.date.today().isoformat())
         val = json.loads((run_dir / "train" / "val_loss.json").read_text())
         summary |= {
             "status": "done",

@@ -30,3 +30,17 @@ def tiny_data_and_base(tiny_run, tmp_path):
     shutil.copytree(run_dir / "data", fresh / "data")
     shutil.copytree(run_dir / "model", fresh / "model")
     return fresh
+
+
+@pytest.fixture(scope="session")
+def tiny_parakeet_run(tiny_run, tmp_path_factory):
+    """The second model path end to end: the flywheel on tiny-parakeet (sharing the tiny run's data)."""
+    from medasr.config import load_config
+    from medasr.flywheel import run_flywheel
+
+    run_dir = tmp_path_factory.mktemp("tiny-parakeet") / "run"
+    run_dir.mkdir()
+    shutil.copytree(tiny_run[1] / "data", run_dir / "data")
+    cfg = load_config("tiny-parakeet", ["train.max_steps=60", "train.ckpt_every_n_steps=20", "train.val_every_n_steps=20"])
+    summary = run_flywheel(cfg, run_dir)
+    return cfg, run_dir, summary

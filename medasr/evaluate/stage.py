@@ -13,7 +13,6 @@ from medasr.data.manifest import read_manifest, write_manifest
 from medasr.evaluate.metrics import compute_metrics
 from medasr.evaluate.report import metrics_markdown
 from medasr.evaluate.report_html import eval_html, write
-from medasr.models.salm import transcribe_paths
 
 
 def load_lexicon(name: str):
@@ -44,23 +43,21 @@ def score_manifest(rows: list[dict], out_dir: Path, cfg: Config, title: str) -> 
 
 
 def evaluate(cfg: Config, manifest: Path, out_dir: Path, load_model, title: str, run_dir: Path | None = None) -> dict:
-    """`load_model` is called only when work is needed, so a finished evaluation costs no model load."""
+    """`load_model() -> medasr.transcribe.Loaded` is called only when work is needed, so a finished evaluation costs
+    no model load. Rows longer than the model's single-pass limit are chunked and merged (medasr.transcribe)."""
+    from medasr.transcribe import POLICIES, model_decoder, transcribe_rows
+
     rows = read_manifest(manifest)
     if eval_is_done(out_dir, len(rows)):
         return json.loads((out_dir / "metrics.json").read_text()) | {"skipped": True}
     torch.set_num_threads(cfg.train.threads)
-    model = load_model()
+    loaded = load_model()
+    decode = model_decoder(loaded, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.model.prompt)
     with Progress() as progress:
-        task = progress.add_task(f"transcribing {manifest.name}", total=len(rows))
-        hyps = transcribe_paths(
-            model,
-            [r["audio_filepath"] for r in rows],
-            cfg.model.prompt,
-            batch_size=cfg.eval.batch_size,
-            max_new_tokens=cfg.eval.max_new_tokens,
-            progress=lambda n: progress.advance(task, n),
-        )
-    scored = [r | {"pred_text": h} for r, h in zip(rows, hyps)]
+        results = transcribe_rows(rows, decode, POLICIES[loaded.kind], cfg.eval.batch_size, progress,
+                                  f"transcribing {manifest.name}")
+    scored = [r | {"pred_text": res.text} | ({"chunks": len(res.chunks)} if len(res.chunks) > 1 else {})
+              for r, res in zip(rows, results)]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(out_dir / "hyps.json", scored)
     metrics = score_manifest(scored, out_dir, cfg, title)

@@ -82,40 +82,46 @@ def _decode(model, ids: torch.Tensor) -> str:
 
 
 @torch.no_grad()
-def transcribe_paths(
+def transcribe_arrays(
     model,
-    paths: list[str],
+    audios: list[np.ndarray],
     prompt: str,
     batch_size: int = 16,
     max_new_tokens: int = 128,
     progress=None,
     **generation_kwargs,
 ) -> list[str]:
-    """Greedy transcription, batched; audio longer than a batch's shortest is zero-padded (lengths passed to SALM)."""
+    """Greedy transcription of mono float arrays at the model's rate, batched longest-first (less padding); shorter
+    audio in a batch is zero-padded and its true length passed to SALM. bf16 autocast on a GPU."""
     context = split_prompt(prompt)
     model.eval()
-    sr = model.sampling_rate
     dev = model.device
-    order = sorted(range(len(paths)), key=lambda i: -sf.info(paths[i]).frames)  # length-sorted: less padding
+    order = sorted(range(len(audios)), key=lambda i: -len(audios[i]))
     out: dict[int, str] = {}
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        audios = [load_audio(paths[i], sr) for i in idx]
-        lens = torch.tensor([len(a) for a in audios], dtype=torch.long)
-        batch = torch.zeros(len(audios), int(lens.max()))
-        for j, a in enumerate(audios):
-            batch[j, : len(a)] = torch.from_numpy(a)
+        lens = torch.tensor([len(audios[i]) for i in idx], dtype=torch.long)
+        batch = torch.zeros(len(idx), int(lens.max()))
+        for j, i in enumerate(idx):
+            batch[j, : len(audios[i])] = torch.from_numpy(np.asarray(audios[i], dtype=np.float32))
         prompts = [[{"role": "user", "content": f"{context} {AUDIO_TAG}".strip()}] for _ in idx]
-        ids = model.generate(
-            prompts=prompts,
-            audios=batch.to(dev),
-            audio_lens=lens.to(dev),
-            max_new_tokens=max_new_tokens,
-            **generation_kwargs,
-        )
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            ids = model.generate(
+                prompts=prompts,
+                audios=batch.to(dev),
+                audio_lens=lens.to(dev),
+                max_new_tokens=max_new_tokens,
+                **generation_kwargs,
+            )
         for j, i in enumerate(idx):
             out[i] = _decode(model, ids[j])
         if progress is not None:
             progress(len(idx))
-    return [out[i] for i in range(len(paths))]
+    return [out[i] for i in range(len(audios))]
 
+
+def transcribe_paths(model, paths: list[str], prompt: str, batch_size: int = 16, max_new_tokens: int = 128,
+                     progress=None, **generation_kwargs) -> list[str]:
+    """`transcribe_arrays` on audio files (each resampled to the model's rate, no chunking: see medasr.transcribe)."""
+    audios = [load_audio(p, model.sampling_rate) for p in paths]
+    return transcribe_arrays(model, audios, prompt, batch_size, max_new_tokens, progress, **generation_kwargs)

@@ -1,5 +1,10 @@
-"""Stage 6 — export `canary-qwen-medical-lora/`: what fine-tuning changed, and nothing the base already has.
+"""Stage 6 — export the fine-tuned model.
 
+salm: `canary-qwen-medical-lora/`, what fine-tuning changed and nothing the base already has (below).
+asr:  `adapted_model.nemo` (the whole fine-tuned Parakeet-TDT, tokenizer inside; `ASRModel.restore_from`) with
+      `adapted_model.json` (base, step, preset) and `adapted_model.md` (model card) beside it.
+
+SALM export layout:
 Layout:
   adapter.safetensors   LoRA matrices + trained perception (encoder, projection) weights and buffers, SALM key names
   lora/                 the same LoRA in Hugging Face PEFT format (adapter_config.json + adapter_model.safetensors)
@@ -25,6 +30,8 @@ from medasr.train.trainer import apply_freeze, load_training_checkpoint
 
 EXPORT_NAME = "canary-qwen-medical-lora"
 FORMAT = "medasr-salm-adapter/1"
+NEMO_EXPORT = "adapted_model.nemo"
+NEMO_FORMAT = "medasr-nemo-sft/1"
 
 
 class AdapterError(RuntimeError):
@@ -83,6 +90,46 @@ def export_adapter(cfg: Config, run_dir: Path, base: str | Path, ckpt: Path | No
     return out
 
 
+def export_nemo(cfg: Config, run_dir: Path, base: str | Path, ckpt: Path | None = None) -> Path:
+    """The base (with the preset's tokenizer switch, if any) + the trained weights → RUN/adapted_model.nemo."""
+    from medasr.models import asr
+
+    out = run_dir / NEMO_EXPORT
+    ckpt = ckpt or run_dir / "train" / "checkpoints" / "last.ckpt"
+    if not ckpt.exists():
+        raise AdapterError(f"no checkpoint at {ckpt}: run `medasr train` first")
+    model = asr.load_base(base)
+    asr.switch_tokenizer(model, cfg.model.tokenizer_dir)
+    state = load_training_checkpoint(model, ckpt)
+    partial = out.with_name(out.name + ".partial")
+    model.save_to(str(partial))
+    partial.replace(out)
+    meta = {
+        "format": NEMO_FORMAT,
+        "medasr_version": __version__,
+        "base_model": _base_ref(base, run_dir),
+        "model_class": type(model).__name__,
+        "tokenizer": cfg.model.tokenizer_dir or "the base model's own",
+        "vocab_size": int(model.tokenizer.vocab_size),
+        "global_step": int(state.get("global_step", -1)),
+        "checkpoint": ckpt.name,
+        "num_parameters": int(sum(p.numel() for p in model.parameters())),
+        "preset": cfg.name,
+    }
+    (run_dir / "adapted_model.json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def read_nemo_meta(nemo_path: Path) -> dict:
+    p = Path(nemo_path).with_suffix(".json")
+    if not p.exists() or not Path(nemo_path).exists():
+        raise AdapterError(f"{nemo_path}: no medasr export here (need the .nemo and {p.name}); run `medasr export`")
+    meta = json.loads(p.read_text())
+    if meta.get("format") != NEMO_FORMAT:
+        raise AdapterError(f"{p}: unsupported format {meta.get('format')!r} (expected {NEMO_FORMAT})")
+    return meta
+
+
 def read_meta(adapter_dir: Path) -> dict:
     p = Path(adapter_dir) / "medasr_adapter.json"
     if not p.exists():
@@ -117,7 +164,7 @@ def load_adapted(adapter_dir: str | Path, map_location: str = "cpu"):
     return model, meta
 
 
-def write_model_card(out: Path, meta: dict, build_report: dict, before: dict, after: dict, compare: dict, date: str) -> None:
+def _results_section(build_report: dict, before: dict, after: dict, compare: dict) -> str:
     def pct(x):
         return "n/a" if x is None else f"{100 * x:.1f}%"
 
@@ -128,6 +175,22 @@ def write_model_card(out: Path, meta: dict, build_report: dict, before: dict, af
         ("KER, terms seen in training", before["ker_seen"], after["ker_seen"]),
         ("KER, held-out terms", before["ker_unseen"], after["ker_unseen"]),
     ]
+    return f"""## Training data
+Source `{build_report.get('source')}`: {build_report['splits']['train']['rows']} training rows
+({build_report['splits']['train']['terms']} terms), {build_report['splits']['val']['rows']} validation rows.
+The test set holds terms never seen in training and seen terms spoken by a voice not used in training.
+
+## Results on the test set ({after['n_rows']} rows, normaliser `{after['normalizer']}`)
+
+| metric | base | fine-tuned |
+|---|---|---|
+""" + "\n".join(f"| {n} | {pct(b)} | {pct(a)} |" for n, b, a in rows) + f"""
+
+Decision: **{compare['decision']}** — {compare['reason']}
+"""
+
+
+def write_model_card(out: Path, meta: dict, build_report: dict, before: dict, after: dict, compare: dict, date: str) -> None:
     tiny = meta.get("preset", "").startswith("tiny")
     text = f"""# {EXPORT_NAME}
 
@@ -141,22 +204,10 @@ fine-tuned speech encoder and projection. The LLM itself is frozen and **not** i
 - Prompt (train and inference): `{meta['prompt']}` (prompt format `{meta['prompt_format']}`)
 - Exported: {date} by medasr {meta['medasr_version']}
 
-## Training data
-Source `{build_report.get('source')}`: {build_report['splits']['train']['rows']} training rows
-({build_report['splits']['train']['terms']} terms), {build_report['splits']['val']['rows']} validation rows.
-The test set holds terms never seen in training and seen terms spoken by a voice not used in training.
-
-## Results on the test set ({after['n_rows']} rows, normaliser `{after['normalizer']}`)
-
-| metric | base | fine-tuned |
-|---|---|---|
-""" + "\n".join(f"| {n} | {pct(b)} | {pct(a)} |" for n, b, a in rows) + f"""
-
-Decision: **{compare['decision']}** — {compare['reason']}
-
+""" + _results_section(build_report, before, after, compare) + f"""
 ## Use
 ```bash
-medasr transcribe --adapter {EXPORT_NAME}/ recording.wav
+medasr transcribe --model {EXPORT_NAME}/ recording.wav --out transcripts/
 ```
 ```python
 from medasr.train.export import load_adapted
@@ -164,3 +215,31 @@ model, meta = load_adapted("{EXPORT_NAME}")
 ```
 """
     (out / "README.md").write_text(text)
+
+
+def write_nemo_model_card(nemo_path: Path, meta: dict, build_report: dict, before: dict, after: dict, compare: dict,
+                          date: str) -> Path:
+    tiny = meta.get("preset", "").startswith("tiny")
+    text = f"""# {nemo_path.name}
+
+A medasr full fine-tune (stock NeMo SFT recipe) of a NeMo ASR model ({meta['model_class']}).
+
+- Base model: `{meta['base_model']}`
+- Preset: `{meta['preset']}`{' — random-init tiny model: this export proves the pipeline, not accuracy' if tiny else ''}
+- Trained steps: {meta['global_step']} · parameters: {meta['num_parameters']:,} · tokenizer: {meta['tokenizer']} (vocab {meta['vocab_size']})
+- Exported: {date} by medasr {meta['medasr_version']}
+
+""" + _results_section(build_report, before, after, compare) + f"""
+## Use
+```bash
+medasr transcribe --model {nemo_path.name} recording.wav --out transcripts/
+```
+```python
+from nemo.collections.asr.models import ASRModel
+model = ASRModel.restore_from("{nemo_path.name}")
+```
+Serving with NVIDIA Riva: docs/DEPLOY.md.
+"""
+    card = nemo_path.with_suffix(".md")
+    card.write_text(text)
+    return card

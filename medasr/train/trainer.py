@@ -1,7 +1,8 @@
-"""Stage 4 — fine-tune a SALM with LoRA (LLM frozen; encoder, projection, LoRA trained) under Lightning.
-
-Our equivalent of NeMo's examples/speechlm2/salm_train.py (SALM + SALMDataset + DataModule + Trainer) without
-DDP/NCCL, so the same code runs on 2 CPU cores (tiny) and on one GPU (canary-qwen-2.5b):
+"""Stage 4 — fine-tune under Lightning, for both model kinds:
+- salm: a SALM with LoRA (LLM frozen; encoder, projection, LoRA trained) — our equivalent of NeMo's
+  examples/speechlm2/salm_train.py (SALM + SALMDataset + DataModule + Trainer) without DDP/NCCL;
+- asr: a NeMo ASRModel (Parakeet-TDT) full SFT — what examples/asr/speech_to_text_finetune.py does.
+The same code runs on 2 CPU cores (tiny presets) and on one GPU, with the same machinery for both kinds:
 - a checkpoint every `train.ckpt_every_n_steps` and a `last.ckpt`; re-running resumes from `last.ckpt`;
 - W&B logger (online when WANDB_API_KEY is set, offline otherwise) with one stable run id across restarts;
 - `train/DONE` = {"global_step": N, "max_steps": N} only when max_steps is reached (never inferred from exit code).
@@ -210,9 +211,12 @@ def throughput_callback(price_per_hour: float):
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             dt = max(time.time() - self.t, 1e-6)
-            lens = batch["audio_lens"]  # SALMDataset batches always carry them
+            if isinstance(batch, dict):  # SALMDataset
+                lens, sr = batch["audio_lens"], pl_module.sampling_rate
+            else:  # NeMo ASR datasets: (audio, audio_lens, tokens, token_lens)
+                lens, sr = batch[1], pl_module.cfg.sample_rate
             pl_module.log_dict({"throughput/samples_per_s": len(lens) / dt,
-                                "throughput/audio_s_per_s": float(lens.sum()) / pl_module.sampling_rate / dt,
+                                "throughput/audio_s_per_s": float(lens.sum()) / sr / dt,
                                 "cost/usd_this_launch": price_per_hour * (time.time() - self.t0) / 3600},
                                on_step=True, batch_size=1)
 
@@ -289,20 +293,9 @@ def is_done(train_dir: Path, max_steps: int) -> bool:
     return d.get("global_step") == max_steps == d.get("max_steps")
 
 
-def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
-    """Train (or resume) into RUN/train; returns the DONE record. Re-running a finished train returns at once."""
-    train_dir = run_dir / "train"
-    ckpt_dir = train_dir / "checkpoints"
-    if is_done(train_dir, cfg.train.max_steps):
-        return json.loads((train_dir / "DONE").read_text()) | {"skipped": True}
-    train_dir.mkdir(parents=True, exist_ok=True)
-    quiet_nemo()
-    torch.set_num_threads(cfg.train.threads)
-    from lightning.pytorch import Trainer, seed_everything
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+def _prepare_salm(cfg: Config, run_dir: Path, base: str | Path):
     from nemo.collections.speechlm2 import DataModule, SALMDataset
 
-    seed_everything(cfg.train.seed, workers=True)
     model = load_base(base)
     model.cfg.optimizer = {
         "_target_": "torch.optim.AdamW",
@@ -318,11 +311,43 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
     }
     table = apply_freeze(model, list(cfg.model.freeze_params))
     model.strict_loading = False  # slim checkpoints: frozen weights come from the base, checked in on_load_checkpoint
-    print_param_table(table)
-    (train_dir / "trainable_params.json").write_text(
-        json.dumps({"groups": table, "lora": OmegaConf.to_container(model.cfg.lora) if "lora" in model.cfg else None, "freeze_params": list(cfg.model.freeze_params)}, indent=2)
-    )
-    datamodule = DataModule(OmegaConf.create(data_config(model, cfg, run_dir / "data")), tokenizer=model.tokenizer, dataset=SALMDataset(model.tokenizer))
+    datamodule = DataModule(OmegaConf.create(data_config(model, cfg, run_dir / "data")), tokenizer=model.tokenizer,
+                            dataset=SALMDataset(model.tokenizer))
+    record = {"kind": "salm", "groups": table, "freeze_params": list(cfg.model.freeze_params),
+              "lora": OmegaConf.to_container(model.cfg.lora) if "lora" in model.cfg else None}
+    return model, {"datamodule": datamodule}, record
+
+
+def _prepare_asr(cfg: Config, run_dir: Path, base: str | Path):
+    from medasr.models import asr
+
+    model = asr.load_base(base)
+    table = asr.prepare_for_training(model, cfg)
+    asr.setup_data(model, cfg, run_dir / "data")
+    record = {"kind": "asr", "groups": table, "tokenizer_dir": cfg.model.tokenizer_dir,
+              "loss": type(model.loss._loss).__name__ if hasattr(model, "loss") else None}
+    return model, {}, record
+
+
+def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
+    """Train (or resume) into RUN/train; returns the DONE record. Re-running a finished train returns at once."""
+    train_dir = run_dir / "train"
+    ckpt_dir = train_dir / "checkpoints"
+    if is_done(train_dir, cfg.train.max_steps):
+        return json.loads((train_dir / "DONE").read_text()) | {"skipped": True}
+    train_dir.mkdir(parents=True, exist_ok=True)
+    quiet_nemo()
+    torch.set_num_threads(cfg.train.threads)
+    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    seed_everything(cfg.train.seed, workers=True)
+    if cfg.model.kind == "asr":
+        model, fit_kw, record = _prepare_asr(cfg, run_dir, base)
+    else:
+        model, fit_kw, record = _prepare_salm(cfg, run_dir, base)
+    print_param_table(record["groups"])
+    (train_dir / "trainable_params.json").write_text(json.dumps(record, indent=2))
     ckpt_cb = ModelCheckpoint(
         dirpath=str(ckpt_dir),
         filename="step{step:06d}",
@@ -362,15 +387,15 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
     vals = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     if "base" not in vals and not last.exists():
         # Validation loss of the untouched base, on the same val set, for the before/after check.
-        vals["base"] = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val_loss"])
+        vals["base"] = float(trainer.validate(model, verbose=False, **fit_kw)[0]["val_loss"])
         metrics_file.write_text(json.dumps(vals, indent=2))
     if resume_from:
         console.print(f"[bold]resuming[/] from {last}")
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
+    trainer.fit(model, ckpt_path=resume_from, **fit_kw)
     step = int(trainer.global_step)
     if step < cfg.train.max_steps:
         raise RuntimeError(f"training stopped at step {step} of {cfg.train.max_steps}; re-run to resume from {last}")
-    vals["final"] = float(trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val_loss"])
+    vals["final"] = float(trainer.validate(model, verbose=False, **fit_kw)[0]["val_loss"])
     metrics_file.write_text(json.dumps(vals, indent=2))
     import wandb
 
