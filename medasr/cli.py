@@ -191,10 +191,16 @@ def transcribe(inputs: List[Path] = typer.Argument(..., help="audio files, folde
         console.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2)
     formats = [f.strip() for f in format_.split(",") if f.strip()]
+    if bad := sorted(set(formats) - {"txt", "json", "srt"}):
+        console.print(f"[red]unknown --format {', '.join(bad)}[/]: use txt, json, srt (comma-separated)")
+        raise typer.Exit(2)
     loaded = load_model(model, kind=kind)
-    policy = POLICIES[loaded.kind]
-    policy = replace(policy, **{k: v for k, v in (("chunk_s", chunk_s), ("overlap_s", overlap_s),
-                                                  ("max_single_s", max_single_s)) if v is not None})
+    try:
+        policy = replace(POLICIES[loaded.kind], **{k: v for k, v in (("chunk_s", chunk_s), ("overlap_s", overlap_s),
+                                                                     ("max_single_s", max_single_s)) if v is not None})
+    except ValueError as e:
+        console.print(f"[red]{escape(str(e))}[/]")
+        raise typer.Exit(2)
     decode = model_decoder(loaded, batch_size, max_new_tokens, prompt)
     with Progress(console=Console(stderr=True)) as progress:
         results = transcribe_rows(rows, decode, policy, batch_size, progress)

@@ -1,7 +1,7 @@
 """Build the `tiny-parakeet` base fully offline: a random-init FastConformer-TDT in the Parakeet-TDT layout.
 
 Same architecture family as nvidia/parakeet-tdt-0.6b-v2 (8x dw_striding FastConformer encoder, LSTM prediction net,
-joint with TDT duration outputs {0..4}, SentencePiece BPE tokenizer), shrunk to ~0.4 M parameters, saved as a .nemo
+joint with TDT duration outputs {0..4}, SentencePiece BPE tokenizer), shrunk to ~0.3 M parameters, saved as a .nemo
 so every later stage loads it with `ASRModel.restore_from` exactly as it loads the real checkpoint.
 """
 

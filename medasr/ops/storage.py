@@ -227,18 +227,18 @@ def remote_run_is_done(uri: str, max_steps: int, endpoint_url: str | None = None
     """Is the run under this S3 prefix finished? Reads the same markers the supervisor uses."""
     import tempfile
 
-    from medasr.ops.supervisor import run_is_done
+    from medasr.ops.supervisor import EXPORT_MARKERS, run_is_done
 
     bucket, prefix = parse_uri(uri)
     s3 = client(endpoint_url)
     with tempfile.TemporaryDirectory() as tmp:
         rd = Path(tmp)
-        for rel in ("summary.json", "train/DONE", "canary-qwen-medical-lora/adapter.safetensors"):
+        for rel in ("summary.json", "train/DONE", *EXPORT_MARKERS):
             head = _remote(s3, bucket, f"{prefix}/{rel}")
             if head is None:
                 continue
             (rd / rel).parent.mkdir(parents=True, exist_ok=True)
-            if rel.endswith(".safetensors"):
+            if rel in EXPORT_MARKERS:
                 (rd / rel).write_bytes(b"present")  # existence is all run_is_done checks
             else:
                 s3.download_file(bucket, f"{prefix}/{rel}", str(rd / rel))

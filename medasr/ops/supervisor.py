@@ -34,6 +34,10 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+# The export a finished run holds: the SALM adapter or the fine-tuned ASR .nemo (one per run, by model kind).
+EXPORT_MARKERS = ("canary-qwen-medical-lora/adapter.safetensors", "adapted_model.nemo")
+
+
 def run_is_done(run_dir: Path, max_steps: int) -> tuple[bool, str]:
     s = run_dir / "summary.json"
     if not s.exists():
@@ -47,8 +51,8 @@ def run_is_done(run_dir: Path, max_steps: int) -> tuple[bool, str]:
     done = run_dir / "train" / "DONE"
     if not done.exists() or json.loads(done.read_text()).get("global_step") != max_steps:
         return False, "train/DONE missing or short of max_steps"
-    if not (run_dir / "canary-qwen-medical-lora" / "adapter.safetensors").exists():
-        return False, "adapter not exported"
+    if not any((run_dir / rel).exists() for rel in EXPORT_MARKERS):
+        return False, "model not exported"
     return True, "done"
 
 
