@@ -247,8 +247,9 @@ def transcribe_rows(rows: list[dict], decode: Decoder, policy: ChunkPolicy, batc
         kept, bounds = merge_chunk_texts([(s.start, s.end, s.text) for s in mine])
         chunks = [{"start": s.start, "end": s.end, "text": s.text, "kept": " ".join(k), "decode_s": round(s.decode_s, 4)}
                   for s, k in zip(mine, kept)]
-        results.append(FileResult(r["audio_filepath"], round(durations[fi], 3), " ".join(w for k in kept for w in k),
-                                  chunks, [vars(b) for b in bounds]))
+        # a single pass is returned verbatim (the merge re-joins words with single spaces)
+        text = mine[0].text if len(mine) == 1 else " ".join(w for k in kept for w in k)
+        results.append(FileResult(r["audio_filepath"], round(durations[fi], 3), text, chunks, [vars(b) for b in bounds]))
     return results
 
 

@@ -13,7 +13,7 @@ from medasr.cli import app
 from medasr.data.lexicon import core_lexicon
 from medasr.data.synth import speak
 from medasr.data.templates import TEMPLATES, render
-from medasr.transcribe import POLICIES, ChunkPolicy, merge_chunk_texts, plan_chunks, read_span, to_srt
+from medasr.transcribe import POLICIES, ChunkPolicy, merge_chunk_texts, plan_chunks, read_span
 
 SR = 16000
 

@@ -96,7 +96,11 @@ def prepare_for_training(model, cfg) -> dict:
         use_cpu_tdt_loss(model)
     for p in model.parameters():
         p.requires_grad_(True)
+    # The release config turns the validation loss off (long eval audio); our val rows are <= 40 s and the
+    # before/after val_loss check needs it.
+    model.compute_eval_loss = True
     with open_dict(model.cfg):
+        model.cfg.compute_eval_loss = True
         model.cfg.optim = {
             "name": "adamw",
             "lr": cfg.train.lr,
