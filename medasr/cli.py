@@ -63,6 +63,7 @@ def flywheel(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_:
     """Run every stage: build → preflight → eval → gate → train → export → re-eval → compare. Re-running resumes."""
     from medasr.flywheel import PreflightError, run_flywheel
     from medasr.models.asr import UnsupportedBaseError
+    from medasr.train.preflight import ModelPreflightError
 
     cfg = _cfg(preset, list(set_ or []) + (["data.skip_bad=true"] if skip_bad else [])
                + (["eval.redact_transcripts=true"] if redact_transcripts else []))
@@ -74,6 +75,9 @@ def flywheel(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_:
     except UnsupportedBaseError as e:
         console.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2)
+    except ModelPreflightError as e:
+        console.print(f"[red]model preflight stopped the run:[/] {escape(str(e))}")
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -137,6 +141,25 @@ def gate(eval_dir: Path = typer.Argument(..., help="directory holding metrics.js
     g = decide(json.loads(m.read_text()), GateConfig(list(priority), threshold, min_rows, min_per_priority))
     console.print(g.reason)
     raise typer.Exit(0 if g.train else 1)
+
+
+@app.command()
+def preflight(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt):
+    """Check the model before training: checkpoint coverage, trainable groups, the rendered prompt, that validation
+    will run. Builds the data first if needed. Exit 1 with the reason when the run would be doomed."""
+    from medasr.data.build import build as do_build
+    from medasr.flywheel import resolve_base
+    from medasr.train.preflight import ModelPreflightError, model_preflight
+
+    cfg = _cfg(preset, set_)
+    rd = _run_dir(cfg, run_dir)
+    do_build(cfg, rd)
+    try:
+        model_preflight(cfg, rd, resolve_base(cfg, rd))
+    except ModelPreflightError as e:
+        console.print(f"[red]model preflight failed:[/] {escape(str(e))}")
+        raise typer.Exit(1)
+    console.print(f"[green]preflight passed[/]: {rd / 'train' / 'preflight.json'}")
 
 
 @app.command("train")

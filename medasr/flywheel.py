@@ -100,6 +100,15 @@ def preflight_manifests(cfg: Config, run_dir: Path) -> dict:
     return out
 
 
+def _preflight_current(run_dir: Path, base: str) -> bool:
+    """A passed model preflight for this base (a resumed run does not pay for it again)."""
+    p = run_dir / "train" / "preflight.json"
+    try:
+        return json.loads(p.read_text())["base"] == str(base)
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return False
+
+
 def _export_meta(cfg: Config, run_dir: Path) -> dict:
     path = export_path(cfg, run_dir)
     return read_nemo_meta(path) if cfg.model.kind == "asr" else read_meta(path)
@@ -143,6 +152,10 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
     else:
         if not gate.train:
             console.print("[yellow]gate says no; training anyway because --force was given (logged in gate.json)")
+        if not is_done(run_dir / "train", cfg.train.max_steps) and not _preflight_current(run_dir, base):
+            from medasr.train.preflight import model_preflight
+
+            stage("preflight (model)", lambda: model_preflight(cfg, run_dir, base))
         done = stage("train", lambda: train(cfg, run_dir, base))
         if not _export_current(cfg, run_dir, done["global_step"]):
             exporter = export_nemo if cfg.model.kind == "asr" else export_adapter

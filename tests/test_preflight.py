@@ -1,0 +1,75 @@
+"""Issue 7, rail 1: model preflight refuses doomed runs before any training time."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from medasr.cli import app
+from medasr.config import load_config
+from medasr.train.preflight import ModelPreflightError, model_preflight
+
+
+def _base_copy(run_dir, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(run_dir / "model/base", base)
+    return base
+
+
+def _rewrite(base, fn):
+    sd = load_file(str(base / "model.safetensors"))
+    fn(sd)
+    save_file(sd, str(base / "model.safetensors"))
+
+
+def test_preflight_passes_on_the_tiny_base_and_renders_the_prompt(tiny_data_and_base):
+    rd = tiny_data_and_base
+    rep = model_preflight(load_config("tiny"), rd, rd / "model/base")
+    assert rep["coverage"]["unknown"] == rep["coverage"]["missing"] == rep["coverage"]["shape_mismatch"] == []
+    assert rep["coverage"]["checkpoint_tensors"] == rep["coverage"]["model_tensors"] > 100
+    ex = rep["prompt"]["rendered_training_example"]
+    first = json.loads((rd / "data/train.json").read_text().splitlines()[0])["text"]
+    assert ex.startswith("<|im_start|>user\nTranscribe the following: <|audioplaceholder|><|im_end|>") and first in ex
+    assert rep["prompt"]["prompt_matches_inference"]
+    assert rep["groups"]["llm (frozen)"]["trainable"] == 0 and rep["groups"]["lora"]["trainable"] > 0
+    assert rep["validation"]["validations"] == 300 // 50
+    assert json.loads((rd / "train/preflight.json").read_text())["base"] == str(rd / "model/base")
+
+
+def test_mismatched_checkpoint_is_refused_with_the_list(tiny_data_and_base, tmp_path):
+    rd = tiny_data_and_base
+    cfg = load_config("tiny")
+    # a renamed tensor: from_pretrained (strict=False) would drop it silently and leave the model's own random
+    base = _base_copy(rd, tmp_path)
+    _rewrite(base, lambda sd: sd.__setitem__("perception.proj.weight_renamed", sd.pop("perception.proj.weight")))
+    with pytest.raises(ModelPreflightError) as e:
+        model_preflight(cfg, rd, base)
+    assert "perception.proj.weight_renamed" in str(e.value) and "perception.proj.weight'" in str(e.value)
+    # a reshaped tensor
+    base2 = tmp_path / "b2"
+    shutil.copytree(rd / "model/base", base2)
+    _rewrite(base2, lambda sd: sd.__setitem__("perception.proj.bias", torch.zeros(3)))
+    with pytest.raises(ModelPreflightError, match=r"perception\.proj\.bias"):
+        model_preflight(cfg, rd, base2)
+    assert not (rd / "train" / "checkpoints").exists()  # nothing trained
+
+
+def test_preflight_refuses_blind_validation_and_a_wrong_freeze_pattern(tiny_data_and_base):
+    rd = tiny_data_and_base
+    with pytest.raises(ModelPreflightError, match="validation would never run"):
+        model_preflight(load_config("tiny", ["train.max_steps=40", "train.val_every_n_steps=50"]), rd, rd / "model/base")
+    # a freeze pattern that also freezes the speech encoder and projection (a typo'd regex does this)
+    with pytest.raises(ModelPreflightError, match="no trainable encoder parameters"):
+        model_preflight(load_config("tiny", [r"model.freeze_params=['^llm\..+$', '^perception\..+$']"]), rd, rd / "model/base")
+
+
+def test_cli_preflight_exit_codes(tiny_data_and_base, tmp_path):
+    rd = tiny_data_and_base
+    ok = CliRunner().invoke(app, ["preflight", "--preset", "tiny", "--run-dir", str(rd)])
+    assert ok.exit_code == 0, ok.output
+    assert "<|audioplaceholder|>" in ok.output and "preflight passed" in ok.output
+    bad = CliRunner().invoke(app, ["preflight", "--preset", "tiny", "--run-dir", str(rd), "--set", "train.val_every_n_steps=1000"])
+    assert bad.exit_code == 1 and "validation would never run" in bad.output
