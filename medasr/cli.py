@@ -64,6 +64,7 @@ def flywheel(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_:
     from medasr.flywheel import PreflightError, run_flywheel
     from medasr.models.asr import UnsupportedBaseError
     from medasr.train.preflight import ModelPreflightError
+    from medasr.train.trainer import TrainingWatchdogError
 
     cfg = _cfg(preset, list(set_ or []) + (["data.skip_bad=true"] if skip_bad else [])
                + (["eval.redact_transcripts=true"] if redact_transcripts else []))
@@ -75,8 +76,8 @@ def flywheel(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_:
     except UnsupportedBaseError as e:
         console.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2)
-    except ModelPreflightError as e:
-        console.print(f"[red]model preflight stopped the run:[/] {escape(str(e))}")
+    except (ModelPreflightError, TrainingWatchdogError) as e:
+        console.print(f"[red]the run cannot succeed as configured (RUN/FAILED written):[/] {escape(str(e))}")
         raise typer.Exit(1)
 
 
@@ -315,13 +316,16 @@ def validate(manifest: Path, report: Path = typer.Option(..., "--report", help="
 @app.command()
 def supervise(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt,
               max_restarts: int = typer.Option(20, help="give up after this many restarts"),
-              backoff: float = typer.Option(5.0, help="first restart delay in seconds (doubles each time, max 300)")):
+              backoff: float = typer.Option(5.0, help="first restart delay in seconds (doubles each time, max 300)"),
+              retry_failed: bool = typer.Option(False, help="clear RUN/FAILED (after fixing the cause) and try again")):
     """Keep the flywheel alive until the run is done (decided from files, never from exit codes); restart on any
-    crash with backoff; forward SIGTERM; state in RUN/supervisor.json. The pod's continuous command."""
+    crash with backoff; forward SIGTERM; state in RUN/supervisor.json. The pod's continuous command. A run marked
+    RUN/FAILED (preflight refusal, diverged loss, blind validation) is not relaunched."""
     from medasr.ops.supervisor import Supervisor
 
     cfg = _cfg(preset, set_)
-    sup = Supervisor(preset, _run_dir(cfg, run_dir), list(set_ or []), max_restarts=max_restarts, backoff_base=backoff)
+    sup = Supervisor(preset, _run_dir(cfg, run_dir), list(set_ or []), max_restarts=max_restarts, backoff_base=backoff,
+                     retry_failed=retry_failed)
     raise typer.Exit(sup.run())
 
 

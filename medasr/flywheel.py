@@ -100,6 +100,18 @@ def preflight_manifests(cfg: Config, run_dir: Path) -> dict:
     return out
 
 
+FAILED = "FAILED"
+
+
+def mark_failed(run_dir: Path, stage_name: str, err: Exception) -> None:
+    """RUN/FAILED: the run cannot succeed as configured. The supervisor stops (and the pod stops) instead of
+    relaunching it; fix the config and run `medasr supervise --retry-failed` (or delete the file)."""
+    from medasr.atomic import write_text_atomic
+
+    write_text_atomic(run_dir / FAILED, json.dumps({"stage": stage_name, "error": type(err).__name__, "reason": str(err),
+                                                    "time": dt.datetime.now(dt.timezone.utc).isoformat()}, indent=2))
+
+
 def _preflight_current(run_dir: Path, base: str) -> bool:
     """A passed model preflight for this base (a resumed run does not pay for it again)."""
     p = run_dir / "train" / "preflight.json"
@@ -127,6 +139,7 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
 
         check_base(cfg.model.base)  # a refused base stops before any data or model time
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / FAILED).unlink(missing_ok=True)  # a new attempt (the supervisor decides whether to make one)
     save_config(cfg, run_dir / "config.yaml")
     timings: dict[str, float] = {}
 
@@ -152,11 +165,16 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
     else:
         if not gate.train:
             console.print("[yellow]gate says no; training anyway because --force was given (logged in gate.json)")
-        if not is_done(run_dir / "train", cfg.train.max_steps) and not _preflight_current(run_dir, base):
-            from medasr.train.preflight import model_preflight
+        from medasr.train.preflight import ModelPreflightError, model_preflight
+        from medasr.train.trainer import TrainingWatchdogError
 
-            stage("preflight (model)", lambda: model_preflight(cfg, run_dir, base))
-        done = stage("train", lambda: train(cfg, run_dir, base))
+        try:
+            if not is_done(run_dir / "train", cfg.train.max_steps) and not _preflight_current(run_dir, base):
+                stage("preflight (model)", lambda: model_preflight(cfg, run_dir, base))
+            done = stage("train", lambda: train(cfg, run_dir, base))
+        except (ModelPreflightError, TrainingWatchdogError) as e:
+            mark_failed(run_dir, "train", e)
+            raise
         if not _export_current(cfg, run_dir, done["global_step"]):
             exporter = export_nemo if cfg.model.kind == "asr" else export_adapter
             stage("export", lambda: exporter(cfg, run_dir, base))

@@ -56,6 +56,17 @@ def run_is_done(run_dir: Path, max_steps: int) -> tuple[bool, str]:
     return True, "done"
 
 
+def read_failed(run_dir: Path) -> dict | None:
+    """RUN/FAILED (written by the flywheel when the run cannot succeed as configured), or None."""
+    p = run_dir / "FAILED"
+    try:
+        return json.loads(p.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError:
+        return {"reason": f"{p} is unreadable"}
+
+
 def clean_checkpoints(ckpt_dir: Path) -> list[str]:
     """Remove unfinished writes; make sure `last.ckpt`, if present, is loadable (else fall back to the newest step)."""
     import torch
@@ -88,12 +99,14 @@ def clean_checkpoints(ckpt_dir: Path) -> list[str]:
 
 class Supervisor:
     def __init__(self, preset: str, run_dir: Path, overrides: list[str], max_restarts: int = 20,
-                 backoff_base: float = 5.0, backoff_max: float = 300.0, heartbeat_s: float = 10.0):
+                 backoff_base: float = 5.0, backoff_max: float = 300.0, heartbeat_s: float = 10.0,
+                 retry_failed: bool = False):
         from medasr.config import load_config
 
         self.cfg = load_config(preset, overrides)
         self.preset, self.run_dir, self.overrides = preset, run_dir, overrides
         self.max_restarts, self.backoff_base, self.backoff_max, self.heartbeat_s = max_restarts, backoff_base, backoff_max, heartbeat_s
+        self.retry_failed = retry_failed
         self.state = {"state": "starting", "restarts": 0, "last_exit": None, "heartbeat": now(), "child_pid": None,
                       "started": now(), "reason": None, "cleanups": []}
         self.child: subprocess.Popen | None = None
@@ -136,6 +149,11 @@ class Supervisor:
         threading.Thread(target=self._heartbeat, daemon=True).start()
         failures = 0
         env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+        if self.retry_failed:
+            (self.run_dir / "FAILED").unlink(missing_ok=True)
+        elif failed := read_failed(self.run_dir):  # e.g. a pod restart after a doomed run: do not pay for it again
+            self._write(state="failed", reason=f"run marked FAILED ({failed['reason']}); fix it, then --retry-failed")
+            return 1
         while True:
             done, why = run_is_done(self.run_dir, self.cfg.train.max_steps)
             if done:
@@ -155,6 +173,9 @@ class Supervisor:
             self._write(state="running", child_pid=self.child.pid)
             rc = self.child.wait()
             self._write(last_exit=rc, child_pid=None)
+            if failed := read_failed(self.run_dir):
+                self._write(state="failed", reason=f"run failed and will not be relaunched: {failed['reason']}")
+                return 1
             done, why = run_is_done(self.run_dir, self.cfg.train.max_steps)
             if done or self._stop.is_set():
                 continue

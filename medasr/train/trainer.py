@@ -223,6 +223,49 @@ def throughput_callback(price_per_hour: float):
     return _Throughput()
 
 
+class TrainingWatchdogError(RuntimeError):
+    """The run cannot succeed as configured (non-finite loss, validation not running): stop instead of burning hours."""
+
+
+def watchdog_callback(val_every_n_steps: int, max_nonfinite_steps: int = 3):
+    """Stops training with a reason when the training loss is NaN/inf for `max_nonfinite_steps` steps in a row, when
+    the validation loss is NaN/inf, or when validation has not run for 2x its interval."""
+    import math
+
+    from lightning.pytorch.callbacks import Callback
+
+    class _Watchdog(Callback):
+        def on_train_start(self, trainer, pl_module):
+            self.last_val_step, self.bad = int(trainer.global_step), 0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+            step = int(trainer.global_step)
+            if loss is not None and not math.isfinite(float(loss)):
+                self.bad += 1
+                if self.bad >= max_nonfinite_steps:
+                    raise TrainingWatchdogError(
+                        f"training loss is {float(loss)} for {self.bad} steps in a row (step {step}): the run diverged. "
+                        "Lower train.lr, check the data (preflight) and the precision (bf16 for TDT, not fp16)")
+            else:
+                self.bad = 0
+            if step - self.last_val_step > 2 * val_every_n_steps:
+                raise TrainingWatchdogError(
+                    f"validation has not run since step {self.last_val_step} (now {step}, interval {val_every_n_steps}): "
+                    "the run is blind; check train.val_every_n_steps and the validation manifest")
+
+        def on_validation_end(self, trainer, pl_module):
+            if trainer.sanity_checking or trainer.state.fn != "fit":  # not the before/after trainer.validate calls
+                return
+            self.last_val_step = int(trainer.global_step)
+            v = trainer.callback_metrics.get("val_loss")
+            if v is not None and not math.isfinite(float(v)):
+                raise TrainingWatchdogError(f"validation loss is {float(v)} at step {self.last_val_step}: the run diverged. "
+                                            "Lower train.lr or check the data and precision")
+
+    return _Watchdog()
+
+
 def progress_callback(train_dir: Path):
     """`train/progress.json` = {global_step, max_steps, time, pid} after every step: a heartbeat for supervisors."""
     import time
@@ -369,6 +412,7 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
         logger=wandb_logger(cfg, train_dir),
         callbacks=[ckpt_cb, LearningRateMonitor(logging_interval="step"), resume_log_callback(train_dir, resume_from),
                    stop_signal_checkpoint(ckpt_dir), progress_callback(train_dir), slim_checkpoint_callback(),
+                   watchdog_callback(cfg.train.val_every_n_steps),
                    throughput_callback(float(os.environ.get("MEDASR_PRICE_PER_HOUR") or cfg.train.price_per_hour))]
         + ([s3_sync_callback(run_dir, s3_uri(cfg))] if s3_uri(cfg) else []),
         plugins=[AtomicCheckpointIO()],
