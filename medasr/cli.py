@@ -187,6 +187,23 @@ def export(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: O
 
 
 @app.command()
+def average(ckpts: List[Path] = typer.Argument(..., help="training checkpoints of one run (e.g. the last K step*.ckpt)"),
+            out: Path = typer.Option(..., "--out", help="where to write the averaged checkpoint")):
+    """Uniform average of the weights in several checkpoints (export it with `medasr export --ckpt OUT`)."""
+    from medasr.train.average import AverageError, average_checkpoints
+
+    missing = [str(c) for c in ckpts if not c.exists()]
+    if missing:
+        console.print(f"[red]checkpoint not found:[/] {', '.join(missing)}")
+        raise typer.Exit(2)
+    try:
+        console.print_json(json.dumps(average_checkpoints(list(ckpts), out)))
+    except AverageError as e:
+        console.print(f"[red]{escape(str(e))}[/]")
+        raise typer.Exit(2)
+
+
+@app.command()
 def transcribe(inputs: List[Path] = typer.Argument(..., help="audio files, folders of audio, or NeMo manifests"),
                model: Optional[str] = typer.Option(None, "--model", "--adapter", "--base",
                                                    help="SALM export folder, SALM folder, .nemo file, or Hub id"),

@@ -32,3 +32,53 @@ def test_supervisor_does_not_relaunch_a_failed_run(tmp_path):
     assert sup.run() == 1  # returns at once: no child was started
     state = json.loads((rd / "supervisor.json").read_text())
     assert state["state"] == "failed" and "nan" in state["reason"] and state["restarts"] == 0 and state["last_exit"] is None
+
+
+def test_average_of_two_checkpoints_is_the_elementwise_mean(tiny_run, tmp_path):
+    import torch
+    from typer.testing import CliRunner
+
+    from medasr.cli import app
+    from medasr.train.export import export_adapter, load_adapted
+
+    cfg, run_dir, _ = tiny_run
+    a, b = run_dir / "train/checkpoints/step000100.ckpt", run_dir / "train/checkpoints/step000200.ckpt"
+    out = tmp_path / "avg.ckpt"
+    res = CliRunner().invoke(app, ["average", str(a), str(b), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    sa, sb, avg = (torch.load(p, map_location="cpu", weights_only=False) for p in (a, b, out))
+    floats = [k for k, v in sa["state_dict"].items() if v.is_floating_point()]
+    assert len(floats) > 50
+    for k in floats:
+        assert torch.allclose(avg["state_dict"][k], (sa["state_dict"][k] + sb["state_dict"][k]) / 2, atol=1e-7), k
+    ints = [k for k, v in sa["state_dict"].items() if not v.is_floating_point()]
+    assert all(torch.equal(avg["state_dict"][k], sb["state_dict"][k]) for k in ints)
+    assert avg["global_step"] == 200 and "optimizer_states" not in avg
+    # the average exports and reloads like any checkpoint
+    rd = tmp_path / "run"
+    rd.mkdir()
+    exported = export_adapter(cfg, rd, run_dir / "model/base", out)
+    model, meta = load_adapted(exported)
+    sd = model.state_dict()
+    assert all(torch.equal(sd[k], avg["state_dict"][k]) for k in floats if ".lora_" in k)
+    bad = CliRunner().invoke(app, ["average", str(a), "--out", str(out)])
+    assert bad.exit_code == 2 and "at least two" in bad.output
+
+
+def test_untrained_export_fails_the_non_zero_check(tiny_data_and_base, tmp_path):
+    import torch
+
+    from medasr.models.salm import load_base
+    from medasr.train.export import AdapterError, export_adapter
+    from medasr.train.trainer import apply_freeze
+
+    rd = tiny_data_and_base
+    cfg = load_config("tiny")
+    model = load_base(rd / "model/base")
+    apply_freeze(model, list(cfg.model.freeze_params))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    ckpt = tmp_path / "untrained.ckpt"
+    torch.save({"state_dict": {k: v for k, v in model.state_dict().items() if k in trainable}, "global_step": 0}, ckpt)
+    with pytest.raises(AdapterError, match="all zeros"):
+        export_adapter(cfg, rd, rd / "model/base", ckpt)
+    assert not (rd / "canary-qwen-medical-lora").exists()

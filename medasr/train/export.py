@@ -20,6 +20,7 @@ import os
 import shutil
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
@@ -51,6 +52,20 @@ def _base_ref(base: str | Path, out_dir: Path) -> str:
     return os.path.relpath(p.resolve(), out_dir.resolve()) if p.exists() else str(base)
 
 
+def check_trained(tensors: dict, base: dict, ckpt: Path) -> None:
+    """Refuse to export an adapter that training did not change: PEFT initialises LoRA B to zeros, so an all-zero B
+    means an untrained LoRA, and LoRA weights equal to the base's mean the checkpoint holds nothing new."""
+    lora = sorted(k for k in tensors if ".lora_" in k)
+    if not lora:
+        raise AdapterError(f"{ckpt}: no LoRA tensors to export")
+    zero_b = [k for k in lora if ".lora_B" in k and not tensors[k].abs().max() > 0]
+    if zero_b:
+        raise AdapterError(f"{ckpt}: {len(zero_b)} LoRA B matrices are all zeros (e.g. {zero_b[0]}): the adapter is "
+                           "untrained (did training run? is the LoRA frozen by model.freeze_params?)")
+    if all(k in base and torch.equal(tensors[k], base[k]) for k in lora):
+        raise AdapterError(f"{ckpt}: every LoRA tensor equals the base model's: training changed nothing")
+
+
 def export_adapter(cfg: Config, run_dir: Path, base: str | Path, ckpt: Path | None = None) -> Path:
     out = run_dir / EXPORT_NAME
     ckpt = ckpt or run_dir / "train" / "checkpoints" / "last.ckpt"
@@ -58,10 +73,12 @@ def export_adapter(cfg: Config, run_dir: Path, base: str | Path, ckpt: Path | No
         raise AdapterError(f"no checkpoint at {ckpt}: run `medasr train` first")
     model = load_base(base)
     apply_freeze(model, list(cfg.model.freeze_params))
-    state = load_training_checkpoint(model, ckpt)
     keys = export_keys(model)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items() if k in set(keys)}
+    state = load_training_checkpoint(model, ckpt)
     sd = model.state_dict()
     tensors = {k: sd[k].detach().contiguous().cpu() for k in keys}
+    check_trained(tensors, before, ckpt)
     tmp = run_dir / (EXPORT_NAME + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -100,7 +117,10 @@ def export_nemo(cfg: Config, run_dir: Path, base: str | Path, ckpt: Path | None 
         raise AdapterError(f"no checkpoint at {ckpt}: run `medasr train` first")
     model = asr.load_base(base)
     asr.switch_tokenizer(model, cfg.model.tokenizer_dir)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
     state = load_training_checkpoint(model, ckpt)
+    if all(torch.equal(v, before[k]) for k, v in model.state_dict().items() if k in before):
+        raise AdapterError(f"{ckpt}: every weight equals the base model's: training changed nothing")
     partial = out.with_name(out.name + ".partial")
     model.save_to(str(partial))
     partial.replace(out)
