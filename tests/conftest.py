@@ -21,15 +21,23 @@ def tiny_run(tmp_path_factory):
     return cfg, run_dir, summary
 
 
-@pytest.fixture
-def tiny_data_and_base(tiny_run, tmp_path):
-    """A fresh run dir sharing the session's data and base model (nothing trained yet)."""
-    _, run_dir, _ = tiny_run
+def fresh_run_dir(run_dir, tmp_path):
+    """A new run dir holding copies of a finished run's data and base model (nothing trained yet)."""
     fresh = tmp_path / "run"
     fresh.mkdir()
     shutil.copytree(run_dir / "data", fresh / "data")
     shutil.copytree(run_dir / "model", fresh / "model")
     return fresh
+
+
+@pytest.fixture
+def tiny_data_and_base(tiny_run, tmp_path):
+    return fresh_run_dir(tiny_run[1], tmp_path)
+
+
+@pytest.fixture
+def tiny_parakeet_data_and_base(tiny_parakeet_run, tmp_path):
+    return fresh_run_dir(tiny_parakeet_run[1], tmp_path)
 
 
 @pytest.fixture(scope="session")

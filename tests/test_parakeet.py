@@ -118,14 +118,8 @@ def test_parakeet_preset_carries_the_stock_recipe():
 
 
 @pytest.mark.slow
-def test_asr_training_resumes_after_sigterm(tiny_parakeet_run, tmp_path):
-    import shutil
-
-    _, src, _ = tiny_parakeet_run
-    rd = tmp_path / "run"
-    rd.mkdir()
-    shutil.copytree(src / "data", rd / "data")
-    shutil.copytree(src / "model", rd / "model")
+def test_asr_training_resumes_after_sigterm(tiny_parakeet_data_and_base):
+    rd = tiny_parakeet_data_and_base
     env = {k: v for k, v in __import__("os").environ.items() if k != "WANDB_SERVICE"} | {"WANDB_MODE": "offline"}
     cmd = [sys.executable, "-m", "medasr.cli", "train", "--preset", "tiny-parakeet", "--run-dir", str(rd),
            "--set", "train.max_steps=40", "--set", "train.ckpt_every_n_steps=1000", "--set", "train.val_every_n_steps=1000"]
@@ -152,24 +146,19 @@ def test_asr_training_resumes_after_sigterm(tiny_parakeet_run, tmp_path):
     assert json.loads((rd / "train/DONE").read_text()) == {"global_step": 40, "max_steps": 40}
 
 
-def test_tokenizer_switch_is_applied_to_training_and_export(tiny_parakeet_run, tmp_path):
+def test_tokenizer_switch_is_applied_to_training_and_export(tiny_parakeet_data_and_base, tmp_path):
     """model.tokenizer_dir swaps the vocabulary before training; the export carries the new tokenizer."""
-    import shutil
-
     from nemo.collections.asr.models import ASRModel
 
     from medasr.models.tiny_asr import train_tokenizer
     from medasr.train.export import export_nemo
     from medasr.train.trainer import train
 
-    _, src, _ = tiny_parakeet_run
-    rd = tmp_path / "run"
-    rd.mkdir()
-    shutil.copytree(src / "data", rd / "data")
+    rd = tiny_parakeet_data_and_base
     tok = train_tokenizer(tmp_path / "tok64", 64)
     cfg = load_config("tiny-parakeet", [f"model.tokenizer_dir={tok}", "train.max_steps=4", "train.ckpt_every_n_steps=2",
                                         "train.val_every_n_steps=2"])
-    base = src / "model/base.nemo"
+    base = rd / "model/base.nemo"
     assert train(cfg, rd, base)["global_step"] == 4
     out = export_nemo(cfg, rd, base)
     m = ASRModel.restore_from(str(out), map_location="cpu")
