@@ -32,19 +32,15 @@ SUMMARY_KEYS = ("wer", "cer", "ker", "ker_seen", "ker_unseen", "term_error_rate"
 
 def resolve_base(cfg: Config, run_dir: Path) -> str:
     """The base model to fine-tune: the Hub id / local path from the preset, or the tiny model built into the run."""
+    if cfg.model.base != "tiny":
+        return cfg.model.base  # a refused ASR base is stopped by run_flywheel / asr.load_base
     if cfg.model.kind == "asr":
-        from medasr.models.asr import check_base
+        from medasr.models.tiny_asr import build_tiny_parakeet
 
-        check_base(cfg.model.base)  # refuse before any data or model time
-        if cfg.model.base == "tiny":
-            from medasr.models.tiny_asr import build_tiny_parakeet
+        return str(build_tiny_parakeet(cfg, run_dir / "model", seed=cfg.train.seed))
+    from medasr.models.tiny import build_tiny_base
 
-            return str(build_tiny_parakeet(cfg, run_dir / "model", seed=cfg.train.seed))
-    elif cfg.model.base == "tiny":
-        from medasr.models.tiny import build_tiny_base
-
-        return str(build_tiny_base(cfg, run_dir / "model", seed=cfg.train.seed))
-    return cfg.model.base
+    return str(build_tiny_base(cfg, run_dir / "model", seed=cfg.train.seed))
 
 
 def export_path(cfg: Config, run_dir: Path) -> Path:

@@ -27,8 +27,9 @@ from typing import Callable, Optional
 import numpy as np
 import soundfile as sf
 
+from medasr.audio import SAMPLE_RATE, read_audio
+
 AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".opus"}
-SAMPLE_RATE = 16000
 SRT_MAX_WORDS = 12
 
 
@@ -172,19 +173,6 @@ def collect_inputs(inputs: list[Path]) -> list[dict]:
     return rows
 
 
-def read_span(path: str, start_s: float, end_s: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    info = sf.info(path)
-    audio, sr = sf.read(path, start=round(start_s * info.samplerate), stop=round(end_s * info.samplerate),
-                        dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    if sr != sample_rate:
-        from scipy.signal import resample_poly
-
-        g = np.gcd(sr, sample_rate)
-        audio = resample_poly(audio, sample_rate // g, sr // g).astype(np.float32)
-    return audio
-
-
 Decoder = Callable[[list[np.ndarray]], list[str]]
 
 
@@ -232,7 +220,7 @@ def transcribe_rows(rows: list[dict], decode: Decoder, policy: ChunkPolicy, batc
     task = progress.add_task(f"{label} ({len(rows)} files, {len(segs)} chunks)", total=len(segs)) if progress else None
     for b in range(0, len(order), batch_size):
         batch = order[b : b + batch_size]
-        audios = [read_span(rows[s.file]["audio_filepath"], s.start, s.end) for s in batch]
+        audios = [read_audio(rows[s.file]["audio_filepath"], SAMPLE_RATE, s.start, s.end) for s in batch]
         t = time.perf_counter()
         texts = decode(audios)
         dt = time.perf_counter() - t

@@ -13,7 +13,8 @@ from medasr.cli import app
 from medasr.data.lexicon import core_lexicon
 from medasr.data.synth import speak
 from medasr.data.templates import TEMPLATES, render
-from medasr.transcribe import POLICIES, ChunkPolicy, merge_chunk_texts, plan_chunks, read_span
+from medasr.audio import read_audio
+from medasr.transcribe import POLICIES, ChunkPolicy, merge_chunk_texts, plan_chunks
 
 SR = 16000
 
@@ -42,7 +43,7 @@ def long_recording(tmp_path_factory):
 def oracle_decoder(path, words, policy):
     """Stands in for a perfect recogniser that mangles the words cut by a chunk edge (as real models do): it finds
     which planned chunk it was given by comparing samples, and returns the words heard inside it."""
-    full = read_span(str(path), 0, sf.info(path).duration)
+    full = read_audio(str(path))
     spans = plan_chunks(sf.info(path).duration, policy)
 
     def decode(audios):
@@ -122,7 +123,7 @@ def test_cli_transcribe_salm_export_long_form(tiny_run, long_recording, tmp_path
     assert all(c["decode_s"] > 0 for c in j["chunks"])
     # each chunk's text is what the model says for that span on its own
     model, meta = load_adapted(adapter)
-    spans = [read_span(str(path), c["start"], c["end"]) for c in j["chunks"]]
+    spans = [read_audio(str(path), start_s=c["start"], end_s=c["end"]) for c in j["chunks"]]
     assert [c["text"] for c in j["chunks"]] == transcribe_arrays(model, spans, meta["prompt"], 16, 12)
     assert (out / "consultation.txt").read_text().strip() == j["text"]
     cues = _srt_cues((out / "consultation.srt").read_text())
@@ -159,7 +160,7 @@ def test_cli_transcribe_nemo_folder_and_manifest(tiny_parakeet_run, long_recordi
     assert len(long_json["chunks"]) == len(plan_chunks(sf.info(path).duration, ChunkPolicy(40, 30, 10)))
     assert not (out / "consultation.srt").exists()  # only the formats asked for
     model = ASRModel.restore_from(str(nemo), map_location="cpu")
-    short = [read_span(r["audio_filepath"], 0, sf.info(r["audio_filepath"]).duration) for r in rows]
+    short = [read_audio(r["audio_filepath"]) for r in rows]
     assert [r["pred_text"] for r in got[1:]] == transcribe_arrays(model, short, 16)
     bad = CliRunner().invoke(app, ["transcribe", "--model", str(nemo), str(tmp_path / "missing.wav")])
     assert bad.exit_code == 2 and "audio not found" in bad.output

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
+from medasr.audio import SAMPLE_RATE, to_mono_rate
 from medasr.data.lexicon import Lexicon, Term
 from medasr.data.templates import CONTEXT_TYPES, TEMPLATES, render
 
-SAMPLE_RATE = 16000
 NOISE_LEVELS = {"clean": None, "snr15": 15.0, "snr5": 5.0}
 
 
@@ -80,12 +79,7 @@ def speak(text: str, voice: str, rate: int) -> np.ndarray:
         if proc.returncode != 0:
             raise SynthError(f"espeak-ng failed for voice {voice!r}: {proc.stderr.decode(errors='replace')}")
         audio, sr = sf.read(tmp.name, dtype="float32")
-    if audio.ndim > 1:
-        audio = audio.mean(axis=1)
-    if sr != SAMPLE_RATE:
-        g = np.gcd(sr, SAMPLE_RATE)
-        audio = resample_poly(audio, SAMPLE_RATE // g, sr // g).astype(np.float32)
-    return audio
+    return to_mono_rate(audio, sr)
 
 
 def plan_corpus(

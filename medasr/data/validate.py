@@ -14,10 +14,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 
-SAMPLE_RATE = 16000
+from medasr.audio import SAMPLE_RATE, read_audio
+
 MAX_SECONDS = 40.0  # Canary-Qwen's training maximum (model card)
 
 
@@ -43,13 +43,7 @@ def _sha1(path: Path) -> str:
 
 
 def _fix_audio(path: Path, fix_dir: Path, line: int) -> Path:
-    from scipy.signal import resample_poly
-
-    audio, sr = sf.read(path, dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    if sr != SAMPLE_RATE:
-        g = math.gcd(sr, SAMPLE_RATE)
-        audio = resample_poly(audio, SAMPLE_RATE // g, sr // g).astype(np.float32)
+    audio = read_audio(str(path))
     fix_dir.mkdir(parents=True, exist_ok=True)
     out = fix_dir / f"{line:06d}_{path.stem}.wav"
     sf.write(out, audio, SAMPLE_RATE, subtype="PCM_16")

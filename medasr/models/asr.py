@@ -122,10 +122,6 @@ def setup_data(model, cfg, data_dir: Path) -> None:
     model.setup_validation_data(common | {"manifest_filepath": str((data_dir / "val.json").resolve()), "shuffle": False})
 
 
-def sample_rate(model) -> int:
-    return int(model.cfg.sample_rate)
-
-
 @torch.no_grad()
 def transcribe_arrays(model, audios: list[np.ndarray], batch_size: int = 16) -> list[str]:
     """Greedy transcription of 16 kHz mono float arrays with the model's own `transcribe` (TDT label-looping)."""

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
 AUDIO_TAG = "<|audioplaceholder|>"
@@ -57,17 +56,6 @@ def load_base(base: str | Path, map_location: str = "cpu"):
     if local.exists():
         return SALM.from_pretrained(str(local.resolve()), map_location=map_location)
     return SALM.from_pretrained(str(base), map_location=map_location)
-
-
-def load_audio(path: str, sample_rate: int) -> np.ndarray:
-    audio, sr = sf.read(path, dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    if sr != sample_rate:
-        from scipy.signal import resample_poly
-
-        g = np.gcd(sr, sample_rate)
-        audio = resample_poly(audio, sample_rate // g, sr // g).astype(np.float32)
-    return audio
 
 
 def _decode(model, ids: torch.Tensor) -> str:
@@ -123,5 +111,7 @@ def transcribe_arrays(
 def transcribe_paths(model, paths: list[str], prompt: str, batch_size: int = 16, max_new_tokens: int = 128,
                      progress=None, **generation_kwargs) -> list[str]:
     """`transcribe_arrays` on audio files (each resampled to the model's rate, no chunking: see medasr.transcribe)."""
-    audios = [load_audio(p, model.sampling_rate) for p in paths]
+    from medasr.audio import read_audio
+
+    audios = [read_audio(p, model.sampling_rate) for p in paths]
     return transcribe_arrays(model, audios, prompt, batch_size, max_new_tokens, progress, **generation_kwargs)

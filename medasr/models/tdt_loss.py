@@ -32,7 +32,7 @@ def _transducer_logprob(blank, emit, dur, durations, act_lens, label_lens, plain
     """
     B, T, U1 = blank.shape
     alphas: list[torch.Tensor] = []
-    idx0 = durations.index(0) if 0 in durations else None
+    idx0 = durations.index(0)
     for t in range(T):
         # arrivals from earlier frames: blanks (same u) and tokens (u - 1), each with duration d > 0
         parts = [torch.full((B, U1), NEG, dtype=blank.dtype, device=blank.device)]
@@ -48,9 +48,6 @@ def _transducer_logprob(blank, emit, dur, durations, act_lens, label_lens, plain
             tok = a[:, :-1] + emit[:, t - d] + dur[:, t - d, :-1, n]
             parts.append(torch.cat([torch.full((B, 1), NEG, dtype=tok.dtype, device=tok.device), tok], dim=1))
         b = torch.logsumexp(torch.stack(parts), dim=0)
-        if idx0 is None:
-            alphas.append(b)
-            continue
         # same-frame tokens: alpha[u] = logaddexp(b[u], alpha[u-1] + c[u]) with c[u] = emit[t, u-1] + dur[t, u-1, 0]
         c = torch.cat([torch.zeros((B, 1), dtype=b.dtype, device=b.device), emit[:, t] + dur[:, t, :-1, idx0]], dim=1)
         C = torch.cumsum(c, dim=1)

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-SAMPLE_RATE = 16000
+from medasr.audio import SAMPLE_RATE
+
 MAX_SECONDS = 40.0
 
 
