@@ -221,7 +221,8 @@ def transcribe(inputs: List[Path] = typer.Argument(..., help="audio files, folde
 
     from rich.progress import Progress
 
-    from medasr.transcribe import POLICIES, collect_inputs, load_model, model_decoder, transcribe_rows, write_outputs
+    from medasr.transcribe import (POLICIES, collect_inputs, load_model, model_decoder, stamp_prompts, transcribe_rows,
+                                   write_outputs)
 
     if not model:
         console.print("[red]give --model[/] (a SALM export folder, a SALM folder, a .nemo file or a Hub id)")
@@ -243,6 +244,9 @@ def transcribe(inputs: List[Path] = typer.Argument(..., help="audio files, folde
         console.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2)
     decode = model_decoder(loaded, batch_size, max_new_tokens, prompt)
+    # an explicit --prompt applies to every row (a manifest row's own `context` still wins); else the export's
+    # per-source prompts, as in training
+    rows = stamp_prompts(rows, loaded, prompt, {} if prompt else None)
     with Progress(console=Console(stderr=True)) as progress:
         results = transcribe_rows(rows, decode, policy, batch_size, progress)
     if out:

@@ -62,6 +62,9 @@ class ModelConfig:
     # asr only: a SentencePiece tokenizer folder to switch to before fine-tuning (the base's own is kept when unset)
     tokenizer_dir: Optional[str] = None
     prompt: str = "Transcribe the following: <|audioplaceholder|>"
+    # salm: per-source prompts (row `source` prefix → prompt ending with the audio tag), same at train and eval time;
+    # a row's own `context` field wins over both (medasr/prompts.py)
+    prompts_by_source: dict[str, str] = field(default_factory=dict)
     precision: str = "32-true"  # Lightning precision; bf16-true on a GPU pod
     # Parameters trained on top of the base's own freeze pattern: the release trains encoder + projection + LoRA.
     freeze_params: list[str] = field(default_factory=lambda: [r"^llm\..+$", r"^embed_tokens\..+$"])
@@ -196,6 +199,9 @@ def load_config(preset: str, overrides: Optional[list[str]] = None) -> Config:
     cfg = OmegaConf.to_object(merged)
     if cfg.model.kind not in ("salm", "asr"):
         raise ValueError(f"model.kind={cfg.model.kind!r}: use salm (Canary-Qwen LoRA) or asr (Parakeet-TDT full fine-tune)")
+    from medasr.prompts import check_prompts
+
+    check_prompts(cfg.model.prompt, cfg.model.prompts_by_source)
     return cfg
 
 

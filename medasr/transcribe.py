@@ -115,6 +115,7 @@ class Loaded:
     kind: str  # salm | asr
     source: str
     prompt: Optional[str] = None
+    prompts_by_source: dict = field(default_factory=dict)
 
 
 def load_model(spec: str | Path, kind: Optional[str] = None, device: Optional[str] = None) -> Loaded:
@@ -128,7 +129,7 @@ def load_model(spec: str | Path, kind: Optional[str] = None, device: Optional[st
     p = Path(spec)
     if (p / "medasr_adapter.json").exists():
         model, meta = load_adapted(p)
-        loaded = Loaded(model, "salm", str(spec), meta["prompt"])
+        loaded = Loaded(model, "salm", str(spec), meta["prompt"], meta.get("prompts_by_source") or {})
     elif p.suffix == ".nemo" or kind == "asr" and not p.is_dir():
         loaded = Loaded(asr.load_base(spec), "asr", str(spec))
     elif (p / "config.json").exists() or kind == "salm" or (kind is None and "canary-qwen" in str(spec).lower()):
@@ -173,7 +174,8 @@ def collect_inputs(inputs: list[Path]) -> list[dict]:
     return rows
 
 
-Decoder = Callable[[list[np.ndarray]], list[str]]
+# decode(audios, contexts): contexts[i] is audio i's prompt text (SALM; None = the default prompt, ignored by ASR)
+Decoder = Callable[[list[np.ndarray], list[Optional[str]]], list[str]]
 
 
 def model_decoder(loaded: Loaded, batch_size: int, max_new_tokens: int, prompt: Optional[str] = None) -> Decoder:
@@ -181,8 +183,20 @@ def model_decoder(loaded: Loaded, batch_size: int, max_new_tokens: int, prompt: 
 
     if loaded.kind == "salm":
         p = prompt or loaded.prompt or salm_default_prompt()
-        return lambda audios: salm.transcribe_arrays(loaded.model, audios, p, batch_size, max_new_tokens)
-    return lambda audios: asr.transcribe_arrays(loaded.model, audios, batch_size)
+        return lambda audios, contexts: salm.transcribe_arrays(loaded.model, audios, p, batch_size, max_new_tokens,
+                                                               contexts=contexts)
+    return lambda audios, contexts: asr.transcribe_arrays(loaded.model, audios, batch_size)
+
+
+def stamp_prompts(rows: list[dict], loaded: Loaded, prompt: Optional[str] = None,
+                  by_source: Optional[dict] = None) -> list[dict]:
+    """SALM rows get their `context` (medasr.prompts: the row's own, else by source, else the default prompt)."""
+    if loaded.kind != "salm":
+        return rows
+    from medasr.prompts import with_contexts
+
+    by = loaded.prompts_by_source if by_source is None else by_source
+    return with_contexts(rows, prompt or loaded.prompt or salm_default_prompt(), by)
 
 
 @dataclass
@@ -222,7 +236,7 @@ def transcribe_rows(rows: list[dict], decode: Decoder, policy: ChunkPolicy, batc
         batch = order[b : b + batch_size]
         audios = [read_audio(rows[s.file]["audio_filepath"], SAMPLE_RATE, s.start, s.end) for s in batch]
         t = time.perf_counter()
-        texts = decode(audios)
+        texts = decode(audios, [rows[s.file].get("context") for s in batch])
         dt = time.perf_counter() - t
         total = sum(len(a) for a in audios) or 1
         for s, a, txt in zip(batch, audios, texts):

@@ -32,7 +32,10 @@ def test_preflight_passes_on_the_tiny_base_and_renders_the_prompt(tiny_data_and_
     assert rep["coverage"]["checkpoint_tensors"] == rep["coverage"]["model_tensors"] > 100
     ex = rep["prompt"]["rendered_training_example"]
     first = json.loads((rd / "data/train.json").read_text().splitlines()[0])["text"]
-    assert ex.startswith("<|im_start|>user\nTranscribe the following: <|audioplaceholder|><|im_end|>") and first in ex
+    # the tiny preset's per-source prompt for synthetic rows, rendered as NeMo's pipeline builds the training example
+    assert rep["prompt"]["context"] == "Transcribe this medical dictation verbatim."
+    assert ex.startswith("<|im_start|>user\nTranscribe this medical dictation verbatim. <|audioplaceholder|><|im_end|>")
+    assert first in ex
     assert rep["prompt"]["prompt_matches_inference"]
     assert rep["groups"]["llm (frozen)"]["trainable"] == 0 and rep["groups"]["lora"]["trainable"] > 0
     assert rep["validation"]["validations"] == 300 // 50

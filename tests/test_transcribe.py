@@ -46,7 +46,7 @@ def oracle_decoder(path, words, policy):
     full = read_audio(str(path))
     spans = plan_chunks(sf.info(path).duration, policy)
 
-    def decode(audios):
+    def decode(audios, contexts):
         out = []
         for a in audios:
             s, e = next((s, e) for s, e in spans if np.array_equal(a, full[round(s * SR): round(s * SR) + len(a)]))
@@ -131,7 +131,9 @@ def test_cli_transcribe_salm_export_long_form(tiny_run, long_recording, tmp_path
     assert all(a < b <= duration + 1e-3 for _, a, b, _ in cues) and all(x[2] <= y[1] + 1e-3 for x, y in zip(cues, cues[1:]))
     assert " ".join(c[3] for c in cues) == j["text"]
     manifest = [json.loads(x) for x in (out / "transcripts.json").read_text().splitlines()]
-    assert manifest == [{"audio_filepath": str(path), "pred_text": j["text"], "duration": j["duration"]}]
+    # the prompt each file was decoded with is recorded (no `source`: the export's default prompt)
+    assert manifest == [{"audio_filepath": str(path), "context": "Transcribe the following:", "pred_text": j["text"],
+                         "duration": j["duration"]}]
 
 
 def test_cli_transcribe_nemo_folder_and_manifest(tiny_parakeet_run, long_recording, tmp_path):

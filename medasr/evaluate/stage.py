@@ -45,7 +45,7 @@ def score_manifest(rows: list[dict], out_dir: Path, cfg: Config, title: str) -> 
 def evaluate(cfg: Config, manifest: Path, out_dir: Path, load_model, title: str, run_dir: Path | None = None) -> dict:
     """`load_model() -> medasr.transcribe.Loaded` is called only when work is needed, so a finished evaluation costs
     no model load. Rows longer than the model's single-pass limit are chunked and merged (medasr.transcribe)."""
-    from medasr.transcribe import POLICIES, model_decoder, transcribe_rows
+    from medasr.transcribe import POLICIES, model_decoder, stamp_prompts, transcribe_rows
 
     rows = read_manifest(manifest)
     if eval_is_done(out_dir, len(rows)):
@@ -53,6 +53,7 @@ def evaluate(cfg: Config, manifest: Path, out_dir: Path, load_model, title: str,
     torch.set_num_threads(cfg.train.threads)
     loaded = load_model()
     decode = model_decoder(loaded, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.model.prompt)
+    rows = stamp_prompts(rows, loaded, cfg.model.prompt, cfg.model.prompts_by_source)  # the training prompts
     with Progress() as progress:
         results = transcribe_rows(rows, decode, POLICIES[loaded.kind], cfg.eval.batch_size, progress,
                                   f"transcribing {manifest.name}")

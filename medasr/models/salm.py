@@ -77,11 +77,14 @@ def transcribe_arrays(
     batch_size: int = 16,
     max_new_tokens: int = 128,
     progress=None,
+    contexts: list[str | None] | None = None,
     **generation_kwargs,
 ) -> list[str]:
     """Greedy transcription of mono float arrays at the model's rate, batched longest-first (less padding); shorter
-    audio in a batch is zero-padded and its true length passed to SALM. bf16 autocast on a GPU."""
-    context = split_prompt(prompt)
+    audio in a batch is zero-padded and its true length passed to SALM. bf16 autocast on a GPU.
+    `contexts[i]`, when given and not None, is audio i's prompt text (medasr.prompts); else `prompt`'s."""
+    default = split_prompt(prompt)
+    contexts = contexts or [None] * len(audios)
     model.eval()
     dev = model.device
     order = sorted(range(len(audios)), key=lambda i: -len(audios[i]))
@@ -92,7 +95,7 @@ def transcribe_arrays(
         batch = torch.zeros(len(idx), int(lens.max()))
         for j, i in enumerate(idx):
             batch[j, : len(audios[i])] = torch.from_numpy(np.asarray(audios[i], dtype=np.float32))
-        prompts = [[{"role": "user", "content": f"{context} {AUDIO_TAG}".strip()}] for _ in idx]
+        prompts = [[{"role": "user", "content": f"{default if contexts[i] is None else contexts[i]} {AUDIO_TAG}".strip()}] for i in idx]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             ids = model.generate(
                 prompts=prompts,

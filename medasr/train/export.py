@@ -92,6 +92,7 @@ def export_adapter(cfg: Config, run_dir: Path, base: str | Path, ckpt: Path | No
         "medasr_version": __version__,
         "base_model": _base_ref(base, out),
         "prompt": cfg.model.prompt,
+        "prompts_by_source": dict(cfg.model.prompts_by_source),
         "prompt_format": model.cfg.prompt_format,
         "lora": OmegaConf.to_container(model.cfg.lora) if "lora" in model.cfg else None,
         "freeze_params": list(cfg.model.freeze_params),
@@ -210,6 +211,14 @@ Decision: **{compare['decision']}** — {compare['reason']}
 """
 
 
+def _by_source(meta: dict) -> str:
+    by = meta.get("prompts_by_source") or {}
+    if not by:
+        return ""
+    return "; per data source (a row's `source` starting with the key), the same in training and evaluation:\n" + \
+        "\n".join(f"  - `{k}`: `{v}`" for k, v in sorted(by.items()))
+
+
 def write_model_card(out: Path, meta: dict, build_report: dict, before: dict, after: dict, compare: dict, date: str) -> None:
     tiny = meta.get("preset", "").startswith("tiny")
     text = f"""# {EXPORT_NAME}
@@ -221,7 +230,7 @@ fine-tuned speech encoder and projection. The LLM itself is frozen and **not** i
 - Preset: `{meta['preset']}`{' — random-init tiny model: this adapter proves the pipeline, not accuracy' if tiny else ''}
 - Trained steps: {meta['global_step']} · tensors: {meta['num_tensors']} · parameters: {meta['num_parameters']:,}
 - LoRA: `{json.dumps(meta['lora'])}`
-- Prompt (train and inference): `{meta['prompt']}` (prompt format `{meta['prompt_format']}`)
+- Prompt (train and inference): `{meta['prompt']}` (prompt format `{meta['prompt_format']}`){_by_source(meta)}
 - Exported: {date} by medasr {meta['medasr_version']}
 
 """ + _results_section(build_report, before, after, compare) + f"""

@@ -94,16 +94,19 @@ def load_checked(cfg: Config, base: str | Path):
     return model, rep
 
 
-def render_training_example(model, cfg: Config, data_dir: Path) -> dict:
+def render_training_example(model, cfg: Config, run_dir: Path) -> dict:
     """The first training row as the model sees it, through SALM's own Lhotse pipeline, and the inference prompt."""
     from nemo.collections.common.data.lhotse import get_lhotse_dataloader_from_config
     from nemo.collections.common.prompts import PromptFormatter
     from nemo.collections.speechlm2 import SALMDataset
     from omegaconf import OmegaConf
 
-    from medasr.models.salm import AUDIO_TAG, split_prompt
+    from medasr.models.salm import AUDIO_TAG
+    from medasr.prompts import prompted_manifests
     from medasr.train.trainer import data_config
 
+    data_dir = prompted_manifests(cfg, run_dir)
+    context = read_manifest(data_dir / "train.json")[0]["context"]
     train_cfg = OmegaConf.create(data_config(model, cfg, data_dir)).train_ds
     train_cfg.shuffle, train_cfg.batch_size, train_cfg.num_workers = False, 1, 0
     dl = get_lhotse_dataloader_from_config(config=train_cfg, global_rank=0, world_size=1,
@@ -112,9 +115,9 @@ def render_training_example(model, cfg: Config, data_dir: Path) -> dict:
     ids = batch["input_ids"][0].tolist()
     hf = model.tokenizer.tokenizer  # raw decode keeps the chat and audio tokens visible
     formatter = PromptFormatter.resolve(model.cfg.prompt_format)(model.tokenizer)
-    infer = formatter.encode_dialog([{"role": "user", "slots": {"message": f"{split_prompt(cfg.model.prompt)} {AUDIO_TAG}"}}])
+    infer = formatter.encode_dialog([{"role": "user", "slots": {"message": f"{context} {AUDIO_TAG}"}}])
     infer_ids = infer["input_ids"].tolist()
-    return {"rendered_training_example": hf.decode(ids, skip_special_tokens=False),
+    return {"context": context, "rendered_training_example": hf.decode(ids, skip_special_tokens=False),
             "rendered_inference_prompt": hf.decode(infer_ids, skip_special_tokens=False),
             "prompt_matches_inference": ids[: len(infer_ids)] == infer_ids,
             "audio_placeholder_in_example": model.tokenizer.text_to_ids(AUDIO_TAG)[0] in ids}
@@ -160,7 +163,7 @@ def model_preflight(cfg: Config, run_dir: Path, base: str | Path) -> dict:
             groups = apply_freeze(model, list(cfg.model.freeze_params))
         except FreezePatternError as e:
             raise ModelPreflightError(str(e)) from e
-        report["prompt"] = render_training_example(model, cfg, data_dir)
+        report["prompt"] = render_training_example(model, cfg, run_dir)
         if not report["prompt"]["prompt_matches_inference"]:
             raise ModelPreflightError(
                 "the training prompt does not render to the tokens inference sends:\n  train: "

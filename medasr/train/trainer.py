@@ -22,7 +22,7 @@ from rich.table import Table
 
 from medasr.atomic import write_text_atomic
 from medasr.config import Config, s3_uri, to_dict
-from medasr.models.salm import AUDIO_TAG, group_of, load_base, quiet_nemo, split_prompt
+from medasr.models.salm import AUDIO_TAG, group_of, load_base, quiet_nemo
 
 console = Console()
 
@@ -72,7 +72,8 @@ def print_param_table(table: dict) -> None:
 
 
 def data_config(model, cfg: Config, data_dir: Path) -> dict:
-    context = split_prompt(cfg.model.prompt)
+    """SALM train/val loaders over `data_dir`'s manifests, whose rows carry their prompt in `context`
+    (medasr.prompts.prompted_manifests): NeMo prepends it as the user text turn before the audio."""
     ted = model.token_equivalent_duration
 
     def input_cfg(manifest: Path) -> list[dict]:
@@ -81,7 +82,6 @@ def data_config(model, cfg: Config, data_dir: Path) -> dict:
                 "type": "lhotse_as_conversation",
                 "manifest_filepath": str(manifest.resolve()),
                 "audio_locator_tag": AUDIO_TAG,
-                "tags": {"context": context},
             }
         ]
 
@@ -354,7 +354,9 @@ def _prepare_salm(cfg: Config, run_dir: Path, base: str | Path):
     }
     table = apply_freeze(model, list(cfg.model.freeze_params))
     model.strict_loading = False  # slim checkpoints: frozen weights come from the base, checked in on_load_checkpoint
-    datamodule = DataModule(OmegaConf.create(data_config(model, cfg, run_dir / "data")), tokenizer=model.tokenizer,
+    from medasr.prompts import prompted_manifests
+
+    datamodule = DataModule(OmegaConf.create(data_config(model, cfg, prompted_manifests(cfg, run_dir))), tokenizer=model.tokenizer,
                             dataset=SALMDataset(model.tokenizer))
     record = {"kind": "salm", "groups": table, "freeze_params": list(cfg.model.freeze_params),
               "lora": OmegaConf.to_container(model.cfg.lora) if "lora" in model.cfg else None}

@@ -1,0 +1,59 @@
+"""Per-row SALM prompts: one rule, used at train time (the `context` field NeMo's `lhotse_as_conversation` reads from
+each manifest row) and at eval/inference time (the user turn sent to `SALM.generate`), so the two cannot drift.
+
+A row's prompt context is, first match wins:
+1. the row's own `context` field (a manifest that brings its own prompts);
+2. `model.prompts_by_source[<key>]` for the longest key that the row's `source` starts with
+   (e.g. `primock57` → "Transcribe this doctor-patient conversation verbatim. <|audioplaceholder|>");
+3. `model.prompt`.
+Prompts are written with the audio tag at the end; the context is the text before it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional
+
+from medasr.models.salm import split_prompt
+
+
+def check_prompts(prompt: str, by_source: Mapping[str, str]) -> None:
+    """Every configured prompt must end with the audio tag (raises ValueError naming the bad one)."""
+    split_prompt(prompt)
+    for key, p in by_source.items():
+        try:
+            split_prompt(p)
+        except ValueError as e:
+            raise ValueError(f"model.prompts_by_source[{key!r}]: {e}") from None
+
+
+def context_for(row: Mapping, prompt: str, by_source: Optional[Mapping[str, str]] = None) -> str:
+    if row.get("context"):
+        return str(row["context"])
+    src = str(row.get("source") or "")
+    keys = sorted((k for k in (by_source or {}) if src.startswith(k)), key=len, reverse=True)
+    return split_prompt(by_source[keys[0]] if keys else prompt)
+
+
+def with_contexts(rows: list[dict], prompt: str, by_source: Optional[Mapping[str, str]] = None) -> list[dict]:
+    return [r | {"context": context_for(r, prompt, by_source)} for r in rows]
+
+
+def prompted_manifests(cfg, run_dir: Path) -> Path:
+    """RUN/train/data/{train,val}.json: the run's manifests with each row's `context` stamped from the config, which is
+    what SALM training reads. Rewritten on every call so a changed prompt config takes effect on the next launch."""
+    from medasr.data.manifest import read_manifest, write_manifest
+
+    out = run_dir / "train" / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val"):
+        rows = with_contexts(read_manifest(run_dir / "data" / f"{split}.json"), cfg.model.prompt, cfg.model.prompts_by_source)
+        write_manifest(out / f"{split}.json", rows)
+    return out
+
+
+def prompt_summary(rows: list[dict]) -> dict[str, int]:
+    """How many rows get each context (for reports and the model card)."""
+    from collections import Counter
+
+    return dict(Counter(r["context"] for r in rows).most_common())

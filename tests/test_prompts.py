@@ -1,0 +1,56 @@
+"""Issue 7, rail 6: per-row prompts from config, the same at train and eval time, recorded in the model card."""
+
+import json
+
+import numpy as np
+import pytest
+
+from medasr.config import load_config
+from medasr.data.manifest import read_manifest
+from medasr.prompts import context_for
+
+BY = {"primock57": "Transcribe this doctor-patient conversation verbatim. <|audioplaceholder|>",
+      "synthetic": "Transcribe this medical dictation verbatim. Write numbers as digits. <|audioplaceholder|>",
+      "synthetic-espeak-noisy": "Noisy dictation. <|audioplaceholder|>"}
+DEFAULT = "Transcribe the following: <|audioplaceholder|>"
+
+
+def test_context_precedence_row_then_longest_source_prefix_then_default():
+    assert context_for({"source": "primock57"}, DEFAULT, BY) == "Transcribe this doctor-patient conversation verbatim."
+    assert context_for({"source": "synthetic-espeak"}, DEFAULT, BY).endswith("Write numbers as digits.")
+    assert context_for({"source": "synthetic-espeak-noisy"}, DEFAULT, BY) == "Noisy dictation."  # longest key wins
+    assert context_for({"source": "osce"}, DEFAULT, BY) == "Transcribe the following:"
+    assert context_for({}, DEFAULT, BY) == "Transcribe the following:"
+    assert context_for({"source": "primock57", "context": "Own prompt."}, DEFAULT, BY) == "Own prompt."
+    with pytest.raises(ValueError, match=r"prompts_by_source\['x'\].*must end with"):
+        load_config("tiny", ["model.prompts_by_source.x=no audio tag here"])
+
+
+@pytest.mark.slow
+def test_train_and_eval_use_the_same_per_source_prompt(tiny_run):
+    cfg, run_dir, _ = tiny_run
+    want = "Transcribe this medical dictation verbatim."  # configs/tiny.yaml, for source synthetic-*
+    trained_on = read_manifest(run_dir / "train/data/train.json") + read_manifest(run_dir / "train/data/val.json")
+    assert {r["context"] for r in trained_on} == {want}
+    assert json.loads((run_dir / "train/preflight.json").read_text())["prompt"]["context"] == want
+    for cycle in ("cycle0", "cycle1"):
+        assert {r["context"] for r in read_manifest(run_dir / f"eval/{cycle}/hyps.json")} == {want}
+    meta = json.loads((run_dir / "canary-qwen-medical-lora/medasr_adapter.json").read_text())
+    assert meta["prompts_by_source"] == {"synthetic": want + " <|audioplaceholder|>"}
+    card = (run_dir / "canary-qwen-medical-lora/README.md").read_text()
+    assert f"`synthetic`: `{want} <|audioplaceholder|>`" in card
+
+
+@pytest.mark.slow
+def test_each_row_in_a_batch_is_decoded_with_its_own_prompt(tiny_run):
+    from medasr.audio import read_audio
+    from medasr.models.salm import transcribe_arrays
+    from medasr.train.export import load_adapted
+
+    _, run_dir, _ = tiny_run
+    model, _ = load_adapted(run_dir / "canary-qwen-medical-lora")
+    a = read_audio(read_manifest(run_dir / "data/test.json")[0]["audio_filepath"])
+    kw = dict(batch_size=2, max_new_tokens=8)
+    mixed = transcribe_arrays(model, [a, np.array(a)], DEFAULT, contexts=[None, ""], **kw)  # "": audio only
+    alone = [transcribe_arrays(model, [a], p, **kw)[0] for p in (DEFAULT, "<|audioplaceholder|>")]
+    assert mixed == alone and alone[0] != alone[1]  # the prompt reaches the model, per row
