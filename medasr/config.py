@@ -115,6 +115,7 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     max_steps: int = 200
+    smoke_steps: int = 20  # smoke run before the full run (medasr/train/smoke.py); 0 skips it
     batch_size: int = 8
     lr: float = 1e-3
     warmup_steps: int = 10

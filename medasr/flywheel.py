@@ -162,14 +162,19 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
         if not gate.train:
             console.print("[yellow]gate says no; training anyway because --force was given (logged in gate.json)")
         from medasr.train.preflight import ModelPreflightError, model_preflight
+        from medasr.train.smoke import SmokeRunError, smoke_current, smoke_run
         from medasr.train.trainer import TrainingWatchdogError
 
         try:
-            if not is_done(run_dir / "train", cfg.train.max_steps) and not _preflight_current(run_dir, base):
+            fresh = not is_done(run_dir / "train", cfg.train.max_steps)
+            if fresh and not _preflight_current(run_dir, base):
                 stage("preflight (model)", lambda: model_preflight(cfg, run_dir, base))
+            started = (run_dir / "train" / "checkpoints" / "last.ckpt").exists()
+            if fresh and not started and cfg.train.smoke_steps > 0 and not smoke_current(run_dir, base):
+                stage("smoke run", lambda: smoke_run(cfg, run_dir, base))
             done = stage("train", lambda: train(cfg, run_dir, base))
-        except (ModelPreflightError, TrainingWatchdogError) as e:
-            mark_failed(run_dir, "train", e)
+        except (ModelPreflightError, SmokeRunError, TrainingWatchdogError) as e:
+            mark_failed(run_dir, {ModelPreflightError: "preflight", SmokeRunError: "smoke"}.get(type(e), "train"), e)
             raise
         if not _export_current(cfg, run_dir, done["global_step"]):
             exporter = export_nemo if cfg.model.kind == "asr" else export_adapter

@@ -39,15 +39,14 @@ def with_contexts(rows: list[dict], prompt: str, by_source: Optional[Mapping[str
     return [r | {"context": context_for(r, prompt, by_source)} for r in rows]
 
 
-def prompted_manifests(cfg, run_dir: Path) -> Path:
-    """RUN/train/data/{train,val}.json: the run's manifests with each row's `context` stamped from the config, which is
-    what SALM training reads. Rewritten on every call so a changed prompt config takes effect on the next launch."""
+def prompted_manifests(cfg, data_dir: Path, out: Path) -> Path:
+    """out/{train,val}.json (RUN/train/data for a run): data_dir's manifests with each row's `context` stamped from the
+    config, which is what SALM training reads. Rewritten on every launch so a changed prompt config takes effect."""
     from medasr.data.manifest import read_manifest, write_manifest
 
-    out = run_dir / "train" / "data"
     out.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val"):
-        rows = with_contexts(read_manifest(run_dir / "data" / f"{split}.json"), cfg.model.prompt, cfg.model.prompts_by_source)
+        rows = with_contexts(read_manifest(data_dir / f"{split}.json"), cfg.model.prompt, cfg.model.prompts_by_source)
         write_manifest(out / f"{split}.json", rows)
     return out
 

@@ -31,6 +31,9 @@ def test_flywheel_outputs_and_learning(tiny_run):
               "canary-qwen-medical-lora/lora/adapter_config.json", "summary.json"]:
         assert (run_dir / f).exists(), f
     assert json.loads((run_dir / "train/DONE").read_text()) == {"global_step": cfg.train.max_steps, "max_steps": cfg.train.max_steps}
+    smoke = json.loads((run_dir / "train/smoke.json").read_text())  # the smoke run passed before the full run
+    assert smoke["ok"] and smoke["steps"] == 20 and len(smoke["losses"]) == 20 and smoke["losses"][-1] < smoke["losses"][0]
+    assert smoke["peak_rss_gib"] > 0 and smoke["projected_train_hours"] == round(smoke["step_s_median"] * 300 / 3600, 3)
     val = json.loads((run_dir / "train/val_loss.json").read_text())
     assert val["final"] < val["base"] - 0.05, val  # the fine-tuned tiny model fits the validation set better
     m = json.loads((run_dir / "eval/cycle0/metrics.json").read_text())

@@ -7,9 +7,10 @@ import pytest
 from medasr.config import load_config
 from medasr.flywheel import run_flywheel
 from medasr.ops.supervisor import Supervisor
+from medasr.train.smoke import SmokeRunError
 from medasr.train.trainer import TrainingWatchdogError
 
-DIVERGE = ["train.max_steps=40", "train.lr=1e6", "train.warmup_steps=0", "train.grad_clip=0", "train.val_every_n_steps=5",
+DIVERGE = ["train.smoke_steps=0", "train.max_steps=40", "train.lr=1e6", "train.warmup_steps=0", "train.grad_clip=0", "train.val_every_n_steps=5",
            "train.ckpt_every_n_steps=100", "train.limit_val_batches=1", "gate.ker_threshold=0"]
 
 
@@ -22,6 +23,19 @@ def test_nan_loss_stops_the_run_and_marks_it_failed(tiny_data_and_base):
     failed = json.loads((rd / "FAILED").read_text())
     assert failed["stage"] == "train" and failed["error"] == "TrainingWatchdogError" and "lower train.lr" in failed["reason"].lower()
     assert not (rd / "train/DONE").exists() and not (rd / "canary-qwen-medical-lora").exists()
+
+
+def test_smoke_run_stops_a_diverging_run_before_training(tiny_data_and_base):
+    rd = tiny_data_and_base
+    cfg = load_config("tiny", [o for o in DIVERGE if not o.startswith("train.smoke_steps")] + ["train.price_per_hour=2.5"])
+    with pytest.raises(SmokeRunError, match="smoke run failed: loss is not finite"):
+        run_flywheel(cfg, rd)
+    smoke = json.loads((rd / "train/smoke.json").read_text())
+    assert smoke["ok"] is False and smoke["steps"] == 20 and smoke["rows"] == 2 * cfg.train.batch_size
+    assert smoke["projected_cost_usd"] == round(smoke["step_s_median"] * 40 / 3600 * 2.5, 2)
+    failed = json.loads((rd / "FAILED").read_text())
+    assert failed["stage"] == "smoke" and failed["error"] == "SmokeRunError"
+    assert not (rd / "train/checkpoints").exists()  # the full run never started
 
 
 def test_supervisor_does_not_relaunch_a_failed_run(tmp_path):

@@ -41,7 +41,7 @@ def test_training_logs_throughput(tiny_run):
     _, run_dir, _ = tiny_run
     blobs = b"".join(p.read_bytes() for p in (run_dir / "train/wandb").rglob("*.wandb"))
     for key in (b"throughput/audio_s_per_s", b"throughput/samples_per_s", b"cost/usd_this_launch", b"loss",
-                b"val_loss", b"eval/cycle1/ker"):
+                b"val_loss", b"eval/cycle1/ker", b"projected_cost_usd"):
         assert key in blobs, key
 
 

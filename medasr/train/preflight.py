@@ -105,7 +105,7 @@ def render_training_example(model, cfg: Config, run_dir: Path) -> dict:
     from medasr.prompts import prompted_manifests
     from medasr.train.trainer import data_config
 
-    data_dir = prompted_manifests(cfg, run_dir)
+    data_dir = prompted_manifests(cfg, run_dir / "data", run_dir / "train" / "data")
     context = read_manifest(data_dir / "train.json")[0]["context"]
     train_cfg = OmegaConf.create(data_config(model, cfg, data_dir)).train_ds
     train_cfg.shuffle, train_cfg.batch_size, train_cfg.num_workers = False, 1, 0

@@ -336,7 +336,7 @@ def is_done(train_dir: Path, max_steps: int) -> bool:
     return d.get("global_step") == max_steps == d.get("max_steps")
 
 
-def _prepare_salm(cfg: Config, run_dir: Path, base: str | Path):
+def _prepare_salm(cfg: Config, data_dir: Path, base: str | Path, work_dir: Path):
     from nemo.collections.speechlm2 import DataModule, SALMDataset
 
     model = load_base(base)
@@ -356,22 +356,30 @@ def _prepare_salm(cfg: Config, run_dir: Path, base: str | Path):
     model.strict_loading = False  # slim checkpoints: frozen weights come from the base, checked in on_load_checkpoint
     from medasr.prompts import prompted_manifests
 
-    datamodule = DataModule(OmegaConf.create(data_config(model, cfg, prompted_manifests(cfg, run_dir))), tokenizer=model.tokenizer,
+    prompted = prompted_manifests(cfg, data_dir, work_dir / "data")
+    datamodule = DataModule(OmegaConf.create(data_config(model, cfg, prompted)), tokenizer=model.tokenizer,
                             dataset=SALMDataset(model.tokenizer))
     record = {"kind": "salm", "groups": table, "freeze_params": list(cfg.model.freeze_params),
               "lora": OmegaConf.to_container(model.cfg.lora) if "lora" in model.cfg else None}
     return model, {"datamodule": datamodule}, record
 
 
-def _prepare_asr(cfg: Config, run_dir: Path, base: str | Path):
+def _prepare_asr(cfg: Config, data_dir: Path, base: str | Path, work_dir: Path):
     from medasr.models import asr
 
     model = asr.load_base(base)
     table = asr.prepare_for_training(model, cfg)
-    asr.setup_data(model, cfg, run_dir / "data")
+    asr.setup_data(model, cfg, data_dir)
     record = {"kind": "asr", "groups": table, "tokenizer_dir": cfg.model.tokenizer_dir,
               "loss": type(model.loss._loss).__name__ if hasattr(model, "loss") else None}
     return model, {}, record
+
+
+def prepare(cfg: Config, data_dir: Path, base: str | Path, work_dir: Path):
+    """(model ready to train, Trainer.fit kwargs, trainable-parameter record) for the preset's model kind, reading
+    data_dir/{train,val}.json; work_dir holds derived files (SALM: the prompted manifests)."""
+    fn = _prepare_asr if cfg.model.kind == "asr" else _prepare_salm
+    return fn(cfg, data_dir, base, work_dir)
 
 
 def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
@@ -386,11 +394,10 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
     from lightning.pytorch import Trainer, seed_everything
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
+    from medasr.train.smoke import price_per_hour
+
     seed_everything(cfg.train.seed, workers=True)
-    if cfg.model.kind == "asr":
-        model, fit_kw, record = _prepare_asr(cfg, run_dir, base)
-    else:
-        model, fit_kw, record = _prepare_salm(cfg, run_dir, base)
+    model, fit_kw, record = prepare(cfg, run_dir / "data", base, train_dir)
     print_param_table(record["groups"])
     (train_dir / "trainable_params.json").write_text(json.dumps(record, indent=2))
     ckpt_cb = ModelCheckpoint(
@@ -415,7 +422,7 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
         callbacks=[ckpt_cb, LearningRateMonitor(logging_interval="step"), resume_log_callback(train_dir, resume_from),
                    stop_signal_checkpoint(ckpt_dir), progress_callback(train_dir), slim_checkpoint_callback(),
                    watchdog_callback(cfg.train.val_every_n_steps),
-                   throughput_callback(float(os.environ.get("MEDASR_PRICE_PER_HOUR") or cfg.train.price_per_hour))]
+                   throughput_callback(price_per_hour(cfg))]
         + ([s3_sync_callback(run_dir, s3_uri(cfg))] if s3_uri(cfg) else []),
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=sys.stderr.isatty(),
@@ -429,6 +436,9 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
         enable_model_summary=False,
         default_root_dir=str(train_dir),
     )
+    if (smoke := train_dir / "smoke.json").exists():  # the smoke run's verdict and projections, beside the curves
+        s = json.loads(smoke.read_text())
+        trainer.logger.log_hyperparams({"smoke": {k: v for k, v in s.items() if k != "losses"}})
     metrics_file = train_dir / "val_loss.json"
     vals = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     if "base" not in vals and not last.exists():
