@@ -145,22 +145,31 @@ def gate(eval_dir: Path = typer.Argument(..., help="directory holding metrics.js
 
 
 @app.command()
-def preflight(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt):
+def preflight(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt,
+              smoke: bool = typer.Option(False, "--smoke", help="then the smoke run (train.smoke_steps steps): loss "
+                                         "finite and falling, peak memory, projected time and cost")):
     """Check the model before training: checkpoint coverage, trainable groups, the rendered prompt, that validation
-    will run. Builds the data first if needed. Exit 1 with the reason when the run would be doomed."""
+    will run (and with --smoke, a short training run). Builds the data first if needed. Exit 1 with the reason when
+    the run would be doomed."""
     from medasr.data.build import build as do_build
     from medasr.flywheel import resolve_base
     from medasr.train.preflight import ModelPreflightError, model_preflight
+    from medasr.train.smoke import SmokeRunError, smoke_run
 
     cfg = _cfg(preset, set_)
     rd = _run_dir(cfg, run_dir)
     do_build(cfg, rd)
+    base = resolve_base(cfg, rd)
     try:
-        model_preflight(cfg, rd, resolve_base(cfg, rd))
-    except ModelPreflightError as e:
-        console.print(f"[red]model preflight failed:[/] {escape(str(e))}")
+        model_preflight(cfg, rd, base)
+        if smoke:
+            smoke_run(cfg, rd, base)
+    except (ModelPreflightError, SmokeRunError) as e:
+        console.print(f"[red]{'model preflight' if isinstance(e, ModelPreflightError) else 'smoke run'} failed:[/] "
+                      f"{escape(str(e))}")
         raise typer.Exit(1)
-    console.print(f"[green]preflight passed[/]: {rd / 'train' / 'preflight.json'}")
+    console.print(f"[green]preflight passed[/]: {rd / 'train' / 'preflight.json'}"
+                  + (f", {rd / 'train' / 'smoke.json'}" if smoke else ""))
 
 
 @app.command("train")

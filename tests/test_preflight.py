@@ -71,8 +71,9 @@ def test_preflight_refuses_blind_validation_and_a_wrong_freeze_pattern(tiny_data
 
 def test_cli_preflight_exit_codes(tiny_data_and_base, tmp_path):
     rd = tiny_data_and_base
-    ok = CliRunner().invoke(app, ["preflight", "--preset", "tiny", "--run-dir", str(rd)])
+    ok = CliRunner().invoke(app, ["preflight", "--preset", "tiny", "--run-dir", str(rd), "--smoke"])
     assert ok.exit_code == 0, ok.output
     assert "<|audioplaceholder|>" in ok.output and "preflight passed" in ok.output
+    assert json.loads((rd / "train/smoke.json").read_text())["ok"] and "smoke run: loss falls" in ok.output
     bad = CliRunner().invoke(app, ["preflight", "--preset", "tiny", "--run-dir", str(rd), "--set", "train.val_every_n_steps=1000"])
     assert bad.exit_code == 1 and "validation would never run" in bad.output
