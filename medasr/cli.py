@@ -185,14 +185,24 @@ def train_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: O
 
 @app.command()
 def export(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt,
-           ckpt: Optional[Path] = typer.Option(None, help="checkpoint to export (default last.ckpt)")):
+           ckpt: Optional[Path] = typer.Option(None, help="export this checkpoint as it is (default: the flywheel's "
+                                               "choice, best by validation WER or the average, with the reload check)")):
     """Write RUN/canary-qwen-medical-lora/ (SALM: LoRA + encoder/projection) or RUN/adapted_model.nemo (ASR)."""
-    from medasr.flywheel import resolve_base
+    from medasr.flywheel import export_path, export_selected, resolve_base
     from medasr.train.export import export_adapter, export_nemo
 
     cfg = _cfg(preset, set_)
     rd = _run_dir(cfg, run_dir)
-    console.print((export_nemo if cfg.model.kind == "asr" else export_adapter)(cfg, rd, resolve_base(cfg, rd), ckpt))
+    base = resolve_base(cfg, rd)
+    if ckpt:
+        console.print((export_nemo if cfg.model.kind == "asr" else export_adapter)(cfg, rd, base, ckpt))
+        return
+    done = rd / "train" / "DONE"
+    if not done.exists():
+        console.print(f"[red]{done} not found[/]: finish training first (`medasr train`), or pass --ckpt")
+        raise typer.Exit(2)
+    sel = export_selected(cfg, rd, base, json.loads(done.read_text())["global_step"])
+    console.print(f"{export_path(cfg, rd)} ← {sel['chosen']['name']} ({Path(sel['chosen']['path']).name})", highlight=False)
 
 
 @app.command()

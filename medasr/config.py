@@ -123,7 +123,9 @@ class TrainConfig:
     weight_decay: float = 1e-3
     grad_clip: float = 1.0
     ckpt_every_n_steps: int = 50
+    keep_last: int = 3  # periodic checkpoints kept (older ones pruned; -1 keeps all); the best by val WER is kept too
     val_every_n_steps: int = 50
+    select_rows: int = 64  # the fixed validation subset decoded at each validation for val_wer_norm (medasr/train/select.py)
     limit_val_batches: int = 50
     log_every_n_steps: int = 5
     num_workers: int = 0

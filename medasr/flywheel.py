@@ -122,11 +122,54 @@ def _export_meta(cfg: Config, run_dir: Path) -> dict:
     return read_nemo_meta(path) if cfg.model.kind == "asr" else read_meta(path)
 
 
-def _export_current(cfg: Config, run_dir: Path, step: int) -> bool:
+def _meta_file(cfg: Config, run_dir: Path) -> Path:
+    path = export_path(cfg, run_dir)
+    return path.with_suffix(".json") if cfg.model.kind == "asr" else path / "medasr_adapter.json"
+
+
+def _export_current(cfg: Config, run_dir: Path, selection: dict) -> bool:
+    """The export holds the selected checkpoint of this training run and passed its reload check."""
     try:
-        return _export_meta(cfg, run_dir)["global_step"] == step
+        meta = _export_meta(cfg, run_dir)
+        return (meta["selection"]["trained_steps"] == selection["trained_steps"]
+                and meta["checkpoint"] == Path(selection["chosen"]["path"]).name and meta["reload_check"]["ok"])
     except Exception:
         return False
+
+
+def _selection_current(run_dir: Path, step: int) -> dict | None:
+    try:
+        sel = json.loads((run_dir / "train" / "selection.json").read_text())
+        return sel if sel["trained_steps"] == step and Path(sel["chosen"]["path"]).exists() else None
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return None
+
+
+def export_selected(cfg: Config, run_dir: Path, base: str, step: int) -> dict:
+    """Select (best by val WER, or the average if better) → export it → reload check; the export's meta records both."""
+    from medasr.train.select import reload_check, select_checkpoint
+
+    sel = _selection_current(run_dir, step)
+    if sel is None:
+        sel = select_checkpoint(cfg, run_dir, base) | {"trained_steps": step}
+        (run_dir / "train" / "selection.json").write_text(json.dumps(sel, indent=2))
+    if _export_current(cfg, run_dir, sel):
+        return sel
+    exporter = export_nemo if cfg.model.kind == "asr" else export_adapter
+    out = exporter(cfg, run_dir, base, Path(sel["chosen"]["path"]))
+    try:
+        check = reload_check(cfg, run_dir, out, sel["chosen"]["val_wer"])
+    except Exception:
+        _meta_file(cfg, run_dir).unlink(missing_ok=True)  # never leave an export that failed its check looking valid
+        raise
+    mf = _meta_file(cfg, run_dir)
+    meta = json.loads(mf.read_text()) | {
+        "selection": {"trained_steps": step, "rows": sel["rows"], "metric": sel["metric"],
+                      "candidates": [{k: c[k] for k in ("name", "val_wer")} | {"checkpoint": Path(c["path"]).name}
+                                     for c in sel["candidates"]], "chosen": sel["chosen"]["name"]},
+        "reload_check": check}
+    mf.write_text(json.dumps(meta, indent=2))
+    return sel
 
 
 def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
@@ -176,9 +219,7 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
         except (ModelPreflightError, SmokeRunError, TrainingWatchdogError) as e:
             mark_failed(run_dir, {ModelPreflightError: "preflight", SmokeRunError: "smoke"}.get(type(e), "train"), e)
             raise
-        if not _export_current(cfg, run_dir, done["global_step"]):
-            exporter = export_nemo if cfg.model.kind == "asr" else export_adapter
-            stage("export", lambda: exporter(cfg, run_dir, base))
+        selection = stage("select + export", lambda: export_selected(cfg, run_dir, base, done["global_step"]))
         adapter = export_path(cfg, run_dir)
         after = stage(
             "eval cycle1 (fine-tuned)",
@@ -193,6 +234,7 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
             "decision": cmp["decision"],
             "reason": cmp["reason"],
             "val_loss": val,
+            "selection": {c["name"]: c["val_wer"] for c in selection["candidates"]} | {"chosen": selection["chosen"]["name"]},
             "before": {k: before.get(k) for k in SUMMARY_KEYS},
             "after": {k: after.get(k) for k in SUMMARY_KEYS},
             "deltas": {k: cmp["deltas"][k] for k in ("wer", "ker", "term_error_rate", "ker[priority]") if k in cmp["deltas"]},

@@ -80,12 +80,13 @@ def test_wrong_freeze_pattern_fails_loudly(tiny_run):
 def test_export_reload_identical(tiny_run):
     cfg, run_dir, _ = tiny_run
     adapter = run_dir / "canary-qwen-medical-lora"
-    # the in-memory fine-tuned model: base + the final training checkpoint
+    # the in-memory fine-tuned model: base + the checkpoint the flywheel selected
+    chosen = json.loads((run_dir / "train/selection.json").read_text())["chosen"]
     mem = load_base(run_dir / "model/base")
     apply_freeze(mem, list(cfg.model.freeze_params))
-    load_training_checkpoint(mem, run_dir / "train/checkpoints/last.ckpt")
+    load_training_checkpoint(mem, Path(chosen["path"]))
     reloaded, meta = load_adapted(adapter)
-    assert meta["global_step"] == cfg.train.max_steps
+    assert meta["checkpoint"] == Path(chosen["path"]).name and meta["selection"]["trained_steps"] == cfg.train.max_steps
     paths = [r["audio_filepath"] for r in read_manifest(run_dir / "data/test.json")[:6]]
     kw = dict(prompt=cfg.model.prompt, batch_size=6, max_new_tokens=12, min_new_tokens=12)
     a = transcribe_paths(mem, paths, **kw)

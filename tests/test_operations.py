@@ -95,7 +95,7 @@ def test_supervisor_survives_sigkills(tiny_data_and_base):
     from medasr.train.export import load_adapted
 
     model, meta = load_adapted(rd / "canary-qwen-medical-lora")
-    assert meta["global_step"] == max_steps
+    assert meta["selection"]["trained_steps"] == max_steps and meta["reload_check"]["ok"]
     wav = json.loads((rd / "data/test.json").read_text().splitlines()[0])["audio_filepath"]
     assert len(transcribe_paths(model, [wav], meta["prompt"], 1, 4, min_new_tokens=4)[0]) > 0
 

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,13 +69,16 @@ def test_tiny_parakeet_flywheel_end_to_end(tiny_parakeet_run):
     assert summary["adapter"] == str(run_dir / "adapted_model.nemo")
     assert summary["val_loss"]["final"] < summary["val_loss"]["base"]  # full SFT moved the model on held-out rows
     meta = json.loads((run_dir / "adapted_model.json").read_text())
-    assert meta["global_step"] == 60 and meta["model_class"] == "EncDecRNNTBPEModel"
+    sel = json.loads((run_dir / "train/selection.json").read_text())
+    assert meta["selection"]["trained_steps"] == 60 and meta["model_class"] == "EncDecRNNTBPEModel"
+    assert meta["checkpoint"] == Path(sel["chosen"]["path"]).name and meta["reload_check"]["ok"]
+    assert {c["name"] for c in sel["candidates"]} == {"best", "average of 3"}  # steps 20/40/60 kept, best by WER
     rec = json.loads((run_dir / "train/trainable_params.json").read_text())
     assert rec["loss"] == "CPUTDTLoss" and all(g["frozen"] == 0 for g in rec["groups"].values())
     # the export reloads with NeMo alone, holds the trained weights, and differs from the base
     adapted = ASRModel.restore_from(str(run_dir / "adapted_model.nemo"), map_location="cpu")
     base = ASRModel.restore_from(str(run_dir / "model/base.nemo"), map_location="cpu")
-    ckpt = torch.load(run_dir / "train/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(sel["chosen"]["path"], map_location="cpu", weights_only=False)
     sd = adapted.state_dict()
     assert all(torch.equal(sd[k], v) for k, v in ckpt["state_dict"].items() if k in sd)
     changed = [k for k, v in base.state_dict().items() if v.is_floating_point() and not torch.equal(v, sd[k])]

@@ -56,7 +56,7 @@ def test_average_of_two_checkpoints_is_the_elementwise_mean(tiny_run, tmp_path):
     from medasr.train.export import export_adapter, load_adapted
 
     cfg, run_dir, _ = tiny_run
-    a, b = run_dir / "train/checkpoints/step000100.ckpt", run_dir / "train/checkpoints/step000200.ckpt"
+    a, b = run_dir / "train/checkpoints/step000200.ckpt", run_dir / "train/checkpoints/step000250.ckpt"
     out = tmp_path / "avg.ckpt"
     res = CliRunner().invoke(app, ["average", str(a), str(b), "--out", str(out)])
     assert res.exit_code == 0, res.output
@@ -67,7 +67,7 @@ def test_average_of_two_checkpoints_is_the_elementwise_mean(tiny_run, tmp_path):
         assert torch.allclose(avg["state_dict"][k], (sa["state_dict"][k] + sb["state_dict"][k]) / 2, atol=1e-7), k
     ints = [k for k, v in sa["state_dict"].items() if not v.is_floating_point()]
     assert all(torch.equal(avg["state_dict"][k], sb["state_dict"][k]) for k in ints)
-    assert avg["global_step"] == 200 and "optimizer_states" not in avg
+    assert avg["global_step"] == 250 and "optimizer_states" not in avg
     # the average exports and reloads like any checkpoint
     rd = tmp_path / "run"
     rd.mkdir()
@@ -96,3 +96,123 @@ def test_untrained_export_fails_the_non_zero_check(tiny_data_and_base, tmp_path)
     with pytest.raises(AdapterError, match="all zeros"):
         export_adapter(cfg, rd, rd / "model/base", ckpt)
     assert not (rd / "canary-qwen-medical-lora").exists()
+
+
+def test_choose_prefers_the_lower_wer_and_the_single_best_on_a_tie():
+    from medasr.train.select import choose
+
+    best, avg = {"name": "best", "val_wer": 0.20}, {"name": "average of 3", "val_wer": 0.18}
+    assert choose([best, avg])["name"] == "average of 3"
+    assert choose([best, avg | {"val_wer": 0.20}])["name"] == "best"
+    assert choose([best, avg | {"val_wer": 0.25}])["name"] == "best"
+
+
+@pytest.mark.slow
+def test_checkpoints_pruned_best_by_wer_kept_and_selection_exported(tiny_run):
+    from pathlib import Path
+
+    cfg, run_dir, summary = tiny_run
+    ckpts = sorted(p.name for p in (run_dir / "train/checkpoints").glob("*.ckpt"))
+    hist = json.loads((run_dir / "train/val_wer.json").read_text())
+    assert sorted(hist, key=int) == ["50", "100", "150", "200", "250", "300"]  # decoded at every validation
+    best_step = min(hist, key=lambda s: (hist[s], int(s)))
+    # the last keep_last=3 periodic checkpoints, last.ckpt and the best by val WER; steps 50..150 were pruned
+    assert ckpts == sorted({f"best-step{int(best_step):06d}.ckpt", "last.ckpt", "step000200.ckpt", "step000250.ckpt",
+                            "step000300.ckpt"})
+    sel = json.loads((run_dir / "train/selection.json").read_text())
+    by = {c["name"]: c for c in sel["candidates"]}
+    assert set(by) == {"best", "average of 3"} and by["average of 3"]["sources"] == ["step000200.ckpt", "step000250.ckpt",
+                                                                                      "step000300.ckpt"]
+    assert by["best"]["val_wer"] == hist[best_step]  # the reloaded checkpoint decodes as it did during training
+    assert sel["chosen"]["val_wer"] == min(c["val_wer"] for c in sel["candidates"])
+    meta = json.loads((run_dir / "canary-qwen-medical-lora/medasr_adapter.json").read_text())
+    assert meta["checkpoint"] == Path(sel["chosen"]["path"]).name
+    chk = meta["reload_check"]
+    assert chk["ok"] and abs(chk["reloaded_wer"] - chk["in_memory_wer"]) <= 0.001 and chk["rows"] == 16
+    assert summary["selection"]["chosen"] == sel["chosen"]["name"]
+    assert "Reload check: the exported model reloaded from disk" in (run_dir / "canary-qwen-medical-lora/README.md").read_text()
+
+
+@pytest.mark.slow
+def test_reload_check_refuses_an_export_that_does_not_reproduce(tiny_run, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from medasr.train.export import AdapterError
+    from medasr.train.select import reload_check
+
+    cfg, run_dir, _ = tiny_run
+    sel = json.loads((run_dir / "train/selection.json").read_text())
+    rd = tmp_path / "run"
+    shutil.copytree(run_dir / "data", rd / "data")
+    shutil.copytree(run_dir / "model", rd / "model")
+    export = rd / "canary-qwen-medical-lora"
+    shutil.copytree(run_dir / "canary-qwen-medical-lora", export)
+    assert reload_check(cfg, rd, export, sel["chosen"]["val_wer"])["ok"]
+    # an export whose projection lost its trained weights no longer decodes like the trained model
+    t = load_file(str(export / "adapter.safetensors"))
+    t = {k: torch.zeros_like(v) if k.startswith("perception.proj") or ".lora_B" in k else v for k, v in t.items()}
+    save_file(t, str(export / "adapter.safetensors"))
+    with pytest.raises(AdapterError, match="differs from the in-memory model"):
+        reload_check(cfg, rd, export, sel["chosen"]["val_wer"])
+
+
+def _fit_with_watchdog(rd, overrides, val_check_interval, watchdog_interval):
+    """A real Lightning fit of the tiny SALM with the watchdog, validation every `val_check_interval` steps."""
+    from lightning.pytorch import Trainer
+
+    from medasr.train.trainer import prepare, watchdog_callback
+
+    cfg = load_config("tiny", overrides)
+    model, fit_kw, _ = prepare(cfg, rd / "data", rd / "model/base", rd / "train")
+    trainer = Trainer(max_steps=cfg.train.max_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      check_val_every_n_epoch=None, val_check_interval=val_check_interval, limit_val_batches=1,
+                      gradient_clip_val=cfg.train.grad_clip, callbacks=[watchdog_callback(watchdog_interval)])
+    trainer.fit(model, **fit_kw)
+    return trainer
+
+
+@pytest.mark.slow
+def test_watchdog_stops_a_blind_run(tiny_data_and_base):
+    # validation every 50 steps while the watchdog expects it every 2: blind after step 4
+    with pytest.raises(TrainingWatchdogError, match="validation has not run since step 0 .now 5, interval 2"):
+        _fit_with_watchdog(tiny_data_and_base, ["train.max_steps=20"], 50, 2)
+
+
+@pytest.mark.slow
+def test_watchdog_stops_on_a_nan_validation_loss(tiny_data_and_base):
+    with pytest.raises(TrainingWatchdogError, match="validation loss is nan at step 2"):
+        _fit_with_watchdog(tiny_data_and_base, ["train.max_steps=20", "train.lr=1e6", "train.warmup_steps=0",
+                                                "train.grad_clip=0"], 2, 2)
+
+
+@pytest.mark.slow
+def test_asr_export_equal_to_the_base_is_refused(tiny_parakeet_data_and_base, tmp_path):
+    import torch
+
+    from medasr.models.asr import load_base
+    from medasr.train.export import AdapterError, export_nemo
+
+    rd = tiny_parakeet_data_and_base
+    cfg = load_config("tiny-parakeet")
+    ckpt = tmp_path / "untrained.ckpt"
+    torch.save({"state_dict": load_base(rd / "model/base.nemo").state_dict(), "global_step": 0}, ckpt)
+    with pytest.raises(AdapterError, match="every weight equals the base model's"):
+        export_nemo(cfg, rd, rd / "model/base.nemo", ckpt)
+    assert not (rd / "adapted_model.nemo").exists()
+
+
+@pytest.mark.slow
+def test_retry_failed_relaunches_the_run(tiny_data_and_base):
+    rd = tiny_data_and_base
+    (rd / "FAILED").write_text(json.dumps({"stage": "train", "reason": "an earlier failure", "time": "then"}))
+    overrides = [o for o in DIVERGE if not o.startswith("train.smoke_steps")]  # fails again, in the smoke run
+    sup = Supervisor("tiny", rd, overrides, backoff_base=0.01, retry_failed=True)
+    assert sup.run() == 1
+    state = json.loads((rd / "supervisor.json").read_text())
+    assert state["last_exit"] == 1 and state["state"] == "failed"  # a child ran this time, and failed again
+    failed = json.loads((rd / "FAILED").read_text())
+    assert failed["stage"] == "smoke" and failed["time"] != "then"

@@ -87,6 +87,7 @@ def transcribe_arrays(
     contexts = contexts or [None] * len(audios)
     model.eval()
     dev = model.device
+    dtype = next(model.perception.parameters()).dtype  # bf16 under Lightning's bf16-true (validation-time decoding)
     order = sorted(range(len(audios)), key=lambda i: -len(audios[i]))
     out: dict[int, str] = {}
     for start in range(0, len(order), batch_size):
@@ -99,7 +100,7 @@ def transcribe_arrays(
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             ids = model.generate(
                 prompts=prompts,
-                audios=batch.to(dev),
+                audios=batch.to(dev, dtype=dtype),
                 audio_lens=lens.to(dev),
                 max_new_tokens=max_new_tokens,
                 **generation_kwargs,

@@ -211,6 +211,23 @@ Decision: **{compare['decision']}** — {compare['reason']}
 """
 
 
+def _steps(meta: dict) -> str:
+    trained = (meta.get("selection") or {}).get("trained_steps", meta["global_step"])
+    return f"{trained}" + (f" (exported weights: step {meta['global_step']})" if trained != meta["global_step"] else "")
+
+
+def _selection_lines(meta: dict) -> str:
+    sel, chk = meta.get("selection"), meta.get("reload_check")
+    if not sel:
+        return ""
+    cands = ", ".join(f"{c['name']} (`{c['checkpoint']}`) {100 * c['val_wer']:.2f}%" for c in sel["candidates"])
+    text = f"- Checkpoint: `{meta['checkpoint']}`, chosen by {sel['metric']}: {cands}\n"
+    if chk:
+        text += (f"- Reload check: the exported model reloaded from disk scores {100 * chk['reloaded_wer']:.2f}% on those "
+                 f"rows vs {100 * chk['in_memory_wer']:.2f}% in memory (tolerance {100 * chk['tolerance']:.1f} point)\n")
+    return text
+
+
 def _by_source(meta: dict) -> str:
     by = meta.get("prompts_by_source") or {}
     if not by:
@@ -228,10 +245,10 @@ fine-tuned speech encoder and projection. The LLM itself is frozen and **not** i
 
 - Base model: `{meta['base_model']}`
 - Preset: `{meta['preset']}`{' — random-init tiny model: this adapter proves the pipeline, not accuracy' if tiny else ''}
-- Trained steps: {meta['global_step']} · tensors: {meta['num_tensors']} · parameters: {meta['num_parameters']:,}
+- Trained steps: {_steps(meta)} · tensors: {meta['num_tensors']} · parameters: {meta['num_parameters']:,}
 - LoRA: `{json.dumps(meta['lora'])}`
 - Prompt (train and inference): `{meta['prompt']}` (prompt format `{meta['prompt_format']}`){_by_source(meta)}
-- Exported: {date} by medasr {meta['medasr_version']}
+{_selection_lines(meta)}- Exported: {date} by medasr {meta['medasr_version']}
 
 """ + _results_section(build_report, before, after, compare) + f"""
 ## Use
@@ -255,8 +272,8 @@ A medasr full fine-tune (stock NeMo SFT recipe) of a NeMo ASR model ({meta['mode
 
 - Base model: `{meta['base_model']}`
 - Preset: `{meta['preset']}`{' — random-init tiny model: this export proves the pipeline, not accuracy' if tiny else ''}
-- Trained steps: {meta['global_step']} · parameters: {meta['num_parameters']:,} · tokenizer: {meta['tokenizer']} (vocab {meta['vocab_size']})
-- Exported: {date} by medasr {meta['medasr_version']}
+- Trained steps: {_steps(meta)} · parameters: {meta['num_parameters']:,} · tokenizer: {meta['tokenizer']} (vocab {meta['vocab_size']})
+{_selection_lines(meta)}- Exported: {date} by medasr {meta['medasr_version']}
 
 """ + _results_section(build_report, before, after, compare) + f"""
 ## Use

@@ -3,7 +3,8 @@
   examples/speechlm2/salm_train.py (SALM + SALMDataset + DataModule + Trainer) without DDP/NCCL;
 - asr: a NeMo ASRModel (Parakeet-TDT) full SFT — what examples/asr/speech_to_text_finetune.py does.
 The same code runs on 2 CPU cores (tiny presets) and on one GPU, with the same machinery for both kinds:
-- a checkpoint every `train.ckpt_every_n_steps` and a `last.ckpt`; re-running resumes from `last.ckpt`;
+- a checkpoint every `train.ckpt_every_n_steps` (the last `train.keep_last` kept) and a `last.ckpt`, plus the best by
+  validation WER (medasr/train/select.py); re-running resumes from `last.ckpt`;
 - W&B logger (online when WANDB_API_KEY is set, offline otherwise) with one stable run id across restarts;
 - `train/DONE` = {"global_step": N, "max_steps": N} only when max_steps is reached (never inferred from exit code).
 """
@@ -392,23 +393,15 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
     quiet_nemo()
     torch.set_num_threads(cfg.train.threads)
     from lightning.pytorch import Trainer, seed_everything
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import LearningRateMonitor
 
+    from medasr.train.select import checkpoint_callbacks, val_wer_callback
     from medasr.train.smoke import price_per_hour
 
     seed_everything(cfg.train.seed, workers=True)
     model, fit_kw, record = prepare(cfg, run_dir / "data", base, train_dir)
     print_param_table(record["groups"])
     (train_dir / "trainable_params.json").write_text(json.dumps(record, indent=2))
-    ckpt_cb = ModelCheckpoint(
-        dirpath=str(ckpt_dir),
-        filename="step{step:06d}",
-        auto_insert_metric_name=False,
-        every_n_train_steps=cfg.train.ckpt_every_n_steps,
-        every_n_epochs=None,
-        save_last=True,
-        save_top_k=-1,
-    )
     for stale in ckpt_dir.glob("*.partial"):  # left by a kill during a save
         stale.unlink()
     last = ckpt_dir / "last.ckpt"
@@ -419,7 +412,8 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
         devices=cfg.train.devices,
         precision=cfg.model.precision,
         logger=wandb_logger(cfg, train_dir),
-        callbacks=[ckpt_cb, LearningRateMonitor(logging_interval="step"), resume_log_callback(train_dir, resume_from),
+        callbacks=[*checkpoint_callbacks(cfg, ckpt_dir), val_wer_callback(cfg, run_dir),
+                   LearningRateMonitor(logging_interval="step"), resume_log_callback(train_dir, resume_from),
                    stop_signal_checkpoint(ckpt_dir), progress_callback(train_dir), slim_checkpoint_callback(),
                    watchdog_callback(cfg.train.val_every_n_steps),
                    throughput_callback(price_per_hour(cfg))]

@@ -1,0 +1,178 @@
+"""Checkpoint selection by validation WER, and the export reload check.
+
+SALM's own validation gives loss and token accuracy only, and the lowest loss is not always the lowest WER. So at every
+validation during training, `val_wer_callback` decodes a fixed subset of the validation set (the first
+`train.select_rows` rows, with their training prompts) with the model's own generate/transcribe and logs its corpus WER
+as `val_wer_norm` (same normaliser as the test evaluation). Lightning's ModelCheckpoint keeps the best checkpoint by
+that metric beside the last `train.keep_last` periodic ones (older ones are pruned).
+
+After training, `select_checkpoint` decodes the same subset with the best checkpoint and with the uniform average of
+the kept periodic ones (`medasr average`), and picks the lower WER (the single best on a tie). `reload_check` then
+decodes the subset with the exported model, reloaded from disk, and refuses an export whose WER differs from the
+in-memory model's by more than 0.1 point.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from medasr.config import Config
+from medasr.data.manifest import read_manifest
+
+console = Console()
+METRIC = "val_wer_norm"
+RELOAD_TOLERANCE = 0.001  # 0.1 WER point
+_STEP = re.compile(r"^step(\d+)\.ckpt$")
+
+
+class SelectionError(RuntimeError):
+    pass
+
+
+def selection_rows(cfg: Config, run_dir: Path) -> list[dict]:
+    """The fixed validation subset: the first train.select_rows rows of val.json, with their training prompts."""
+    rows = read_manifest(run_dir / "data" / "val.json")[: cfg.train.select_rows]
+    if not rows:
+        raise SelectionError(f"{run_dir / 'data' / 'val.json'} is empty: no rows to select checkpoints on")
+    if cfg.model.kind == "salm":
+        from medasr.prompts import with_contexts
+
+        rows = with_contexts(rows, cfg.model.prompt, cfg.model.prompts_by_source)
+    return rows
+
+
+def corpus_wer(rows: list[dict], hyps: list[str], normalizer: str) -> float:
+    from medasr.evaluate.metrics import score_rows
+
+    scores = score_rows([r | {"pred_text": h} for r, h in zip(rows, hyps)], normalizer)
+    return sum(s.word_edits for s in scores) / max(1, sum(s.ref_words for s in scores))
+
+
+def decode_rows(cfg: Config, model, rows: list[dict]) -> list[str]:
+    """Transcripts of `rows` by an in-memory model, as the evaluation decodes them (same policy, prompts, settings)."""
+    from medasr.transcribe import POLICIES, Loaded, model_decoder, transcribe_rows
+
+    loaded = Loaded(model, cfg.model.kind, "in-memory", cfg.model.prompt, dict(cfg.model.prompts_by_source))
+    decode = model_decoder(loaded, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.model.prompt)
+    return [r.text for r in transcribe_rows(rows, decode, POLICIES[cfg.model.kind], cfg.eval.batch_size)]
+
+
+def model_wer(cfg: Config, model, rows: list[dict]) -> float:
+    was_training = model.training
+    try:
+        return corpus_wer(rows, decode_rows(cfg, model, rows), cfg.eval.normalizer)
+    finally:
+        model.train(was_training)
+
+
+def val_wer_callback(cfg: Config, run_dir: Path):
+    """Logs `val_wer_norm` at every validation of the fit and appends {step: wer} to RUN/train/val_wer.json."""
+    from lightning.pytorch.callbacks import Callback
+
+    rows = selection_rows(cfg, run_dir)
+    out = run_dir / "train" / "val_wer.json"
+
+    class _ValWER(Callback):
+        def on_validation_epoch_end(self, trainer, pl_module):
+            if trainer.sanity_checking or trainer.state.fn != "fit":
+                return
+            wer = model_wer(cfg, pl_module, rows)
+            pl_module.log(METRIC, wer, prog_bar=True, batch_size=1)
+            hist = json.loads(out.read_text()) if out.exists() else {}
+            hist[str(int(trainer.global_step))] = round(wer, 6)
+            out.write_text(json.dumps(hist, indent=2))
+
+    return _ValWER()
+
+
+def checkpoint_callbacks(cfg: Config, ckpt_dir: Path) -> list:
+    """The last `train.keep_last` periodic checkpoints (plus last.ckpt) and the best by `val_wer_norm`."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    periodic = ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step:06d}", auto_insert_metric_name=False,
+                               every_n_train_steps=cfg.train.ckpt_every_n_steps, every_n_epochs=None, save_last=True,
+                               monitor="step", mode="max", save_top_k=cfg.train.keep_last)
+    best = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best-step{step:06d}", auto_insert_metric_name=False,
+                           monitor=METRIC, mode="min", save_top_k=1, save_on_train_epoch_end=False)
+    return [periodic, best]
+
+
+def kept_periodic(ckpt_dir: Path) -> list[Path]:
+    return sorted((p for p in ckpt_dir.glob("step*.ckpt") if _STEP.match(p.name)), key=lambda p: int(_STEP.match(p.name)[1]))
+
+
+def load_candidate(cfg: Config, base: str | Path, ckpt: Path):
+    """The base with a training checkpoint's weights, as export builds it (on the GPU when there is one)."""
+    from medasr.train.trainer import apply_freeze, load_training_checkpoint
+
+    if cfg.model.kind == "asr":
+        from medasr.models import asr
+
+        model = asr.load_base(base)
+        asr.switch_tokenizer(model, cfg.model.tokenizer_dir)
+    else:
+        from medasr.models.salm import load_base
+
+        model = load_base(base)
+        apply_freeze(model, list(cfg.model.freeze_params))
+    load_training_checkpoint(model, ckpt)
+    return model.to("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def choose(candidates: list[dict]) -> dict:
+    """Lowest val WER; on a tie the earlier candidate (the single best checkpoint before the average)."""
+    return min(candidates, key=lambda c: c["val_wer"])
+
+
+def select_checkpoint(cfg: Config, run_dir: Path, base: str | Path) -> dict:
+    """Best-by-WER vs the average of the kept periodic checkpoints → RUN/train/selection.json; returns it."""
+    from medasr.train.average import average_checkpoints
+
+    ckpt_dir = run_dir / "train" / "checkpoints"
+    rows = selection_rows(cfg, run_dir)
+    cands: list[dict] = []
+    best = sorted(ckpt_dir.glob("best-step*.ckpt"))
+    if best:
+        cands.append({"name": "best", "path": str(best[-1])})
+    else:  # no validation ran (should not happen after preflight): fall back to the final weights
+        cands.append({"name": "last", "path": str(ckpt_dir / "last.ckpt")})
+    periodic = kept_periodic(ckpt_dir)
+    if len(periodic) >= 2:
+        avg = run_dir / "train" / "selection" / "average.ckpt"
+        average_checkpoints(periodic, avg)
+        cands.append({"name": f"average of {len(periodic)}", "path": str(avg), "sources": [p.name for p in periodic]})
+    for c in cands:
+        model = load_candidate(cfg, base, Path(c["path"]))
+        c["val_wer"] = round(model_wer(cfg, model, rows), 6)
+        del model
+    chosen = choose(cands)
+    result = {"metric": f"corpus WER ({cfg.eval.normalizer} normaliser) on the first {len(rows)} validation rows",
+              "rows": len(rows), "candidates": cands, "chosen": chosen,
+              "history": json.loads((run_dir / "train" / "val_wer.json").read_text())
+              if (run_dir / "train" / "val_wer.json").exists() else {}}
+    (run_dir / "train" / "selection.json").write_text(json.dumps(result, indent=2))
+    console.print("checkpoint selection: " + ", ".join(f"{c['name']} {100 * c['val_wer']:.2f}%" for c in cands)
+                  + f" → {chosen['name']} ({Path(chosen['path']).name})", highlight=False)
+    return result
+
+
+def reload_check(cfg: Config, run_dir: Path, export: Path, expected_wer: float) -> dict:
+    """Decode the subset with the export reloaded from disk; refuse it when its WER is off by > 0.1 point."""
+    from medasr.train.export import AdapterError
+    from medasr.transcribe import load_model
+
+    rows = selection_rows(cfg, run_dir)
+    loaded = load_model(export, kind=cfg.model.kind)
+    wer = model_wer(cfg, loaded.model, rows)
+    res = {"rows": len(rows), "in_memory_wer": round(expected_wer, 6), "reloaded_wer": round(wer, 6),
+           "tolerance": RELOAD_TOLERANCE, "ok": abs(wer - expected_wer) <= RELOAD_TOLERANCE}
+    if not res["ok"]:
+        raise AdapterError(f"{export}: reloaded WER {100 * wer:.2f}% differs from the in-memory model's "
+                           f"{100 * expected_wer:.2f}% by more than {100 * RELOAD_TOLERANCE:.1f} point: the export does "
+                           "not reproduce the trained model (missing tensors? different prompt?)")
+    return res
