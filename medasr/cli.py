@@ -193,15 +193,14 @@ def export(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: O
 
     cfg = _cfg(preset, set_)
     rd = _run_dir(cfg, run_dir)
-    base = resolve_base(cfg, rd)
     if ckpt:
-        console.print((export_nemo if cfg.model.kind == "asr" else export_adapter)(cfg, rd, base, ckpt))
+        console.print((export_nemo if cfg.model.kind == "asr" else export_adapter)(cfg, rd, resolve_base(cfg, rd), ckpt))
         return
     done = rd / "train" / "DONE"
     if not done.exists():
         console.print(f"[red]{done} not found[/]: finish training first (`medasr train`), or pass --ckpt")
         raise typer.Exit(2)
-    sel = export_selected(cfg, rd, base, json.loads(done.read_text())["global_step"])
+    sel = export_selected(cfg, rd, resolve_base(cfg, rd), json.loads(done.read_text())["global_step"])
     console.print(f"{export_path(cfg, rd)} ← {sel['chosen']['name']} ({Path(sel['chosen']['path']).name})", highlight=False)
 
 

@@ -49,8 +49,16 @@ def test_each_row_in_a_batch_is_decoded_with_its_own_prompt(tiny_run):
 
     _, run_dir, _ = tiny_run
     model, _ = load_adapted(run_dir / "canary-qwen-medical-lora")
+    seen = []  # the prompt token ids SALM.generate embeds (its first embed_tokens call per batch)
+    model.embed_tokens.register_forward_hook(lambda mod, args, out: seen.append(args[0].clone()))
     a = read_audio(read_manifest(run_dir / "data/test.json")[0]["audio_filepath"])
-    kw = dict(batch_size=2, max_new_tokens=8)
-    mixed = transcribe_arrays(model, [a, np.array(a)], DEFAULT, contexts=[None, ""], **kw)  # "": audio only
-    alone = [transcribe_arrays(model, [a], p, **kw)[0] for p in (DEFAULT, "<|audioplaceholder|>")]
-    assert mixed == alone and alone[0] != alone[1]  # the prompt reaches the model, per row
+    other = "Transcribe this doctor-patient conversation verbatim."
+    mixed = transcribe_arrays(model, [a, np.array(a)], DEFAULT, batch_size=2, max_new_tokens=6,
+                              contexts=[None, other])
+    prompts = [model.tokenizer.tokenizer.decode(row, skip_special_tokens=False) for row in seen[0]]
+    # (the audio tag's position is embedded as token 0 and replaced by the audio frames afterwards)
+    assert "<|im_start|>user\nTranscribe the following: " in prompts[0] and other not in prompts[0]
+    assert f"<|im_start|>user\n{other} " in prompts[1] and "Transcribe the following" not in prompts[1]
+    # and batching rows with different prompts gives what each prompt gives alone
+    alone = [transcribe_arrays(model, [a], p, max_new_tokens=6)[0] for p in (DEFAULT, other + " <|audioplaceholder|>")]
+    assert mixed == alone

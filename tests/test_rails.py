@@ -216,3 +216,44 @@ def test_retry_failed_relaunches_the_run(tiny_data_and_base):
     assert state["last_exit"] == 1 and state["state"] == "failed"  # a child ran this time, and failed again
     failed = json.loads((rd / "FAILED").read_text())
     assert failed["stage"] == "smoke" and failed["time"] != "then"
+
+
+@pytest.mark.slow
+def test_selection_ignores_pruned_checkpoints_brought_back_by_a_restore(tiny_run, tmp_path):
+    import shutil
+
+    from medasr.train.select import best_checkpoint, kept_periodic
+
+    _, run_dir, _ = tiny_run
+    rd = tmp_path / "run"
+    (rd / "train/checkpoints").mkdir(parents=True)
+    shutil.copy(run_dir / "train/val_wer.json", rd / "train/val_wer.json")
+    src = run_dir / "train/checkpoints"
+    for p in src.glob("*.ckpt"):
+        shutil.copy(p, rd / "train/checkpoints" / p.name)
+    hist = json.loads((rd / "train/val_wer.json").read_text())
+    best_step = int(min(hist, key=lambda s: (hist[s], int(s))))
+    stale_best = 300 if best_step != 300 else 250
+    for name in ("step000050.ckpt", "step000100.ckpt", f"best-step{stale_best:06d}.ckpt"):  # pruned, then restored
+        shutil.copy(src / "step000200.ckpt", rd / "train/checkpoints" / name)
+    assert [p.name for p in kept_periodic(rd / "train/checkpoints")] == ["step000200.ckpt", "step000250.ckpt",
+                                                                          "step000300.ckpt"]
+    assert best_checkpoint(rd).name == f"best-step{best_step:06d}.ckpt"
+
+
+@pytest.mark.slow
+def test_cli_export_uses_the_selection(tiny_run, tmp_path):
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from medasr.cli import app
+
+    _, run_dir, _ = tiny_run
+    chosen = json.loads((run_dir / "train/selection.json").read_text())["chosen"]
+    res = CliRunner().invoke(app, ["export", "--preset", "tiny", "--run-dir", str(run_dir)])
+    assert res.exit_code == 0, res.output
+    assert f"← {chosen['name']} ({Path(chosen['path']).name})" in " ".join(res.output.split())
+    (tmp_path / "run").mkdir()
+    res = CliRunner().invoke(app, ["export", "--preset", "tiny", "--run-dir", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "finish training first" in res.output

@@ -13,6 +13,18 @@ METRICS = {"wer": 0.3, "cer": 0.1, "ker": 0.5, "ker_seen": 1.0, "ker_unseen": 0.
            "ker_by_category": {"drug": {"ker": 1.0, "n": 1}, "condition": {"ker": 0.0, "n": 1}}}
 
 
+def _eventually_contains(path, needle: bytes, timeout: float = 30.0) -> bool:
+    """wandb's service process writes the offline run file after run.finish() returns; under load that takes a moment."""
+    import time
+
+    end = time.time() + timeout
+    while needle not in path.read_bytes():
+        if time.time() > end:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def _tables(run_dir):
     return [json.loads(p.read_text()) for p in (run_dir / "train/wandb").rglob("*.table.json")]
 
@@ -25,7 +37,7 @@ def test_eval_table_plain(tmp_path):
     assert t["data"][1][1] == "Patient John Smith has asthma." and t["data"][0][2] == "start met for men today"
     run_dir = next((tmp_path / "train/wandb").glob("offline-run-*"))
     assert run_dir.name.endswith(run_id(tmp_path))  # the same id the trainer uses
-    assert b"eval/cycle0/ker_drug" in next(run_dir.glob("*.wandb")).read_bytes()
+    assert _eventually_contains(next(run_dir.glob("*.wandb")), b"eval/cycle0/ker_drug")
 
 
 def test_eval_table_redacted(tmp_path):

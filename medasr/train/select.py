@@ -103,7 +103,29 @@ def checkpoint_callbacks(cfg: Config, ckpt_dir: Path) -> list:
 
 
 def kept_periodic(ckpt_dir: Path) -> list[Path]:
-    return sorted((p for p in ckpt_dir.glob("step*.ckpt") if _STEP.match(p.name)), key=lambda p: int(_STEP.match(p.name)[1]))
+    """The periodic checkpoints ModelCheckpoint keeps, from its state in last.ckpt (a checkpoint it pruned but that
+    a restore from S3 brought back is not one of them); by step."""
+    files = {p.name: p for p in ckpt_dir.glob("step*.ckpt") if _STEP.match(p.name)}
+    last = ckpt_dir / "last.ckpt"
+    if last.exists():
+        state = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+        for key, cb in state.get("callbacks", {}).items():
+            if key.startswith("ModelCheckpoint{'monitor': 'step'"):
+                files = {n: p for n, p in files.items() if n in {Path(k).name for k in cb.get("best_k_models", {})}}
+    return sorted(files.values(), key=lambda p: int(_STEP.match(p.name)[1]))
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """best-step<N>.ckpt for the step with the lowest val_wer_norm in RUN/train/val_wer.json (earliest on a tie, as
+    ModelCheckpoint replaces its best only on a strict improvement)."""
+    ckpt_dir = run_dir / "train" / "checkpoints"
+    hist_file = run_dir / "train" / "val_wer.json"
+    if hist_file.exists() and (hist := json.loads(hist_file.read_text())):
+        step = min(hist, key=lambda s: (hist[s], int(s)))
+        if (p := ckpt_dir / f"best-step{int(step):06d}.ckpt").exists():
+            return p
+    found = sorted(ckpt_dir.glob("best-step*.ckpt"))
+    return found[-1] if found else None
 
 
 def load_candidate(cfg: Config, base: str | Path, ckpt: Path):
@@ -136,9 +158,8 @@ def select_checkpoint(cfg: Config, run_dir: Path, base: str | Path) -> dict:
     ckpt_dir = run_dir / "train" / "checkpoints"
     rows = selection_rows(cfg, run_dir)
     cands: list[dict] = []
-    best = sorted(ckpt_dir.glob("best-step*.ckpt"))
-    if best:
-        cands.append({"name": "best", "path": str(best[-1])})
+    if best := best_checkpoint(run_dir):
+        cands.append({"name": "best", "path": str(best)})
     else:  # no validation ran (should not happen after preflight): fall back to the final weights
         cands.append({"name": "last", "path": str(ckpt_dir / "last.ckpt")})
     periodic = kept_periodic(ckpt_dir)
