@@ -64,6 +64,7 @@ def flywheel(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_:
     from medasr.flywheel import PreflightError, run_flywheel
     from medasr.models.asr import UnsupportedBaseError
     from medasr.train.preflight import ModelPreflightError
+    from medasr.train.smoke import SmokeRunError
     from medasr.train.trainer import TrainingWatchdogError
 
     cfg = _cfg(preset, list(set_ or []) + (["data.skip_bad=true"] if skip_bad else [])
@@ -76,7 +77,7 @@ def flywheel(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_:
     except UnsupportedBaseError as e:
         console.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2)
-    except (ModelPreflightError, TrainingWatchdogError) as e:
+    except (ModelPreflightError, SmokeRunError, TrainingWatchdogError) as e:
         console.print(f"[red]the run cannot succeed as configured (RUN/FAILED written):[/] {escape(str(e))}")
         raise typer.Exit(1)
 

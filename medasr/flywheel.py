@@ -22,8 +22,8 @@ from medasr.evaluate.report_html import compare_html
 from medasr.evaluate.report_html import write as write_html
 from medasr.evaluate.stage import evaluate
 from medasr.data.manifest import read_manifest
-from medasr.train.export import (EXPORT_NAME, NEMO_EXPORT, export_adapter, export_nemo, read_meta, read_nemo_meta,
-                                 write_model_card, write_nemo_model_card)
+from medasr.train.export import (EXPORT_NAME, NEMO_EXPORT, export_adapter, export_nemo, meta_path, read_meta,
+                                 read_nemo_meta, write_model_card, write_nemo_model_card)
 from medasr.train.trainer import is_done, train
 
 console = Console()
@@ -122,11 +122,6 @@ def _export_meta(cfg: Config, run_dir: Path) -> dict:
     return read_nemo_meta(path) if cfg.model.kind == "asr" else read_meta(path)
 
 
-def _meta_file(cfg: Config, run_dir: Path) -> Path:
-    path = export_path(cfg, run_dir)
-    return path.with_suffix(".json") if cfg.model.kind == "asr" else path / "medasr_adapter.json"
-
-
 def _export_current(cfg: Config, run_dir: Path, selection: dict) -> bool:
     """The export holds the selected checkpoint of this training run and passed its reload check."""
     try:
@@ -151,8 +146,7 @@ def export_selected(cfg: Config, run_dir: Path, base: str, step: int) -> dict:
 
     sel = _selection_current(run_dir, step)
     if sel is None:
-        sel = select_checkpoint(cfg, run_dir, base) | {"trained_steps": step}
-        (run_dir / "train" / "selection.json").write_text(json.dumps(sel, indent=2))
+        sel = select_checkpoint(cfg, run_dir, base, step)
     if _export_current(cfg, run_dir, sel):
         return sel
     exporter = export_nemo if cfg.model.kind == "asr" else export_adapter
@@ -160,9 +154,9 @@ def export_selected(cfg: Config, run_dir: Path, base: str, step: int) -> dict:
     try:
         check = reload_check(cfg, run_dir, out, sel["chosen"]["val_wer"])
     except Exception:
-        _meta_file(cfg, run_dir).unlink(missing_ok=True)  # never leave an export that failed its check looking valid
+        meta_path(out).unlink(missing_ok=True)  # never leave an export that failed its check looking valid
         raise
-    mf = _meta_file(cfg, run_dir)
+    mf = meta_path(out)
     meta = json.loads(mf.read_text()) | {
         "selection": {"trained_steps": step, "rows": sel["rows"], "metric": sel["metric"],
                       "candidates": [{k: c[k] for k in ("name", "val_wer")} | {"checkpoint": Path(c["path"]).name}

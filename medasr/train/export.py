@@ -137,12 +137,18 @@ def export_nemo(cfg: Config, run_dir: Path, base: str | Path, ckpt: Path | None 
         "num_parameters": int(sum(p.numel() for p in model.parameters())),
         "preset": cfg.name,
     }
-    (run_dir / "adapted_model.json").write_text(json.dumps(meta, indent=2))
+    meta_path(out).write_text(json.dumps(meta, indent=2))
     return out
 
 
+def meta_path(export: Path) -> Path:
+    """The meta file of an export: `X.json` beside `X.nemo`, or `medasr_adapter.json` inside a SALM adapter folder."""
+    export = Path(export)
+    return export.with_suffix(".json") if export.suffix == ".nemo" else export / "medasr_adapter.json"
+
+
 def read_nemo_meta(nemo_path: Path) -> dict:
-    p = Path(nemo_path).with_suffix(".json")
+    p = meta_path(nemo_path)
     if not p.exists() or not Path(nemo_path).exists():
         raise AdapterError(f"{nemo_path}: no medasr export here (need the .nemo and {p.name}); run `medasr export`")
     meta = json.loads(p.read_text())
@@ -152,7 +158,7 @@ def read_nemo_meta(nemo_path: Path) -> dict:
 
 
 def read_meta(adapter_dir: Path) -> dict:
-    p = Path(adapter_dir) / "medasr_adapter.json"
+    p = meta_path(adapter_dir)
     if not p.exists():
         raise AdapterError(f"{adapter_dir}: not a medasr adapter (no medasr_adapter.json); export one with `medasr export`")
     meta = json.loads(p.read_text())

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from medasr.atomic import write_text_atomic
 from medasr.config import Config
 from medasr.data.manifest import read_manifest
 
@@ -85,7 +86,7 @@ def val_wer_callback(cfg: Config, run_dir: Path):
             pl_module.log(METRIC, wer, prog_bar=True, batch_size=1)
             hist = json.loads(out.read_text()) if out.exists() else {}
             hist[str(int(trainer.global_step))] = round(wer, 6)
-            out.write_text(json.dumps(hist, indent=2))
+            write_text_atomic(out, json.dumps(hist, indent=2))
 
     return _ValWER()
 
@@ -151,8 +152,9 @@ def choose(candidates: list[dict]) -> dict:
     return min(candidates, key=lambda c: c["val_wer"])
 
 
-def select_checkpoint(cfg: Config, run_dir: Path, base: str | Path) -> dict:
-    """Best-by-WER vs the average of the kept periodic checkpoints → RUN/train/selection.json; returns it."""
+def select_checkpoint(cfg: Config, run_dir: Path, base: str | Path, trained_steps: int) -> dict:
+    """Best-by-WER vs the average of the kept periodic checkpoints of a training run of `trained_steps` steps
+    → RUN/train/selection.json; returns it."""
     from medasr.train.average import average_checkpoints
 
     ckpt_dir = run_dir / "train" / "checkpoints"
@@ -175,7 +177,7 @@ def select_checkpoint(cfg: Config, run_dir: Path, base: str | Path) -> dict:
     result = {"metric": f"corpus WER ({cfg.eval.normalizer} normaliser) on the first {len(rows)} validation rows",
               "rows": len(rows), "candidates": cands, "chosen": chosen,
               "history": json.loads((run_dir / "train" / "val_wer.json").read_text())
-              if (run_dir / "train" / "val_wer.json").exists() else {}}
+              if (run_dir / "train" / "val_wer.json").exists() else {}, "trained_steps": trained_steps}
     (run_dir / "train" / "selection.json").write_text(json.dumps(result, indent=2))
     console.print("checkpoint selection: " + ", ".join(f"{c['name']} {100 * c['val_wer']:.2f}%" for c in cands)
                   + f" → {chosen['name']} ({Path(chosen['path']).name})", highlight=False)

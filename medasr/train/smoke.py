@@ -86,11 +86,10 @@ def _peak_memory_gib() -> dict:
 def _constant_lr(model, cfg: Config) -> None:
     from omegaconf import open_dict
 
-    if cfg.model.kind == "asr":
-        with open_dict(model.cfg):
+    with open_dict(model.cfg):
+        if cfg.model.kind == "asr":
             model.cfg.optim.pop("sched", None)
-    else:
-        with open_dict(model.cfg):
+        else:
             model.cfg.pop("lr_scheduler", None)
 
 
