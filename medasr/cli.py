@@ -184,6 +184,26 @@ def train_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: O
     console.print(train(cfg, rd, resolve_base(cfg, rd)))
 
 
+@app.command("pretrain-mini")
+def pretrain_mini(preset: str = typer.Option("mini", "--preset", "-p", help="preset with the sizes (model.tiny) and pretrain.*"),
+                  work_dir: Path = typer.Option(Path("runs/pretrain-mini"), "--work-dir", "-d",
+                                                help="data, checkpoints and history (resumes from work-dir/ckpt.pt)"),
+                  out: Optional[Path] = typer.Option(None, "--out", help="where the base is written (default: the shipped "
+                                                     "medasr/resources/mini, which --preset mini loads)"),
+                  set_: Optional[List[str]] = SetOpt):
+    """Pretrain the `mini` base from scratch on generic (non-medical) espeak-ng speech, and ship it."""
+    from medasr.models.mini import MINI_DIR
+    from medasr.train.pretrain_mini import PretrainError, pretrain
+
+    cfg = _cfg(preset, set_)
+    try:
+        pretrain(cfg, work_dir, out or MINI_DIR, console)
+    except PretrainError as e:
+        console.print(f"[red]pretrain-mini stopped:[/] {e}")
+        raise typer.Exit(1)
+    console.print(f"mini base written to {out or MINI_DIR} (model card: MODEL_CARD.md there)")
+
+
 @app.command()
 def export(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt,
            ckpt: Optional[Path] = typer.Option(None, help="export this checkpoint as it is (default: the flywheel's "

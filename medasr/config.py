@@ -163,6 +163,34 @@ class OpsConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """`medasr pretrain-mini`: the mini base trained from scratch on generic espeak speech (medasr/train/pretrain_mini.py).
+    Sizes come from model.tiny; the result ships in medasr/resources/mini/."""
+
+    n_train: int = 24000  # generic sentences spoken for training (one voice each)
+    n_heldout: int = 200  # held-out sentences, spoken by a pretraining voice and by heldout_voice
+    max_words: int = 14
+    voices: list[str] = field(default_factory=lambda: [
+        "en-us", "en-gb", "en-us+f3", "en-gb-x-rp+m3", "en-gb-scotland", "en-gb-scotland+m3", "en-029+f4",
+        "en-gb-x-gbclan+m1", "en-us+f1", "en-gb+f4", "en-gb-x-gbcwmd+m2", "en-us+m4"])
+    heldout_voice: str = "en-gb-scotland+f2"  # also the medical corpus's test voice: never heard in pretraining
+    rate_min: int = 140
+    rate_max: int = 190
+    noise_levels: list[str] = field(default_factory=lambda: ["clean", "clean", "snr15", "snr5"])
+    steps: int = 4000
+    batch_size: int = 16
+    lr: float = 2e-3
+    warmup_steps: int = 300
+    min_lr: float = 1e-4
+    ctc_weight: float = 0.5  # auxiliary CTC loss on the encoder (hybrid CTC/attention): the decoder finds the audio sooner
+    eval_every: int = 250
+    eval_rows: int = 100  # held-out rows decoded at each evaluation (all n_heldout at the end)
+    ckpt_every: int = 250
+    max_minutes: float = 0.0  # stop (and finalize) after this wall time; 0 = no limit
+    seed: int = 7
+
+
+@dataclass
 class Config:
     name: str = "tiny"
     description: str = ""
@@ -172,6 +200,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     ops: OpsConfig = field(default_factory=OpsConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
 def s3_uri(cfg: "Config") -> Optional[str]:

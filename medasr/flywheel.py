@@ -31,7 +31,12 @@ SUMMARY_KEYS = ("wer", "cer", "ker", "ker_seen", "ker_unseen", "term_error_rate"
 
 
 def resolve_base(cfg: Config, run_dir: Path) -> str:
-    """The base model to fine-tune: the Hub id / local path from the preset, or the tiny model built into the run."""
+    """The base model to fine-tune: the Hub id / local path from the preset, the shipped mini base installed into the run,
+    or the tiny model built into the run."""
+    if cfg.model.base == "mini" and cfg.model.kind == "salm":
+        from medasr.models.mini import install_mini
+
+        return str(install_mini(run_dir / "model"))
     if cfg.model.base != "tiny":
         return cfg.model.base  # a refused ASR base is stopped by run_flywheel / asr.load_base
     if cfg.model.kind == "asr":

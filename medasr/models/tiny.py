@@ -39,7 +39,7 @@ def tokenizer_corpus() -> list[str]:
     return texts
 
 
-def build_tokenizer(out_dir: Path, vocab_size: int):
+def build_tokenizer(out_dir: Path, vocab_size: int, corpus: list[str] | None = None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -52,17 +52,18 @@ def build_tokenizer(out_dir: Path, vocab_size: int):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    tok.train_from_iterator(tokenizer_corpus() if corpus is None else corpus, trainer=trainer)
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=PAD, bos_token=None, unk_token=None)
     hf.save_pretrained(out_dir)
     return hf
 
 
-def build_llm_folder(out_dir: Path, t: TinyModelConfig) -> None:
+def build_llm_folder(out_dir: Path, t: TinyModelConfig, corpus: list[str] | None = None) -> None:
+    """Tokenizer (trained on `corpus`, default: generic lines + the medical templates) + Qwen3 config."""
     from transformers import Qwen3Config
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(out_dir, t.vocab_size)
+    tok = build_tokenizer(out_dir, t.vocab_size, corpus)
     cfg = Qwen3Config(
         vocab_size=len(tok) + 1,  # +1: SALM adds the audio locator tag without resizing embeddings
         hidden_size=t.hidden_size,
@@ -160,11 +161,20 @@ def build_tiny_base(cfg: Config, out_root: Path, seed: int = 0) -> Path:
     build_llm_folder(llm_dir, cfg.model.tiny)
     torch.manual_seed(seed)
     model = SALM(salm_config(llm_dir.resolve(), cfg.model.tiny))
-    tmp = out_root / "base.tmp"
+    save_base(model, base_dir, llm_dir.resolve())
+    return base_dir
+
+
+def save_base(model, base_dir: Path, pretrained_llm: Path | str) -> None:
+    """SALM.save_pretrained, made loadable by from_pretrained(base_dir) with the LLM folder at `pretrained_llm`."""
+    import shutil
+
+    tmp = base_dir.with_name(base_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     conf = json.loads((tmp / "config.json").read_text())
-    conf["pretrained_llm"] = str(llm_dir.resolve())
+    conf["pretrained_llm"] = str(pretrained_llm)
     conf["prevent_freeze_params"] = []  # maybe_install_lora appends the LoRA pattern again on load
     (tmp / "config.json").write_text(json.dumps(conf, indent=2))
+    shutil.rmtree(base_dir, ignore_errors=True)
     tmp.replace(base_dir)
-    return base_dir

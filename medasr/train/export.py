@@ -244,13 +244,16 @@ def _by_source(meta: dict) -> str:
 
 def write_model_card(out: Path, meta: dict, build_report: dict, before: dict, after: dict, compare: dict, date: str) -> None:
     tiny = meta.get("preset", "").startswith("tiny")
+    note = (" — random-init tiny model: this adapter proves the pipeline, not accuracy" if tiny else
+            " — the mini base (medasr/resources/mini, pretrained on generic espeak-ng speech): a demo of real "
+            "adaptation on synthetic speech, not a model for real recordings" if meta.get("preset") == "mini" else "")
     text = f"""# {EXPORT_NAME}
 
 A medasr LoRA adapter for a NeMo speechlm2 SALM (Canary-Qwen layout): LoRA on the LLM's attention projections plus the
 fine-tuned speech encoder and projection. The LLM itself is frozen and **not** included.
 
 - Base model: `{meta['base_model']}`
-- Preset: `{meta['preset']}`{' — random-init tiny model: this adapter proves the pipeline, not accuracy' if tiny else ''}
+- Preset: `{meta['preset']}`{note}
 - Trained steps: {_steps(meta)} · tensors: {meta['num_tensors']} · parameters: {meta['num_parameters']:,}
 - LoRA: `{json.dumps(meta['lora'])}`
 - Prompt (train and inference): `{meta['prompt']}` (prompt format `{meta['prompt_format']}`){_by_source(meta)}

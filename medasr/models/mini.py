@@ -1,0 +1,95 @@
+"""The shipped `mini` base: a scaled-down Canary-Qwen SALM pretrained by `medasr pretrain-mini` on generic speech.
+
+It lives in medasr/resources/mini/ (≤ 20 MB): llm/ (tokenizer + Qwen3 config), base/ (model.safetensors + SALM
+config), pretrain.json (how it was made and its held-out WER), MODEL_CARD.md. A run installs a copy into
+RUN/model/mini/ with the LLM path filled in, then loads it with `SALM.from_pretrained` like any other base.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+LLM_PLACEHOLDER = "@MINI_LLM@"  # pretrained_llm in the shipped config: the LLM folder's path depends on the install
+MINI_DIR = Path(__file__).resolve().parent.parent / "resources" / "mini"
+
+
+class MiniModelError(RuntimeError):
+    pass
+
+
+def shipped(src: Path = MINI_DIR) -> bool:
+    return (src / "base" / "model.safetensors").exists() and (src / "llm" / "config.json").exists()
+
+
+def install_mini(out_root: Path, src: Path = MINI_DIR, fresh: bool = False) -> Path:
+    """Copy the shipped mini base into out_root/mini (once; `fresh` replaces an earlier copy) and return the SALM
+    directory for from_pretrained."""
+    if not shipped(src):
+        raise MiniModelError(f"the mini base is not in {src}: run `medasr pretrain-mini` (it writes it there), or "
+                             "use --preset tiny")
+    dst = out_root / "mini"
+    base = dst / "base"
+    if not fresh and (base / "model.safetensors").exists() and (base / "config.json").exists():
+        return base
+    tmp = out_root / "mini.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    conf_file = tmp / "base" / "config.json"
+    conf = json.loads(conf_file.read_text())
+    conf["pretrained_llm"] = str((dst / "llm").resolve())
+    conf_file.write_text(json.dumps(conf, indent=2))
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.replace(dst)
+    return base
+
+
+def write_card(out_dir: Path, r: dict) -> None:
+    t, p, text = r["sizes"], r["pretrain"], r["text"]
+    size_mb = (out_dir / "base" / "model.safetensors").stat().st_size / 1e6
+    hist = "\n".join(f"| {h['step']} | {h['ce']} | {h['ctc']} | {h['heldout_wer']:.1%} | {h['minutes']} |"
+                     for h in r["history"])
+    resumes = "".join(f" Resumed at step {x['step']} ({x['at']}) with the plan set to {x['steps']} steps."
+                      for x in r.get("resumes", []))
+    card = f"""# medasr mini base (pretrained from scratch, generic English espeak-ng speech)
+
+A scaled-down Canary-Qwen SALM — FastConformer encoder (d_model {t['encoder_d_model']}, {t['encoder_layers']} layers,
+8× subsampling, {t['mel_features']} mel) → linear projection → Qwen3-architecture LLM (hidden {t['hidden_size']},
+{t['num_layers']} layers, {t['num_heads']} heads / {t['num_kv_heads']} KV heads, head_dim {t['head_dim']}, intermediate
+{t['intermediate_size']}, byte-level BPE vocabulary of {t['vocab_size']} + chat tokens) — **{r['params']:,} parameters,
+{size_mb:.1f} MB** (model.safetensors, stored in fp16; loads as fp32). It exists so the offline demo (`medasr flywheel --preset mini`) can show
+a real medical fine-tune gain; it is not a usable ASR model for real speech.
+
+## How it was made
+
+`medasr pretrain-mini` (medasr/train/pretrain_mini.py): every base parameter trained from random init with a hybrid
+loss (decoder cross-entropy + {p['ctc_weight']} × CTC on the encoder; the CTC head is dropped), AdamW lr {p['lr']}
+(warm-up {p['warmup_steps']}, cosine to {p['min_lr']}), batch {r['batch_size']}, **{r['steps']} steps in
+{r['minutes']} min on {r['hardware']}**.{resumes} LoRA (r={t['lora_r']} on {', '.join(t['lora_target_modules'])}) is left at
+its identity init for the fine-tune. Prompt: `{r['prompt']}`.
+
+## Data
+
+- Text: {text['source']}; licence: {text['licence']}. {text['kept']:,} cleaned sentences; **{text['excluded_medical']}
+  sentences excluded for naming a term of the medical lexicon** ({text['lexicon_terms']:,} terms, core + extended),
+  so every medical term the fine-tuned model gets right was learnt in the fine-tune. The tokenizer is trained on the
+  pretraining text only.
+- Speech: {text['train_rows']:,} sentences of ≤ {p['max_words']} words ({text['train_hours']} h), each spoken by one of
+  {len(r['voices'])} espeak-ng voices ({', '.join(r['voices'])}) at {p['rate_min']}–{p['rate_max']} wpm, with pink noise
+  at 15 or 5 dB SNR on half of them.
+
+## Held-out generic speech ({r['heldout_rows']} sentences never trained on, clean audio)
+
+| voice | WER (whisper-normalised) |
+|---|---|
+| pretraining voices (new sentences) | {r['heldout_wer_seen_voice']:.1%} |
+| {r['heldout_voice']} (never heard in pretraining; also the medical test voice) | {r['heldout_wer_new_voice']:.1%} |
+
+## Training curve (held-out WER on {p['eval_rows']} sentences, pretraining voices)
+
+| step | CE | CTC | held-out WER | minutes |
+|---|---|---|---|---|
+{hist}
+"""
+    (out_dir / "MODEL_CARD.md").write_text(card)

@@ -1,0 +1,129 @@
+"""The `mini` base (issue 8): the shipped weights recognise generic speech, its training text holds no medical term,
+`medasr pretrain-mini` trains/resumes/ships, and the mini demo's before/after numbers agree with `medasr compare`."""
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from medasr.cli import app
+from medasr.config import load_config
+from medasr.data.generic_speech import plan_generic, render
+from medasr.data.generic_text import generic_sentences
+from medasr.models.mini import MINI_DIR, MiniModelError, install_mini
+
+pytestmark = pytest.mark.slow
+
+
+def _recorded_plan():
+    """The plan the shipped model was pretrained on, rebuilt from the settings recorded in its pretrain.json."""
+    meta = json.loads((MINI_DIR / "pretrain.json").read_text())
+    p = meta["pretrain"]
+    plan = plan_generic(generic_sentences().sentences, seed=p["seed"], n_train=p["n_train"], n_heldout=p["n_heldout"],
+                        voices=p["voices"], heldout_voice=p["heldout_voice"], rates=(p["rate_min"], p["rate_max"]),
+                        noise_levels=p["noise_levels"], max_words=p["max_words"])
+    return meta, plan
+
+
+def test_shipped_mini_is_small_loads_and_matches_its_card(tmp_path):
+    """The shipped weights, reloaded the way a run loads them, transcribe held-out generic speech as well as the model
+    card says (40 of its 200 held-out sentences: within 15 points), and far better than an untrained model (~100 %+)."""
+    from safetensors import safe_open
+
+    from medasr.models.salm import load_base
+    from medasr.train.select import model_wer
+
+    weights = MINI_DIR / "base" / "model.safetensors"
+    assert weights.stat().st_size <= 20e6
+    with safe_open(weights, "pt") as f:
+        lora_b = [f.get_tensor(k) for k in f.keys() if ".lora_B." in k]
+    assert lora_b and all(float(t.abs().max()) == 0.0 for t in lora_b)  # LoRA at identity: the fine-tune's to train
+    meta, plan = _recorded_plan()
+    heldout = [u for u in plan if u.split == "heldout_seen_voice"][:40]
+    train_text = {u.text for u in plan if u.split == "train"}
+    assert not train_text & {u.text for u in heldout}  # really held out
+    rows = [render(u, tmp_path / "audio") for u in heldout]
+    model = load_base(install_mini(tmp_path / "model"))
+    wer = model_wer(load_config("mini"), model, rows)
+    assert wer < 0.9 and abs(wer - meta["heldout_wer_seen_voice"]) <= 0.15, (wer, meta["heldout_wer_seen_voice"])
+
+
+@pytest.mark.xfail(strict=True, reason="issue 8 target not reached yet: the shipped mini base (5,000 CPU steps) has "
+                   "64 % WER on held-out generic speech; more pretraining (GPU) should close it. strict: this test "
+                   "fails as soon as a better base ships, so the mark gets removed then")
+def test_shipped_mini_meets_the_generic_wer_target():
+    meta = json.loads((MINI_DIR / "pretrain.json").read_text())
+    assert meta["heldout_wer_seen_voice"] <= 0.25
+
+
+def test_mini_pretraining_text_names_no_medical_term():
+    from medasr.data.lexicon_sources import extended_lexicon
+
+    meta, plan = _recorded_plan()
+    lex = extended_lexicon()
+    hits = [(u.text, h.term.term) for u in plan for h in lex.tag(u.text)]
+    assert hits == []
+    # the exclusion was counted and reported, not silent; the shipped record matches what the code excludes today
+    report = generic_sentences().report
+    assert meta["text"]["excluded_medical"] == report["excluded_medical"] > 0
+    assert meta["text"]["kept"] == report["kept"]
+
+
+def test_pretrain_mini_trains_resumes_and_ships(tmp_path):
+    from safetensors import safe_open
+
+    from medasr.models.salm import load_base
+
+    small = ["pretrain.n_train=24", "pretrain.n_heldout=4", "pretrain.eval_every=2", "pretrain.ckpt_every=2",
+             "pretrain.eval_rows=4", "pretrain.warmup_steps=1", "model.tiny.encoder_layers=2", "model.tiny.num_layers=1"]
+    args = ["pretrain-mini", "-d", str(tmp_path / "work"), "--out", str(tmp_path / "mini")]
+    r = CliRunner().invoke(app, args + [f"--set={o}" for o in small + ["pretrain.steps=2"]])
+    assert r.exit_code == 0, r.output
+    first = json.loads((tmp_path / "mini" / "pretrain.json").read_text())
+    assert first["steps"] == 2
+    r = CliRunner().invoke(app, args + [f"--set={o}" for o in small + ["pretrain.steps=4"]])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "mini" / "pretrain.json").read_text())
+    assert [(x["step"], x["steps"]) for x in meta["resumes"]] == [(2, 4)]  # resumed, not restarted
+    assert meta["steps"] == 4 and [h["step"] for h in meta["history"]] == [2, 4]
+    assert meta["text"]["excluded_medical"] > 0 and "excluded for naming a term" in (tmp_path / "mini" / "MODEL_CARD.md").read_text()
+    with safe_open(tmp_path / "mini" / "base" / "model.safetensors", "pt") as f:
+        dtypes = {str(f.get_tensor(k).dtype) for k in f.keys()}
+    assert dtypes == {"torch.float16", "torch.int64"}  # floats stored in fp16 (int64: BatchNorm's batch counter)
+    model = load_base(install_mini(tmp_path / "run" / "model", src=tmp_path / "mini"))
+    assert model.cfg.pretrained_llm == str((tmp_path / "run" / "model" / "mini" / "llm").resolve())
+
+
+def test_install_without_shipped_weights_says_how(tmp_path):
+    with pytest.raises(MiniModelError, match="pretrain-mini"):
+        install_mini(tmp_path / "model", src=tmp_path / "nothing")
+
+
+@pytest.fixture(scope="session")
+def mini_run(tiny_run, tmp_path_factory):
+    """The mini demo (shortened) on the tiny run's synthetic medical corpus (same data settings)."""
+    from medasr.flywheel import run_flywheel
+
+    run_dir = tmp_path_factory.mktemp("mini") / "run"
+    run_dir.mkdir()
+    shutil.copytree(tiny_run[1] / "data", run_dir / "data")
+    cfg = load_config("mini", ["train.max_steps=40", "train.ckpt_every_n_steps=20", "train.val_every_n_steps=20",
+                               "train.smoke_steps=0"])
+    return cfg, run_dir, run_flywheel(cfg, run_dir)
+
+
+def test_mini_demo_metrics_agree_with_medasr_compare(mini_run, tmp_path):
+    cfg, run_dir, summary = mini_run
+    assert summary["status"] == "done"
+    r = CliRunner().invoke(app, ["compare", str(run_dir / "eval" / "cycle0"), str(run_dir / "eval" / "cycle1"),
+                                 "--out", str(tmp_path / "cmp"), "--preset", "mini"])
+    assert r.exit_code == 0, r.output
+    again = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    ran = json.loads((run_dir / "eval" / "compare" / "compare.json").read_text())
+    assert again == ran
+    for key in ("wer", "ker_seen", "ker_unseen"):
+        before = json.loads((run_dir / "eval" / "cycle0" / "metrics.json").read_text())
+        after = json.loads((run_dir / "eval" / "cycle1" / "metrics.json").read_text())
+        assert summary["before"][key] == before[key]
+        assert summary["after"][key] == after[key]
