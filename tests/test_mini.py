@@ -91,6 +91,8 @@ def test_pretrain_mini_trains_resumes_and_ships(tmp_path):
     with safe_open(tmp_path / "mini" / "base" / "model.safetensors", "pt") as f:
         dtypes = {str(f.get_tensor(k).dtype) for k in f.keys()}
     assert dtypes == {"torch.float16", "torch.int64"}  # floats stored in fp16 (int64: BatchNorm's batch counter)
+    r = CliRunner().invoke(app, args + [f"--set={o}" for o in small + ["pretrain.steps=4", "pretrain.n_train=30"]])
+    assert r.exit_code == 1 and "n_train" in r.output  # data made for other settings is refused, not reused
     model = load_base(install_mini(tmp_path / "run" / "model", src=tmp_path / "mini"))
     assert model.cfg.pretrained_llm == str((tmp_path / "run" / "model" / "mini" / "llm").resolve())
 

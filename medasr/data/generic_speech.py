@@ -9,7 +9,6 @@ medical test set stays a new speaker for the mini model too.
 from __future__ import annotations
 
 import random
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 import soundfile as sf
 
 from medasr.audio import SAMPLE_RATE
-from medasr.data.synth import NOISE_LEVELS, add_noise, espeak_available, speak
+from medasr.data.synth import NOISE_LEVELS, add_noise, speak, synthesize
 
 
 @dataclass
@@ -72,11 +71,4 @@ def render(u: GenericUtterance, audio_dir: Path) -> dict:
 
 
 def synthesize_generic(plan: list[GenericUtterance], audio_dir: Path, workers: int = 2, progress=None) -> list[dict]:
-    espeak_available()
-    rows = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for row in pool.map(lambda u: render(u, audio_dir), plan):
-            rows.append(row)
-            if progress is not None:
-                progress()
-    return rows
+    return synthesize(plan, audio_dir, workers, progress, render=render)

@@ -161,11 +161,14 @@ def render_utterance(u: Utterance, audio_dir: Path) -> dict:
     }
 
 
-def synthesize(plan: list[Utterance], audio_dir: Path, workers: int = 2, progress=None) -> list[dict]:
+def synthesize(plan: list, audio_dir: Path, workers: int = 2, progress=None, render=None) -> list[dict]:
+    """Render every planned utterance (`render(u, audio_dir)` → manifest row; default: the medical corpus's) in order,
+    espeak-ng processes in parallel threads."""
     espeak_available()
+    render = render or render_utterance
     rows: list[dict] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for row in pool.map(lambda u: render_utterance(u, audio_dir), plan):
+        for row in pool.map(lambda u: render(u, audio_dir), plan):
             rows.append(row)
             if progress is not None:
                 progress()

@@ -31,6 +31,7 @@ from medasr.data.manifest import read_manifest, write_manifest
 from medasr.models.mini import MINI_DIR
 
 SPLITS = ("train", "heldout_seen_voice", "heldout_new_voice")
+DATA_KEYS = ("n_train", "n_heldout", "max_words", "voices", "heldout_voice", "rate_min", "rate_max", "noise_levels", "seed")
 
 
 class PretrainError(RuntimeError):
@@ -46,8 +47,14 @@ def build_data(cfg: Config, work: Path, console=None) -> dict:
 
     p = cfg.pretrain
     data = work / "data"
+    settings = {k: v for k, v in to_dict(cfg)["pretrain"].items() if k in DATA_KEYS}
     if all((data / f"{s}.json").exists() for s in SPLITS) and (data / "text_report.json").exists():
-        return json.loads((data / "text_report.json").read_text())
+        report = json.loads((data / "text_report.json").read_text())
+        if report.get("data_settings") != settings:  # never train on data made for other settings without saying so
+            changed = sorted(k for k in settings if settings[k] != report.get("data_settings", {}).get(k))
+            raise PretrainError(f"{work} holds data made with other pretrain settings ({', '.join(changed)}): use a new "
+                                "--work-dir, or the settings it was made with")
+        return report
     text = generic_sentences()
     plan = plan_generic(text.sentences, seed=p.seed, n_train=p.n_train, n_heldout=p.n_heldout, voices=list(p.voices),
                         heldout_voice=p.heldout_voice, rates=(p.rate_min, p.rate_max),
@@ -58,7 +65,7 @@ def build_data(cfg: Config, work: Path, console=None) -> dict:
     for split in SPLITS:
         write_manifest(data / f"{split}.json", [r for r in rows if r["split"] == split])
     report = text.report | {"train_rows": sum(r["split"] == "train" for r in rows),
-                            "heldout_rows_per_voice_set": p.n_heldout,
+                            "heldout_rows_per_voice_set": p.n_heldout, "data_settings": settings,
                             "train_hours": round(sum(r["duration"] for r in rows if r["split"] == "train") / 3600, 3)}
     write_text_atomic(data / "text_report.json", json.dumps(report, indent=2))
     return report
