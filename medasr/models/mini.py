@@ -58,8 +58,9 @@ A scaled-down Canary-Qwen SALM — FastConformer encoder (d_model {t['encoder_d_
 8× subsampling, {t['mel_features']} mel) → linear projection → Qwen3-architecture LLM (hidden {t['hidden_size']},
 {t['num_layers']} layers, {t['num_heads']} heads / {t['num_kv_heads']} KV heads, head_dim {t['head_dim']}, intermediate
 {t['intermediate_size']}, byte-level BPE vocabulary of {t['vocab_size']} + chat tokens) — **{r['params']:,} parameters,
-{size_mb:.1f} MB** (model.safetensors, stored in fp16; loads as fp32). It exists so the offline demo (`medasr flywheel --preset mini`) can show
-a real medical fine-tune gain; it is not a usable ASR model for real speech.
+{size_mb:.1f} MB** (model.safetensors, stored in fp16; loads as fp32). It exists so the offline demo
+(`medasr flywheel --preset mini`) can show a medical fine-tune on a base that knows generic speech; it is not a usable
+ASR model for real recordings.
 
 ## How it was made
 
@@ -76,8 +77,8 @@ its identity init for the fine-tune. Prompt: `{r['prompt']}`.
   so every medical term the fine-tuned model gets right was learnt in the fine-tune. The tokenizer is trained on the
   pretraining text only.
 - Speech: {text['train_rows']:,} sentences of ≤ {p['max_words']} words ({text['train_hours']} h), each spoken by one of
-  {len(r['voices'])} espeak-ng voices ({', '.join(r['voices'])}) at {p['rate_min']}–{p['rate_max']} wpm, with pink noise
-  at 15 or 5 dB SNR on half of them.
+  {len(r['voices'])} espeak-ng voices ({', '.join(r['voices'])}) at {p['rate_min']}–{p['rate_max']} wpm, each with a noise level
+  drawn uniformly from {p['noise_levels']} (pink noise at that SNR in dB).
 
 ## Held-out generic speech ({r['heldout_rows']} sentences never trained on, clean audio)
 
