@@ -28,7 +28,8 @@ import torch
 from medasr.atomic import write_text_atomic
 from medasr.config import Config, to_dict
 from medasr.data.manifest import read_manifest, write_manifest
-from medasr.models.mini import MINI_DIR
+from medasr.models.mini import LLM_PLACEHOLDER, MINI_DIR, install_mini, write_card
+from medasr.train.select import model_wer
 
 SPLITS = ("train", "heldout_seen_voice", "heldout_new_voice")
 DATA_KEYS = ("n_train", "n_heldout", "max_words", "voices", "heldout_voice", "rate_min", "rate_max", "noise_levels", "seed")
@@ -181,12 +182,6 @@ def trainable(model) -> list[torch.nn.Parameter]:
     return params
 
 
-def heldout_wer(cfg: Config, model, rows: list[dict]) -> float:
-    from medasr.train.select import model_wer
-
-    return model_wer(cfg, model, rows)
-
-
 def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None) -> dict:
     """Data → model → training (resumable) → the shipped base in `out_dir`, its held-out WER measured after reload."""
     from rich.console import Console
@@ -264,7 +259,7 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None) ->
             if step % p.ckpt_every == 0:
                 save()
             if step % p.eval_every == 0 or step == p.steps:
-                wer = heldout_wer(cfg, model, eval_rows)
+                wer = model_wer(cfg, model, eval_rows)
                 model.train()
                 ce_m, ctc_m = (float(np.mean([w[k] for w in window])) for k in (0, 1))
                 rec = {"step": step, "ce": round(ce_m, 4), "ctc": round(ctc_m, 4), "heldout_wer": round(wer, 4),
@@ -278,15 +273,14 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None) ->
     # Ship first, then measure the shipped copy: the numbers on the card are those of the weights a user loads.
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     ship(model, work / "model" / "llm", tmp)
-    from medasr.models.mini import install_mini
     from medasr.models.salm import load_base
 
     shipped = load_base(install_mini(work / "install-check", src=tmp, fresh=True))
     result = {
         "steps": step, "minutes": round(minutes, 1), "batch_size": p.batch_size,
         "params": sum(prm.numel() for n, prm in shipped.named_parameters() if ".lora_" not in n),
-        "heldout_wer_seen_voice": round(heldout_wer(cfg, shipped, rows["heldout_seen_voice"]), 4),
-        "heldout_wer_new_voice": round(heldout_wer(cfg, shipped, rows["heldout_new_voice"]), 4),
+        "heldout_wer_seen_voice": round(model_wer(cfg, shipped, rows["heldout_seen_voice"]), 4),
+        "heldout_wer_new_voice": round(model_wer(cfg, shipped, rows["heldout_new_voice"]), 4),
         "heldout_rows": len(rows["heldout_seen_voice"]),
         "heldout_voice": p.heldout_voice, "voices": list(p.voices),
         "hardware": hardware(), "text": {k: v for k, v in text_report.items() if k != "excluded_examples"},
@@ -296,8 +290,6 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None) ->
         "resumes": [json.loads(line) for line in (work / "resumes.jsonl").read_text().splitlines()]
         if (work / "resumes.jsonl").exists() else [],
     }
-    from medasr.models.mini import write_card
-
     write_text_atomic(work / "result.json", json.dumps(result, indent=2))
     write_text_atomic(tmp / "pretrain.json", json.dumps(result, indent=2))
     write_card(tmp, result)
@@ -321,7 +313,6 @@ def ship(model, llm_dir: Path, out_dir: Path) -> None:
     the model preflight rightly refuses a base checkpoint that leaves model tensors uninitialised)."""
     from safetensors.torch import load_file, save_file
 
-    from medasr.models.mini import LLM_PLACEHOLDER
     from medasr.models.tiny import save_base
 
     shutil.rmtree(out_dir, ignore_errors=True)
