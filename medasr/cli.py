@@ -204,6 +204,37 @@ def pretrain_mini(preset: str = typer.Option("mini", "--preset", "-p", help="pre
     console.print(f"mini base written to {out or MINI_DIR} (model card: MODEL_CARD.md there)")
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Speed and memory of a preset's model on this machine (docs/PERFORMANCE.md).")
+app.add_typer(bench_app, name="bench")
+BenchOutOpt = typer.Option(None, "--out", "-o", help="where bench_*.json/.md go (default runs/bench/<preset>)")
+
+
+def _bench(kind: str, preset: str, out: Optional[Path], set_: Optional[List[str]]) -> None:
+    from medasr.perf.bench import BenchError, bench_eval, bench_train
+
+    cfg = _cfg(preset, set_)
+    out = out or Path("runs") / "bench" / cfg.name
+    try:
+        (bench_train if kind == "train" else bench_eval)(cfg, out, console)
+    except BenchError as e:
+        console.print(f"[red]bench stopped:[/] {e}")
+        raise typer.Exit(1)
+    console.print((out / f"bench_{kind}.md").read_text())
+    console.print(f"results: {out / f'bench_{kind}.json'}")
+
+
+@bench_app.command("train")
+def bench_train_(preset: str = PresetOpt, out: Optional[Path] = BenchOutOpt, set_: Optional[List[str]] = SetOpt):
+    """Fine-tune step speed over bench.train_batch_tokens: step time, tokens/s, audio s/s, peak memory, MFU."""
+    _bench("train", preset, out, set_)
+
+
+@bench_app.command("eval")
+def bench_eval_(preset: str = PresetOpt, out: Optional[Path] = BenchOutOpt, set_: Optional[List[str]] = SetOpt):
+    """Batched generation speed over bench.eval_batch_sizes: RTFx, tokens/s, peak memory."""
+    _bench("eval", preset, out, set_)
+
+
 @app.command()
 def export(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt,
            ckpt: Optional[Path] = typer.Option(None, help="export this checkpoint as it is (default: the flywheel's "

@@ -35,6 +35,11 @@ class TinyModelConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    # Release-shape knobs (the canary-qwen-2.5b-shapes preset); defaults keep the tiny/mini models as they were.
+    llm_vocab_size: int = 0  # embedding rows; 0 = the local tokenizer's size + 1 (audio tag), else e.g. Qwen3's 151,936
+    tie_word_embeddings: bool = False  # Qwen3-1.7B ties lm_head to the input embedding
+    encoder_subsampling_channels: int = 0  # 0 = encoder_d_model; canary-1b-flash uses 256
+    encoder_xscaling: bool = True
 
 
 @dataclass
@@ -133,6 +138,9 @@ class TrainConfig:
     devices: int = 1
     threads: int = 2  # torch CPU threads; on a shared 2-core box more threads only thrash
     seed: int = 42
+    # Speed/memory switches (docs/PERFORMANCE.md), applied by medasr.models.speed to the fine-tune and `medasr bench`.
+    encoder_sdpa: bool = False  # FastConformer attention through torch SDPA instead of NeMo's explicit softmax(QK^T)V
+    activation_checkpointing: bool = False  # recompute encoder + LLM layer activations in backward (bigger batches fit)
     wandb_project: str = "medical-asr-poc"
     price_per_hour: float = 0.0  # USD, for the cost-so-far metric; MEDASR_PRICE_PER_HOUR overrides (set by run.sh)
 
@@ -191,6 +199,19 @@ class PretrainConfig:
 
 
 @dataclass
+class BenchConfig:
+    """`medasr bench train|eval` (medasr/perf/bench.py): synthetic batches of fixed-length utterances."""
+
+    utt_seconds: float = 10.0  # audio per utterance
+    text_tokens_per_second: float = 3.5  # transcript tokens per audio second (~160 words/min, ~1.3 tokens/word)
+    train_batch_tokens: list[int] = field(default_factory=lambda: [3000, 6000, 12000, 24000])  # Lhotse-style tokens
+    eval_batch_sizes: list[int] = field(default_factory=lambda: [1, 16, 64])
+    warmup_steps: int = 3
+    steps: int = 10
+    memory_limit_gb: float = 40.0  # the target card (A100-40GB): rows above it are flagged
+
+
+@dataclass
 class Config:
     name: str = "tiny"
     description: str = ""
@@ -201,6 +222,7 @@ class Config:
     gate: GateConfig = field(default_factory=GateConfig)
     ops: OpsConfig = field(default_factory=OpsConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
 
 def s3_uri(cfg: "Config") -> Optional[str]:

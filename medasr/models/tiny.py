@@ -65,7 +65,9 @@ def build_llm_folder(out_dir: Path, t: TinyModelConfig, corpus: list[str] | None
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(out_dir, t.vocab_size, corpus)
     cfg = Qwen3Config(
-        vocab_size=len(tok) + 1,  # +1: SALM adds the audio locator tag without resizing embeddings
+        # +1: SALM adds the audio locator tag without resizing embeddings. A release-shaped model keeps Qwen3's
+        # 151,936 rows whatever our small tokenizer uses: speed and memory depend on the shape, not the vocabulary.
+        vocab_size=t.llm_vocab_size or len(tok) + 1,
         hidden_size=t.hidden_size,
         intermediate_size=t.intermediate_size,
         num_hidden_layers=t.num_layers,
@@ -73,7 +75,7 @@ def build_llm_folder(out_dir: Path, t: TinyModelConfig, corpus: list[str] | None
         num_key_value_heads=t.num_kv_heads,
         head_dim=t.head_dim,
         max_position_embeddings=2048,
-        tie_word_embeddings=False,
+        tie_word_embeddings=t.tie_word_embeddings,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         bos_token_id=None,
@@ -124,13 +126,13 @@ def salm_config(llm_dir: Path, t: TinyModelConfig) -> dict:
                 "d_model": t.encoder_d_model,
                 "subsampling": "dw_striding",
                 "subsampling_factor": 8,
-                "subsampling_conv_channels": t.encoder_d_model,
+                "subsampling_conv_channels": t.encoder_subsampling_channels or t.encoder_d_model,
                 "causal_downsampling": False,
                 "ff_expansion_factor": 4,
                 "self_attention_model": "rel_pos",
                 "n_heads": t.encoder_heads,
                 "att_context_size": [-1, -1],
-                "xscaling": True,
+                "xscaling": t.encoder_xscaling,
                 "untie_biases": True,
                 "pos_emb_max_len": 5000,
                 "conv_kernel_size": 9,
@@ -150,17 +152,33 @@ def salm_config(llm_dir: Path, t: TinyModelConfig) -> dict:
     }
 
 
+def new_salm(llm_dir: Path, t: TinyModelConfig, empty: bool = False):
+    """A random-init SALM of sizes `t` over the LLM folder `llm_dir` (build_llm_folder). `empty=True` allocates no
+    weights (parameters on the meta device): enough to count a 2.5 B model's parameters on a laptop."""
+    from nemo.collections.speechlm2.models import SALM
+
+    if not empty:
+        return SALM(salm_config(llm_dir.resolve(), t))
+    # accelerate's context (not torch.device("meta")): NeMo's subsampling computes sizes with real tensors.
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = SALM(salm_config(llm_dir.resolve(), t))
+    if t.tie_word_embeddings:  # the context re-creates each registered parameter, which undoes HF's tying
+        lm_head = next(m for n, m in model.llm.named_modules() if n.endswith("lm_head"))
+        lm_head.weight = model.embed_tokens.weight
+    return model
+
+
 def build_tiny_base(cfg: Config, out_root: Path, seed: int = 0) -> Path:
     """Create (once) the tiny base model under out_root; returns the SALM directory to load with from_pretrained."""
     base_dir = out_root / "base"
     if (base_dir / "model.safetensors").exists() and (base_dir / "config.json").exists():
         return base_dir
-    from nemo.collections.speechlm2.models import SALM
-
     llm_dir = out_root / "llm"
     build_llm_folder(llm_dir, cfg.model.tiny)
     torch.manual_seed(seed)
-    model = SALM(salm_config(llm_dir.resolve(), cfg.model.tiny))
+    model = new_salm(llm_dir, cfg.model.tiny)
     save_base(model, base_dir, llm_dir.resolve())
     return base_dir
 

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from medasr import __version__
 from medasr.config import Config
 from medasr.models.salm import load_base
+from medasr.models.speed import state_key
 from medasr.train.trainer import apply_freeze, load_training_checkpoint
 
 EXPORT_NAME = "canary-qwen-medical-lora"
@@ -41,7 +42,7 @@ class AdapterError(RuntimeError):
 
 def export_keys(model) -> list[str]:
     """Trainable parameters plus the perception module's buffers (BatchNorm running stats change while training)."""
-    keys = [n for n, p in model.named_parameters() if p.requires_grad]
+    keys = [state_key(n) for n, p in model.named_parameters() if p.requires_grad]
     keys += [n for n, _ in model.named_buffers() if n.startswith("perception.") and not n.startswith("perception.preprocessor.")]
     persistent = set(model.state_dict())  # non-persistent buffers (e.g. positional tables) are rebuilt, not saved
     return sorted(k for k in set(keys) if k in persistent)

@@ -74,10 +74,8 @@ def build_data(cfg: Config, work: Path, console=None) -> dict:
 
 def new_model(cfg: Config, work: Path):
     """A random-init SALM of model.tiny's sizes whose tokenizer is trained on the generic training text only."""
-    from nemo.collections.speechlm2.models import SALM
-
     from medasr.models.salm import quiet_nemo
-    from medasr.models.tiny import build_llm_folder, salm_config
+    from medasr.models.tiny import build_llm_folder, new_salm
 
     quiet_nemo()
     llm_dir = work / "model" / "llm"
@@ -85,7 +83,7 @@ def new_model(cfg: Config, work: Path):
         corpus = [r["text"] for r in read_manifest(work / "data" / "train.json")]
         build_llm_folder(llm_dir, cfg.model.tiny, corpus=corpus)
     torch.manual_seed(cfg.pretrain.seed)
-    return SALM(salm_config(llm_dir.resolve(), cfg.model.tiny))
+    return new_salm(llm_dir, cfg.model.tiny)
 
 
 def encode_rows(model, rows: list[dict], prompt: str) -> list[dict]:

@@ -24,6 +24,7 @@ from rich.table import Table
 from medasr.atomic import write_text_atomic
 from medasr.config import Config, s3_uri, to_dict
 from medasr.models.salm import AUDIO_TAG, group_of, load_base, quiet_nemo
+from medasr.models.speed import apply_speed, state_key
 
 console = Console()
 
@@ -150,7 +151,7 @@ def slim_checkpoint_callback():
 
     class _Slim(Callback):
         def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-            frozen = {n for n, p in pl_module.named_parameters() if not p.requires_grad}
+            frozen = {state_key(n) for n, p in pl_module.named_parameters() if not p.requires_grad}
             sd = checkpoint["state_dict"]
             for k in [k for k in sd if k in frozen]:
                 del sd[k]
@@ -165,7 +166,8 @@ def slim_checkpoint_callback():
 
 
 def missing_trainable(model, state_dict: dict) -> list[str]:
-    return sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in state_dict)
+    trainable = (state_key(n) for n, p in model.named_parameters() if p.requires_grad)
+    return sorted(n for n in trainable if n not in state_dict)
 
 
 def load_training_checkpoint(model, path: Path) -> dict:
@@ -354,13 +356,14 @@ def _prepare_salm(cfg: Config, data_dir: Path, base: str | Path, work_dir: Path)
         "max_steps": cfg.train.max_steps,
     }
     table = apply_freeze(model, list(cfg.model.freeze_params))
+    speed = apply_speed(model, cfg.train)  # after freezing: the wrappers rename parameters, not state-dict keys
     model.strict_loading = False  # slim checkpoints: frozen weights come from the base, checked in on_load_checkpoint
     from medasr.prompts import prompted_manifests
 
     prompted = prompted_manifests(cfg, data_dir, work_dir / "data")
     datamodule = DataModule(OmegaConf.create(data_config(model, cfg, prompted)), tokenizer=model.tokenizer,
                             dataset=SALMDataset(model.tokenizer))
-    record = {"kind": "salm", "groups": table, "freeze_params": list(cfg.model.freeze_params),
+    record = {"kind": "salm", "groups": table, "freeze_params": list(cfg.model.freeze_params), "speed": speed,
               "lora": OmegaConf.to_container(model.cfg.lora) if "lora" in model.cfg else None}
     return model, {"datamodule": datamodule}, record
 

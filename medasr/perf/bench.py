@@ -1,0 +1,350 @@
+"""`medasr bench train|eval`: speed and memory of a preset's SALM on this machine's accelerator.
+
+The model is built from the preset's sizes with random weights (`canary-qwen-2.5b-shapes` = the release architecture,
+nothing downloaded), frozen and sped up exactly as the fine-tune does it (trainer.apply_freeze, models/speed.py),
+and fed synthetic batches of equal-length utterances (one duration bucket). Timing uses CUDA events around each step
+after warm-up steps; nothing in the step reads a value back to the host. MFU = counted FLOPs (perf/flops.py) per
+second over the bf16 matmul throughput measured on the same device a moment before (not the datasheet peak).
+Writes bench_train.json / bench_eval.json and a Markdown table next to them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from medasr.atomic import write_text_atomic
+from medasr.config import Config
+from medasr.perf.flops import TOKEN_SECONDS, StepShape, generate_flops, train_step_flops
+
+# Transcript-like text: the synthetic targets are real tokens of the model's tokenizer, not random ids.
+_TEXT = ("the patient reports chest pain since yesterday evening and was started on five milligrams of the medication "
+         "twice a day with a follow up visit in two weeks ")
+
+
+def device_and_dtype(cfg: Config) -> tuple[torch.device, torch.dtype]:
+    """The GPU when there is one (in the preset's precision), else the CPU in fp32 (bf16 matmuls on a CPU measure
+    the emulation, not the model)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16 if cfg.model.precision.startswith("bf16") else torch.float32
+    return torch.device("cpu"), torch.float32
+
+
+def device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"CPU ({platform.machine()}), {torch.get_num_threads()} threads"
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def matmul_tflops(dev: torch.device, dtype: torch.dtype, n: int | None = None, iters: int = 20) -> float:
+    """Measured dense matmul throughput (TFLOP/s) of an n x n x n product: the MFU denominator."""
+    n = n or (8192 if dev.type == "cuda" else 768)
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    b = torch.randn(n, n, device=dev, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(dev)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    _sync(dev)
+    return 2 * n**3 * iters / (time.perf_counter() - t0) / 1e12
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+CPU_PARAM_LIMIT = 200_000_000  # beyond this a CPU step takes minutes and the optimizer state most of the RAM
+
+
+def count_params(cfg: Config, work: Path) -> int:
+    """Parameters of the preset's model without allocating them (meta device)."""
+    from medasr.models.salm import quiet_nemo
+    from medasr.models.tiny import build_llm_folder, new_salm
+
+    quiet_nemo()
+    if not (work / "llm" / "config.json").exists():
+        build_llm_folder(work / "llm", cfg.model.tiny)
+    return sum(p.numel() for p in new_salm(work / "llm", cfg.model.tiny, empty=True).parameters())
+
+
+def check_device(cfg: Config, work: Path) -> None:
+    if not torch.cuda.is_available() and (n := count_params(cfg, work)) > CPU_PARAM_LIMIT:
+        raise BenchError(f"preset {cfg.name} has {n / 1e9:.2f} B parameters and there is no GPU here: run it on a GPU "
+                         "(e.g. the RunPod pod, docs/DEPLOY.md), or try the harness on the CPU with -p tiny")
+
+
+def build_model(cfg: Config, work: Path, dev: torch.device, dtype: torch.dtype):
+    """Random-init SALM of the preset's sizes on `dev`, frozen as the fine-tune freezes it, speed switches applied."""
+    from medasr.models.salm import quiet_nemo
+    from medasr.models.speed import apply_speed
+    from medasr.models.tiny import build_llm_folder, new_salm
+    from medasr.train.trainer import apply_freeze
+
+    quiet_nemo()
+    llm_dir = work / "llm"
+    if not (llm_dir / "config.json").exists():
+        build_llm_folder(llm_dir, cfg.model.tiny)
+    torch.manual_seed(0)
+    with torch.device(dev):  # initialise in place: a 2.5 B model initialised on the CPU takes minutes
+        model = new_salm(llm_dir, cfg.model.tiny)
+    model.to(dtype)
+    table = apply_freeze(model, list(cfg.model.freeze_params))
+    speed = apply_speed(model, cfg.train)
+    return model, table, speed
+
+
+def prompt_and_answer(model, prompt: str, n_text: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(input_ids, loss_mask, answer start) of one training dialogue whose answer has `n_text` transcript tokens,
+    laid out by NeMo's prompt formatter as SALM training lays it out (the loss covers the assistant turn, header
+    included). ids[:answer start] is the generation prompt (user turn + assistant header)."""
+    from nemo.collections.common.prompts import PromptFormatter
+
+    from medasr.models.salm import AUDIO_TAG, split_prompt
+
+    fmt = PromptFormatter.resolve(model.cfg.prompt_format)(model.tokenizer)
+    user = f"{split_prompt(prompt)} {AUDIO_TAG}".strip()
+    probe = "a"  # a one-token answer, then replaced by the transcript tokens
+    enc = fmt.encode_dialog([{"role": "user", "slots": {"message": user}},
+                             {"role": "assistant", "slots": {"message": probe}}])
+    ids, mask = enc["input_ids"].tolist(), enc["mask"].bool().tolist()
+    probe_ids = model.tokenizer.text_to_ids(probe)
+    at = next(i for i in range(mask.index(True), len(ids)) if ids[i : i + len(probe_ids)] == probe_ids)
+    text = model.tokenizer.text_to_ids(_TEXT * (1 + n_text // 10))[:n_text]
+    new_ids = ids[:at] + text + ids[at + len(probe_ids) :]
+    new_mask = mask[:at] + [True] * len(text) + mask[at + len(probe_ids) :]
+    return torch.tensor(new_ids), torch.tensor(new_mask), at
+
+
+def train_batch(model, cfg: Config, shape: StepShape, dev: torch.device) -> dict:
+    ids, mask, _ = prompt_and_answer(model, cfg.model.prompt, transcript_tokens(cfg))
+    samples = int(shape.audio_s * model.sampling_rate)
+    g = torch.Generator().manual_seed(0)
+    return {"audios": (0.05 * torch.randn(shape.batch, samples, generator=g)).to(dev),
+            "audio_lens": torch.full((shape.batch,), samples, dtype=torch.long, device=dev),
+            "input_ids": ids.repeat(shape.batch, 1).to(dev), "loss_mask": mask.repeat(shape.batch, 1).to(dev)}
+
+
+def transcript_tokens(cfg: Config) -> int:
+    return max(1, math.ceil(cfg.bench.text_tokens_per_second * cfg.bench.utt_seconds))
+
+
+def shape_for(model, cfg: Config, batch_tokens: int | None = None, batch: int | None = None) -> StepShape:
+    """The batch of equal utterances (bench.utt_seconds each) that fills `batch_tokens` Lhotse tokens."""
+    b = cfg.bench
+    ids, mask, start = prompt_and_answer(model, cfg.model.prompt, transcript_tokens(cfg))
+    prompt_tokens = start - 1  # user turn + assistant header; the audio tag itself becomes the audio frames
+    text_tokens = len(ids) - start  # the transcript + the end-of-turn tokens
+    per_utt = int(b.utt_seconds / TOKEN_SECONDS) + prompt_tokens + text_tokens
+    n = batch if batch is not None else max(1, batch_tokens // per_utt)
+    return StepShape(batch=n, audio_s=b.utt_seconds, prompt_tokens=prompt_tokens, text_tokens=text_tokens)
+
+
+def _loss(model, batch: dict) -> torch.Tensor:
+    """SALM.training_step's loss without its Lightning logging (which would need a Trainer)."""
+    from nemo.collections.speechlm2.parts.optim_setup import is_frozen
+
+    for m in (model.perception.preprocessor, model.perception.encoder, model.llm):
+        if is_frozen(m):
+            m.eval()
+    inputs = model.prepare_inputs(batch)
+    logits = model(inputs["input_embeds"], attention_mask=inputs["attention_mask"])["logits"]
+    n = (inputs["target_ids"] != -100).sum()
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), inputs["target_ids"].flatten(0, 1),
+                                             reduction="sum", ignore_index=-100) / n
+
+
+class _Timer:
+    """Per-step wall time: CUDA events (no host sync inside the step), perf_counter on the CPU."""
+
+    def __init__(self, dev: torch.device):
+        self.dev, self.marks = dev, []
+
+    def mark(self) -> None:
+        if self.dev.type == "cuda":
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            self.marks.append(e)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def step_seconds(self) -> list[float]:
+        _sync(self.dev)
+        if self.dev.type == "cuda":
+            return [a.elapsed_time(b) / 1000 for a, b in zip(self.marks, self.marks[1:])]
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+def _peak_gb(dev: torch.device) -> float | None:
+    return round(torch.cuda.max_memory_allocated(dev) / 2**30, 2) if dev.type == "cuda" else None
+
+
+def _reset_peak(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
+def _sizes_with_vocab(cfg: Config, model):
+    return replace(cfg.model.tiny, llm_vocab_size=model.text_vocab_size)
+
+
+def bench_train(cfg: Config, work: Path, console=None) -> dict:
+    """Sweep bench.train_batch_tokens: median step time, tokens/s, audio s/s, peak memory, MFU per batch size."""
+    from rich.console import Console
+
+    console = console or Console()
+    check_device(cfg, work)
+    dev, dtype = device_and_dtype(cfg)
+    ceiling = matmul_tflops(dev, dtype)
+    model, table, speed = build_model(cfg, work, dev, dtype)
+    sizes = _sizes_with_vocab(cfg, model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=(0.9, 0.98), weight_decay=cfg.train.weight_decay,
+                            fused=dev.type == "cuda")
+    model.train()
+    rows = []
+    for tokens in cfg.bench.train_batch_tokens:
+        shape = shape_for(model, cfg, batch_tokens=tokens)
+        batch = train_batch(model, cfg, shape, dev)
+        flops = train_step_flops(sizes, shape)
+        row = {"batch_tokens": shape.batch_tokens, "batch": shape.batch, "audio_s": shape.audio_s,
+               "seq_len": shape.seq_len, "tflop_per_step": round(flops["total"] / 1e12, 3)}
+        _reset_peak(dev)
+        try:
+            timer = _Timer(dev)
+            for i in range(cfg.bench.warmup_steps + cfg.bench.steps):
+                if i == cfg.bench.warmup_steps:
+                    timer.mark()
+                opt.zero_grad(set_to_none=True)
+                _loss(model, batch).backward()
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip, foreach=True)
+                opt.step()
+                if i >= cfg.bench.warmup_steps:
+                    timer.mark()
+            secs = statistics.median(timer.step_seconds())
+        except torch.OutOfMemoryError:
+            opt.zero_grad(set_to_none=True)
+            rows.append(row | {"oom": True})
+            console.print(f"[yellow]{shape.batch_tokens} tokens/batch: out of memory[/]")
+            break  # larger batches will not fit either
+        peak = _peak_gb(dev)
+        row |= {"step_s": round(secs, 4), "tokens_per_s": round(shape.batch_tokens / secs, 1),
+                "audio_s_per_s": round(shape.batch * shape.audio_s / secs, 1), "peak_gb": peak,
+                "fits_limit": None if peak is None else peak <= cfg.bench.memory_limit_gb,
+                "tflops": round(flops["total"] / secs / 1e12, 2),
+                "mfu": round(flops["total"] / secs / 1e12 / ceiling, 4)}
+        rows.append(row)
+        console.print(row)
+    result = {"kind": "train", "preset": cfg.name, "device": device_name(dev), "dtype": str(dtype).split(".")[-1],
+              "matmul_tflops": round(ceiling, 2), "speed": speed, "trainable": table,
+              "params": sum(p.numel() for p in model.parameters()), "utt_seconds": cfg.bench.utt_seconds,
+              "memory_limit_gb": cfg.bench.memory_limit_gb, "rows": rows, "date": time.strftime("%Y-%m-%d"),
+              "torch": torch.__version__}
+    _write(work, "bench_train", result, _train_markdown(result))
+    return result
+
+
+def bench_eval(cfg: Config, work: Path, console=None) -> dict:
+    """Batched greedy generation of a fixed number of tokens per audio second: RTFx per batch size."""
+    from rich.console import Console
+    from transformers import GenerationConfig
+
+    console = console or Console()
+    check_device(cfg, work)
+    dev, dtype = device_and_dtype(cfg)
+    ceiling = matmul_tflops(dev, dtype)
+    model, _, speed = build_model(cfg, work, dev, dtype)
+    model.eval()
+    sizes = _sizes_with_vocab(cfg, model)
+    new_tokens = transcript_tokens(cfg)
+    # min = max: a random-init model would stop at a random end token; real transcripts have this many tokens
+    gen = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                           eos_token_id=model.text_eos_id, pad_token_id=model.text_pad_id)
+    rows = []
+    for b in cfg.bench.eval_batch_sizes:
+        shape = shape_for(model, cfg, batch=b)
+        ids, mask, start = prompt_and_answer(model, cfg.model.prompt, 1)
+        prompt = ids[: start].repeat(b, 1).to(dev)  # user turn + assistant header: generation starts here
+        batch = train_batch(model, cfg, shape, dev)
+        flops = generate_flops(sizes, shape, new_tokens)
+        _reset_peak(dev)
+        try:
+            timer = _Timer(dev)
+            with torch.inference_mode():
+                for i in range(cfg.bench.warmup_steps + cfg.bench.steps):
+                    if i == cfg.bench.warmup_steps:
+                        timer.mark()
+                    out = model.generate(prompts=prompt, audios=batch["audios"], audio_lens=batch["audio_lens"],
+                                         generation_config=gen)
+                    if i >= cfg.bench.warmup_steps:
+                        timer.mark()
+            secs = statistics.median(timer.step_seconds())
+        except torch.OutOfMemoryError:
+            rows.append({"batch": b, "oom": True})
+            console.print(f"[yellow]batch {b}: out of memory[/]")
+            break
+        row = {"batch": b, "audio_s": shape.audio_s, "new_tokens": new_tokens, "generated": int(out.shape[1]),
+               "call_s": round(secs, 4), "rtfx": round(b * shape.audio_s / secs, 1),
+               "tokens_per_s": round(b * new_tokens / secs, 1), "peak_gb": _peak_gb(dev),
+               "mfu": round(flops / secs / 1e12 / ceiling, 4)}
+        rows.append(row)
+        console.print(row)
+    result = {"kind": "eval", "preset": cfg.name, "device": device_name(dev), "dtype": str(dtype).split(".")[-1],
+              "matmul_tflops": round(ceiling, 2), "speed": speed, "utt_seconds": cfg.bench.utt_seconds,
+              "new_tokens_per_utt": new_tokens, "rows": rows, "date": time.strftime("%Y-%m-%d"),
+              "torch": torch.__version__}
+    _write(work, "bench_eval", result, _eval_markdown(result))
+    return result
+
+
+def _write(work: Path, name: str, result: dict, md: str) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(work / f"{name}.json", json.dumps(result, indent=2))
+    write_text_atomic(work / f"{name}.md", md)
+
+
+def _head(r: dict) -> str:
+    on = [k for k, v in r["speed"].items() if v] or ["none"]
+    return (f"{r['preset']} on {r['device']}, {r['dtype']}, {r['date']} (torch {r['torch']}); measured matmul ceiling "
+            f"{r['matmul_tflops']} TFLOP/s; speed switches: {', '.join(on)}; {r['utt_seconds']} s utterances\n\n")
+
+
+def _fmt(v) -> str:
+    return "—" if v is None else str(v)
+
+
+def _train_markdown(r: dict) -> str:
+    lines = ["| tokens/batch | utterances | step (s) | tokens/s | audio s/s | peak GB | TFLOP/s | MFU |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for x in r["rows"]:
+        if x.get("oom"):
+            lines.append(f"| {x['batch_tokens']} | {x['batch']} | out of memory | | | | | |")
+            continue
+        lines.append(f"| {x['batch_tokens']} | {x['batch']} | {x['step_s']} | {x['tokens_per_s']} | "
+                     f"{x['audio_s_per_s']} | {_fmt(x['peak_gb'])} | {x['tflops']} | {x['mfu']:.1%} |")
+    return _head(r) + "\n".join(lines) + "\n"
+
+
+def _eval_markdown(r: dict) -> str:
+    lines = ["| batch | call (s) | RTFx | tokens/s | peak GB | MFU |", "|---:|---:|---:|---:|---:|---:|"]
+    for x in r["rows"]:
+        if x.get("oom"):
+            lines.append(f"| {x['batch']} | out of memory | | | | |")
+            continue
+        lines.append(f"| {x['batch']} | {x['call_s']} | {x['rtfx']} | {x['tokens_per_s']} | {_fmt(x['peak_gb'])} | "
+                     f"{x['mfu']:.1%} |")
+    return _head(r) + f"{r['new_tokens_per_utt']} tokens generated per utterance\n\n" + "\n".join(lines) + "\n"
