@@ -141,6 +141,10 @@ class TrainConfig:
     # Speed/memory switches (docs/PERFORMANCE.md), applied by medasr.models.speed to the fine-tune and `medasr bench`.
     encoder_sdpa: bool = False  # FastConformer attention through torch SDPA instead of NeMo's explicit softmax(QK^T)V
     activation_checkpointing: bool = False  # recompute encoder + LLM layer activations in backward (bigger batches fit)
+    bucketing: bool = False  # Lhotse duration buckets: batches of similar length, less padding
+    num_buckets: int = 10
+    batch_tokens: int = 0  # > 0: Lhotse token-based batches of this many tokens (audio at 0.08 s/token + text)
+    #                        instead of train.batch_size utterances (NVIDIA's SALM recipe: 24,000)
     wandb_project: str = "medical-asr-poc"
     price_per_hour: float = 0.0  # USD, for the cost-so-far metric; MEDASR_PRICE_PER_HOUR overrides (set by run.sh)
 

@@ -3,7 +3,6 @@
 
 import json
 import resource
-from pathlib import Path
 
 import pytest
 import torch
@@ -142,3 +141,42 @@ def test_bench_refuses_the_release_shape_on_a_cpu(tmp_path):
     res = CliRunner().invoke(app, ["bench", "train", "-p", "canary-qwen-2.5b-shapes", "-o", str(tmp_path)])
     assert res.exit_code == 1
     assert "2.56 B parameters" in res.output and not (tmp_path / "bench_train.json").exists()
+
+
+def test_bucketing_cuts_padding_in_the_training_pipeline(tiny_run, tmp_path):
+    """Measured with the fine-tune's own data config and NeMo's Lhotse sampler on the tiny corpus."""
+    from medasr.models.salm import load_base
+    from medasr.perf.padding import padding_stats
+
+    _, run_dir, _ = tiny_run
+    model = load_base(run_dir / "model/base")
+    plain = padding_stats(load_config("tiny"), model, run_dir / "data", tmp_path / "a", n_batches=20)
+    bucketed = padding_stats(load_config("tiny", ["train.bucketing=true"]), model, run_dir / "data", tmp_path / "b",
+                             n_batches=20)
+    assert plain["mean_batch"] == 8.0 and 6 <= bucketed["mean_batch"] <= 8.0
+    assert bucketed["audio_padding"] < 0.6 * plain["audio_padding"], (plain, bucketed)
+    tokens = padding_stats(load_config("tiny", ["train.batch_tokens=1500", "train.bucketing=true"]), model,
+                           run_dir / "data", tmp_path / "c", n_batches=10)
+    assert tokens["mean_batch"] > 8.0  # 1,500 tokens hold more than 8 of these short rows
+
+
+def test_fine_tune_with_every_speed_switch_trains_and_resumes(tiny_data_and_base):
+    """Bucketing + token batches + encoder SDPA + activation checkpointing through the real trainer: the
+    checkpoint keeps the plain keys and a re-run resumes from it to the new max_steps."""
+    from medasr.train.trainer import train
+
+    run_dir = tiny_data_and_base
+    sets = ["train.bucketing=true", "train.batch_tokens=800", "train.encoder_sdpa=true",
+            "train.activation_checkpointing=true", "train.ckpt_every_n_steps=3", "train.val_every_n_steps=3",
+            "train.select_rows=4", "eval.max_new_tokens=4"]
+    done = train(load_config("tiny", sets + ["train.max_steps=3"]), run_dir, run_dir / "model/base")
+    assert done["global_step"] == 3
+    record = json.loads((run_dir / "train/trainable_params.json").read_text())
+    assert record["speed"] == {"encoder_sdpa": True, "activation_checkpointing": True}
+    sd = torch.load(run_dir / "train/checkpoints/last.ckpt", weights_only=False, map_location="cpu")["state_dict"]
+    assert sd and not [k for k in sd if "_checkpoint_wrapped_module" in k]
+    assert any(k.startswith("perception.encoder.layers.0.") for k in sd)
+    done = train(load_config("tiny", sets + ["train.max_steps=5"]), run_dir, run_dir / "model/base")
+    assert done["global_step"] == 5
+    log = [json.loads(x) for x in (run_dir / "train/resume_log.jsonl").read_text().splitlines()]
+    assert log[-1]["start_step"] == 3 and log[-1]["resumed_from"].endswith("last.ckpt")

@@ -88,16 +88,25 @@ def data_config(model, cfg: Config, data_dir: Path) -> dict:
         ]
 
     common = {"sample_rate": model.sampling_rate, "prompt_format": model.cfg.prompt_format, "token_equivalent_duration": ted}
+    train = {
+        **common,
+        "input_cfg": input_cfg(data_dir / "train.json"),
+        "seed": cfg.train.seed,
+        "shuffle": True,
+        "shard_seed": "randomized",
+        "num_workers": cfg.train.num_workers,
+        "batch_size": cfg.train.batch_size,
+    }
+    if cfg.train.bucketing or cfg.train.batch_tokens > 0:
+        # Conversations have no single duration: Lhotse's multimodal sampling measures each row in tokens (audio at
+        # token_equivalent_duration per token, plus prompt and transcript tokens), for batches and for buckets.
+        train |= {"use_multimodal_sampling": True, "measure_total_length": True}
+    if cfg.train.batch_tokens > 0:
+        train |= {"batch_size": None, "batch_tokens": cfg.train.batch_tokens}
+    if cfg.train.bucketing:  # bucket bins estimated from a first buffer of rows
+        train |= {"use_bucketing": True, "num_buckets": cfg.train.num_buckets, "concurrent_bucketing": False}
     return {
-        "train_ds": {
-            **common,
-            "input_cfg": input_cfg(data_dir / "train.json"),
-            "seed": cfg.train.seed,
-            "shuffle": True,
-            "shard_seed": "randomized",
-            "num_workers": cfg.train.num_workers,
-            "batch_size": cfg.train.batch_size,
-        },
+        "train_ds": train,
         "validation_ds": {
             **common,
             "datasets": {"val": {"input_cfg": input_cfg(data_dir / "val.json")}},
