@@ -102,10 +102,14 @@ def test_bad_key_is_a_clear_error(api, monkeypatch):
 
 
 def test_estimate_is_explained():
+    from medasr.config import load_config
+    from medasr.perf.flops import StepShape, train_step_flops
+
     e = pods.estimate_hours(max_steps=2000, batch_size=16)
-    tokens = 2000 * 16 * (8.0 / 0.08 + 40)
-    assert e["tokens"] == tokens
-    assert e["train_hours"] == round(tokens * (4 * 1.7e9 + 6 * 0.8e9) / 60e12 / 3600, 2) == 0.24
+    assert e["tokens"] == 2000 * 16 * (int(8.0 / 0.08) + 20 + 40)
+    step = train_step_flops(load_config("canary-qwen-2.5b-shapes").model.tiny, StepShape(16, 8.0, 20, 40))["total"]
+    assert e["tflop_per_step"] == round(step / 1e12, 2)
+    assert e["train_hours"] == round(2000 * step / 60e12 / 3600, 2) == 0.24  # ~10 GFLOP per token, 5.1 M tokens
     assert e["total_hours"] == e["train_hours"] + 0.5
 
 

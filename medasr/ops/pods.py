@@ -172,17 +172,23 @@ def watch(spec: PodSpec, state: dict, is_done: Callable[[], bool], max_usd: floa
 
 
 def estimate_hours(max_steps: int, batch_size: int, avg_audio_s: float = 8.0, avg_text_tokens: int = 40,
-                   tflops_achieved: float = 60.0) -> dict:
-    """Training time from a FLOP count (the method, stated, since the real model cannot be timed here):
-    tokens/step = batch × (audio s / 0.08 s per encoder frame + text tokens); FLOPs/token ≈ 4 × 1.7e9 (frozen LLM:
-    forward + activation gradients) + 6 × 0.8e9 (encoder + projection trained: forward + both backward passes);
-    achieved bf16 throughput defaults to 60 TFLOP/s (about 20 % of an A100's 312 TFLOP/s peak: small batches of short
-    clips rarely do better). Unmeasured here (no GPU); `medasr bench` (issue 9) is to replace it with a measurement."""
-    tokens = max_steps * batch_size * (avg_audio_s / 0.08 + avg_text_tokens)
-    flops = tokens * (4 * 1.7e9 + 6 * 0.8e9)
+                   prompt_tokens: int = 20, tflops_achieved: float = 60.0) -> dict:
+    """Training time from a FLOP count (the method, stated, since the real model cannot be timed here): the model
+    FLOPs of one step of `batch_size` utterances of `avg_audio_s` seconds through the release architecture
+    (medasr/perf/flops.py on the canary-qwen-2.5b-shapes sizes: frozen LLM forward + activation gradient, trained
+    encoder/projection/LoRA forward + backward), at an achieved bf16 throughput that defaults to 60 TFLOP/s (about
+    20 % of an A100's 312 TFLOP/s peak: small batches of short clips rarely do better). `medasr bench train` on the
+    GPU measures the real rate (docs/PERFORMANCE.md)."""
+    from medasr.config import load_config
+    from medasr.perf.flops import StepShape, train_step_flops
+
+    sizes = load_config("canary-qwen-2.5b-shapes").model.tiny
+    shape = StepShape(batch=batch_size, audio_s=avg_audio_s, prompt_tokens=prompt_tokens, text_tokens=avg_text_tokens)
+    flops = max_steps * train_step_flops(sizes, shape)["total"]
     train_h = flops / (tflops_achieved * 1e12) / 3600
     overhead_h = 0.5  # install, model download, two evaluations, export, sync
     assumptions = {"max_steps": max_steps, "batch_size": batch_size, "avg_audio_s": avg_audio_s,
-                   "avg_text_tokens": avg_text_tokens, "tflops_achieved": tflops_achieved}
-    return {"tokens": int(tokens), "train_hours": round(train_h, 2), "overhead_hours": overhead_h,
+                   "avg_text_tokens": avg_text_tokens, "prompt_tokens": prompt_tokens, "tflops_achieved": tflops_achieved}
+    return {"tokens": max_steps * shape.batch_tokens, "tflop_per_step": round(flops / max_steps / 1e12, 2),
+            "train_hours": round(train_h, 2), "overhead_hours": overhead_h,
             "total_hours": round(train_h + overhead_h, 2), "assumptions": assumptions}
