@@ -156,6 +156,7 @@ class EvalConfig:
     normalizer: str = "whisper"
     lexicon: str = "core"  # core | extended: the lexicon that tags term occurrences for term_error_rate
     redact_transcripts: bool = False  # W&B tables get SHA-256 prefixes instead of text (PHI)
+    static_cache: bool = False  # fixed-size KV cache in generate (transformers compiles the decode step on a GPU)
     n_boot: int = 1000
 
 

@@ -178,13 +178,17 @@ def collect_inputs(inputs: list[Path]) -> list[dict]:
 Decoder = Callable[[list[np.ndarray], list[Optional[str]]], list[str]]
 
 
-def model_decoder(loaded: Loaded, batch_size: int, max_new_tokens: int, prompt: Optional[str] = None) -> Decoder:
+def model_decoder(loaded: Loaded, batch_size: int, max_new_tokens: int, prompt: Optional[str] = None,
+                  static_cache: bool = False) -> Decoder:
+    """`static_cache` (eval.static_cache): a fixed-size KV cache, which lets transformers compile the decode step on a
+    GPU (docs/PERFORMANCE.md); same tokens."""
     from medasr.models import asr, salm
 
     if loaded.kind == "salm":
         p = prompt or loaded.prompt or salm_default_prompt()
+        extra = {"cache_implementation": "static"} if static_cache else {}
         return lambda audios, contexts: salm.transcribe_arrays(loaded.model, audios, p, batch_size, max_new_tokens,
-                                                               contexts=contexts)
+                                                               contexts=contexts, **extra)
     return lambda audios, contexts: asr.transcribe_arrays(loaded.model, audios, batch_size)
 
 

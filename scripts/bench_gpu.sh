@@ -16,4 +16,5 @@ $M bench train -p "$P" -o runs/bench/sdpa-ckpt --set train.encoder_sdpa=true --s
 # 4. inference: RTFx at batch 1 / 16 / 64
 $M bench eval -p "$P" -o runs/bench/base
 $M bench eval -p "$P" -o runs/bench/sdpa --set train.encoder_sdpa=true
+$M bench eval -p "$P" -o runs/bench/static-cache --set train.encoder_sdpa=true --set eval.static_cache=true
 cat runs/bench/*/bench_*.md

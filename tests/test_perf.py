@@ -180,3 +180,19 @@ def test_fine_tune_with_every_speed_switch_trains_and_resumes(tiny_data_and_base
     assert done["global_step"] == 5
     log = [json.loads(x) for x in (run_dir / "train/resume_log.jsonl").read_text().splitlines()]
     assert log[-1]["start_step"] == 3 and log[-1]["resumed_from"].endswith("last.ckpt")
+
+
+def test_static_kv_cache_decodes_the_same_transcripts(tiny_run):
+    """eval.static_cache changes how the KV cache is held (so a GPU can compile the decode step), not the tokens:
+    the fine-tuned tiny model's transcripts of test rows are identical either way."""
+    from medasr.audio import read_audio
+    from medasr.data.manifest import read_manifest
+    from medasr.transcribe import load_model, model_decoder
+
+    _, run_dir, _ = tiny_run
+    loaded = load_model(run_dir / "canary-qwen-medical-lora")
+    rows = read_manifest(run_dir / "data/test.json")[:6]
+    audios = [read_audio(r["audio_filepath"], loaded.model.sampling_rate) for r in rows]
+    dynamic = model_decoder(loaded, 4, 24)(audios, [None] * len(rows))
+    static = model_decoder(loaded, 4, 24, static_cache=True)(audios, [None] * len(rows))
+    assert static == dynamic and any(t.strip() for t in dynamic)

@@ -52,7 +52,8 @@ def evaluate(cfg: Config, manifest: Path, out_dir: Path, load_model, title: str,
         return json.loads((out_dir / "metrics.json").read_text()) | {"skipped": True}
     torch.set_num_threads(cfg.train.threads)
     loaded = load_model()
-    decode = model_decoder(loaded, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.model.prompt)
+    decode = model_decoder(loaded, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.model.prompt,
+                           cfg.eval.static_cache)
     rows = stamp_prompts(rows, loaded, cfg.model.prompt, cfg.model.prompts_by_source)  # the training prompts
     with Progress() as progress:
         results = transcribe_rows(rows, decode, POLICIES[loaded.kind], cfg.eval.batch_size, progress,

@@ -268,12 +268,14 @@ def bench_eval(cfg: Config, work: Path, console=None) -> dict:
     dev, dtype = device_and_dtype(cfg)
     ceiling = matmul_tflops(dev, dtype)
     model, _, speed = build_model(cfg, work, dev, dtype)
+    speed["static_cache"] = cfg.eval.static_cache
     model.eval()
     sizes = _sizes_with_vocab(cfg, model)
     new_tokens = transcript_tokens(cfg)
     # min = max: a random-init model would stop at a random end token; real transcripts have this many tokens
     gen = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                           eos_token_id=model.text_eos_id, pad_token_id=model.text_pad_id)
+                           eos_token_id=model.text_eos_id, pad_token_id=model.text_pad_id,
+                           cache_implementation="static" if cfg.eval.static_cache else None)
     rows = []
     for b in cfg.bench.eval_batch_sizes:
         shape = shape_for(model, cfg, batch=b)

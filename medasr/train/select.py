@@ -59,7 +59,8 @@ def decode_rows(cfg: Config, model, rows: list[dict]) -> list[str]:
     from medasr.transcribe import POLICIES, Loaded, model_decoder, transcribe_rows
 
     loaded = Loaded(model, cfg.model.kind, "in-memory", cfg.model.prompt, dict(cfg.model.prompts_by_source))
-    decode = model_decoder(loaded, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.model.prompt)
+    decode = model_decoder(loaded, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.model.prompt,
+                           cfg.eval.static_cache)
     return [r.text for r in transcribe_rows(rows, decode, POLICIES[cfg.model.kind], cfg.eval.batch_size)]
 
 
