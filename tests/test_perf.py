@@ -196,3 +196,17 @@ def test_static_kv_cache_decodes_the_same_transcripts(tiny_run):
     dynamic = model_decoder(loaded, 4, 24)(audios, [None] * len(rows))
     static = model_decoder(loaded, 4, 24, static_cache=True)(audios, [None] * len(rows))
     assert static == dynamic and any(t.strip() for t in dynamic)
+
+
+def test_preflight_plan_counts_rows_per_token_batch(tmp_path):
+    from medasr.data.manifest import write_manifest
+    from medasr.train.preflight import validation_plan
+
+    rows = [{"audio_filepath": f"{i}.wav", "duration": 4.0, "text": "x"} for i in range(25)]
+    write_manifest(tmp_path / "train.json", rows)
+    write_manifest(tmp_path / "val.json", rows[:2])
+    plain = validation_plan(load_config("tiny", ["train.max_steps=30"]), tmp_path)
+    assert (plain["rows_per_batch"], plain["batches_per_epoch"], plain["epochs"]) == (8, 4, 7.5)
+    tokens = validation_plan(load_config("tiny", ["train.max_steps=30", "train.batch_tokens=1100"]), tmp_path)
+    # a 4 s row is 50 audio tokens + ~60 prompt/transcript tokens: 10 rows per 1,100 tokens
+    assert (tokens["rows_per_batch"], tokens["batches_per_epoch"], tokens["epochs"]) == (10, 3, 10.0)

@@ -109,6 +109,7 @@ def render_training_example(model, cfg: Config, run_dir: Path) -> dict:
     context = read_manifest(data_dir / "train.json")[0]["context"]
     train_cfg = OmegaConf.create(data_config(model, cfg, data_dir)).train_ds
     train_cfg.shuffle, train_cfg.batch_size, train_cfg.num_workers = False, 1, 0
+    train_cfg.use_bucketing, train_cfg.batch_tokens = False, None  # one example is all this check needs
     dl = get_lhotse_dataloader_from_config(config=train_cfg, global_rank=0, world_size=1,
                                            dataset=SALMDataset(model.tokenizer), tokenizer=model.tokenizer)
     batch = next(iter(dl))
@@ -124,11 +125,16 @@ def render_training_example(model, cfg: Config, run_dir: Path) -> dict:
 
 
 def validation_plan(cfg: Config, data_dir: Path) -> dict:
-    n_train = len(read_manifest(data_dir / "train.json"))
-    n_val = len(read_manifest(data_dir / "val.json"))
+    train = read_manifest(data_dir / "train.json")
+    n_train, n_val = len(train), len(read_manifest(data_dir / "val.json"))
     t = cfg.train
-    return {"train_rows": n_train, "val_rows": n_val, "batches_per_epoch": math.ceil(n_train / t.batch_size),
-            "epochs": round(t.max_steps / max(1, math.ceil(n_train / t.batch_size)), 2),
+    per_batch = t.batch_size
+    if t.batch_tokens > 0:  # token batches: rows per batch from the mean row (audio at 0.08 s per token + ~60 text)
+        mean_tokens = sum(r["duration"] for r in train) / max(1, n_train) / 0.08 + 60
+        per_batch = max(1, int(t.batch_tokens // mean_tokens))
+    batches = max(1, math.ceil(n_train / per_batch))
+    return {"train_rows": n_train, "val_rows": n_val, "rows_per_batch": per_batch, "batches_per_epoch": batches,
+            "epochs": round(t.max_steps / batches, 2),
             "val_every_n_steps": t.val_every_n_steps, "validations": t.max_steps // t.val_every_n_steps if n_val else 0,
             # check_val_every_n_epoch=None: the interval counts steps across epochs, so short epochs cannot skip it
             "counted_across_epochs": True}
