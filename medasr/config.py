@@ -190,7 +190,7 @@ class PretrainConfig:
     rate_min: int = 140
     rate_max: int = 190
     noise_levels: list[str] = field(default_factory=lambda: ["clean", "clean", "snr15", "snr5"])
-    steps: int = 4000
+    steps: int = 9500
     batch_size: int = 16
     lr: float = 2e-3
     warmup_steps: int = 300

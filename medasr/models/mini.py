@@ -50,8 +50,8 @@ def write_card(out_dir: Path, r: dict) -> None:
     size_mb = (out_dir / "base" / "model.safetensors").stat().st_size / 1e6
     hist = "\n".join(f"| {h['step']} | {h['ce']} | {h['ctc']} | {h['heldout_wer']:.1%} | {h['minutes']} |"
                      for h in r["history"])
-    resumes = "".join(f" Resumed at step {x['step']} ({x['at']}) with the plan set to {x['steps']} steps."
-                      for x in r.get("resumes", []))
+    resumes = "".join(f" Resumed at step {x['step']} ({x['at']}) with the plan set to {x['steps']} steps, peak lr "
+                      f"{x['lr']:g} (the cosine schedule recomputed for the new plan)." for x in r.get("resumes", []))
     card = f"""# medasr mini base (pretrained from scratch, generic English espeak-ng speech)
 
 A scaled-down Canary-Qwen SALM — FastConformer encoder (d_model {t['encoder_d_model']}, {t['encoder_layers']} layers,
@@ -65,8 +65,8 @@ ASR model for real recordings.
 ## How it was made
 
 `medasr pretrain-mini` (medasr/train/pretrain_mini.py): every base parameter trained from random init with a hybrid
-loss (decoder cross-entropy + {p['ctc_weight']} × CTC on the encoder; the CTC head is dropped), AdamW lr {p['lr']}
-(warm-up {p['warmup_steps']}, cosine to {p['min_lr']}), batch {r['batch_size']}, **{r['steps']} steps in
+loss (decoder cross-entropy + {p['ctc_weight']} × CTC on the encoder; the CTC head is dropped), AdamW (final plan:
+peak lr {p['lr']}, warm-up {p['warmup_steps']}, cosine to {p['min_lr']}), batch {r['batch_size']}, **{r['steps']} steps in
 {r['minutes']} min on {r['hardware']}**.{resumes} LoRA (r={t['lora_r']} on {', '.join(t['lora_target_modules'])}) is left at
 its identity init for the fine-tune. Prompt: `{r['prompt']}`.
 
