@@ -202,15 +202,19 @@ def _sizes_with_vocab(cfg: Config, model):
     return replace(cfg.model.tiny, llm_vocab_size=model.text_vocab_size)
 
 
-def bench_train(cfg: Config, work: Path, console=None) -> dict:
-    """Sweep bench.train_batch_tokens: median step time, tokens/s, audio s/s, peak memory, MFU per batch size."""
+def _setup(cfg: Config, work: Path, console):
+    """(console, device, dtype, measured matmul TFLOP/s, model, trainable table, speed switches) for one bench."""
     from rich.console import Console
 
-    console = console or Console()
     check_device(cfg, work)
     dev, dtype = device_and_dtype(cfg)
     ceiling = matmul_tflops(dev, dtype)
-    model, table, speed = build_model(cfg, work, dev, dtype)
+    return (console or Console(), dev, dtype, ceiling, *build_model(cfg, work, dev, dtype))
+
+
+def bench_train(cfg: Config, work: Path, console=None) -> dict:
+    """Sweep bench.train_batch_tokens: median step time, tokens/s, audio s/s, peak memory, MFU per batch size."""
+    console, dev, dtype, ceiling, model, table, speed = _setup(cfg, work, console)
     sizes = _sizes_with_vocab(cfg, model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=(0.9, 0.98), weight_decay=cfg.train.weight_decay,
@@ -260,14 +264,9 @@ def bench_train(cfg: Config, work: Path, console=None) -> dict:
 
 def bench_eval(cfg: Config, work: Path, console=None) -> dict:
     """Batched greedy generation of a fixed number of tokens per audio second: RTFx per batch size."""
-    from rich.console import Console
     from transformers import GenerationConfig
 
-    console = console or Console()
-    check_device(cfg, work)
-    dev, dtype = device_and_dtype(cfg)
-    ceiling = matmul_tflops(dev, dtype)
-    model, _, speed = build_model(cfg, work, dev, dtype)
+    console, dev, dtype, ceiling, model, _, speed = _setup(cfg, work, console)
     speed["static_cache"] = cfg.eval.static_cache
     model.eval()
     sizes = _sizes_with_vocab(cfg, model)
@@ -329,24 +328,26 @@ def _fmt(v) -> str:
     return "—" if v is None else str(v)
 
 
-def _train_markdown(r: dict) -> str:
-    lines = ["| tokens/batch | utterances | step (s) | tokens/s | audio s/s | peak GB | TFLOP/s | MFU |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for x in r["rows"]:
+def _table(rows: list[dict], cols: list[tuple[str, str]], key_cols: int) -> str:
+    """Markdown table of `rows`, columns (header, row key), MFU as a percentage; an out-of-memory row keeps its first
+    `key_cols` cells."""
+    lines = ["| " + " | ".join(h for h, _ in cols) + " |", "|" + "---:|" * len(cols)]
+    for x in rows:
+        cells = [f"{x[k]:.1%}" if h == "MFU" and k in x else _fmt(x.get(k)) for h, k in cols]
         if x.get("oom"):
-            lines.append(f"| {x['batch_tokens']} | {x['batch']} | out of memory | | | | | |")
-            continue
-        lines.append(f"| {x['batch_tokens']} | {x['batch']} | {x['step_s']} | {x['tokens_per_s']} | "
-                     f"{x['audio_s_per_s']} | {_fmt(x['peak_gb'])} | {x['tflops']} | {x['mfu']:.1%} |")
-    return _head(r) + "\n".join(lines) + "\n"
+            cells = cells[:key_cols] + ["out of memory"] + [""] * (len(cols) - key_cols - 1)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _train_markdown(r: dict) -> str:
+    cols = [("tokens/batch", "batch_tokens"), ("utterances", "batch"), ("step (s)", "step_s"),
+            ("tokens/s", "tokens_per_s"), ("audio s/s", "audio_s_per_s"), ("peak GB", "peak_gb"),
+            ("TFLOP/s", "tflops"), ("MFU", "mfu")]
+    return _head(r) + _table(r["rows"], cols, 2)
 
 
 def _eval_markdown(r: dict) -> str:
-    lines = ["| batch | call (s) | RTFx | tokens/s | peak GB | MFU |", "|---:|---:|---:|---:|---:|---:|"]
-    for x in r["rows"]:
-        if x.get("oom"):
-            lines.append(f"| {x['batch']} | out of memory | | | | |")
-            continue
-        lines.append(f"| {x['batch']} | {x['call_s']} | {x['rtfx']} | {x['tokens_per_s']} | {_fmt(x['peak_gb'])} | "
-                     f"{x['mfu']:.1%} |")
-    return _head(r) + f"{r['new_tokens_per_utt']} tokens generated per utterance\n\n" + "\n".join(lines) + "\n"
+    cols = [("batch", "batch"), ("call (s)", "call_s"), ("RTFx", "rtfx"), ("tokens/s", "tokens_per_s"),
+            ("peak GB", "peak_gb"), ("MFU", "mfu")]
+    return _head(r) + f"{r['new_tokens_per_utt']} tokens generated per utterance\n\n" + _table(r["rows"], cols, 1)
