@@ -90,7 +90,12 @@ def test_speed_switches_change_speed_not_math(tmp_path):
     fast, _, on = bench.build_model(fast_cfg, tmp_path, DEV, torch.float32)
     assert off == {"encoder_sdpa": False, "activation_checkpointing": False}
     assert on == {"encoder_sdpa": True, "activation_checkpointing": True}
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
     assert all(m.use_pytorch_sdpa for m in fast.perception.encoder.modules() if hasattr(m, "use_pytorch_sdpa"))
+    assert all(isinstance(layer, CheckpointWrapper) for layer in fast.perception.encoder.layers)
+    assert fast.llm.is_gradient_checkpointing and not plain.llm.is_gradient_checkpointing
+    assert not any(isinstance(layer, CheckpointWrapper) for layer in plain.perception.encoder.layers)
     batch = bench.train_batch(plain, plain_cfg, bench.shape_for(plain, plain_cfg, batch=2), DEV)
     plain.train()
     fast.train()
@@ -193,8 +198,17 @@ def test_static_kv_cache_decodes_the_same_transcripts(tiny_run):
     loaded = load_model(run_dir / "canary-qwen-medical-lora")
     rows = read_manifest(run_dir / "data/test.json")[:6]
     audios = [read_audio(r["audio_filepath"], loaded.model.sampling_rate) for r in rows]
+    seen = []  # what transformers' generate is asked for (the call itself is the real one)
+    real_generate = loaded.model.llm.generate
+
+    def recording_generate(*args, **kwargs):
+        seen.append(kwargs.get("cache_implementation"))
+        return real_generate(*args, **kwargs)
+
+    loaded.model.llm.generate = recording_generate
     dynamic = model_decoder(loaded, 4, 24)(audios, [None] * len(rows))
     static = model_decoder(loaded, 4, 24, static_cache=True)(audios, [None] * len(rows))
+    assert seen == [None, None, "static", "static"]  # 6 rows in batches of 4, without then with the switch
     assert static == dynamic and any(t.strip() for t in dynamic)
 
 

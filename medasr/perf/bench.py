@@ -70,15 +70,22 @@ class BenchError(RuntimeError):
 CPU_PARAM_LIMIT = 200_000_000  # beyond this a CPU step takes minutes and the optimizer state most of the RAM
 
 
-def count_params(cfg: Config, work: Path) -> int:
-    """Parameters of the preset's model without allocating them (meta device)."""
+def _llm_folder(cfg: Config, work: Path) -> Path:
+    """work/llm: the preset's LLM config + tokenizer (built once)."""
     from medasr.models.salm import quiet_nemo
-    from medasr.models.tiny import build_llm_folder, new_salm
+    from medasr.models.tiny import build_llm_folder
 
     quiet_nemo()
     if not (work / "llm" / "config.json").exists():
         build_llm_folder(work / "llm", cfg.model.tiny)
-    return sum(p.numel() for p in new_salm(work / "llm", cfg.model.tiny, empty=True).parameters())
+    return work / "llm"
+
+
+def count_params(cfg: Config, work: Path) -> int:
+    """Parameters of the preset's model without allocating them (meta device)."""
+    from medasr.models.tiny import new_salm
+
+    return sum(p.numel() for p in new_salm(_llm_folder(cfg, work), cfg.model.tiny, empty=True).parameters())
 
 
 def check_device(cfg: Config, work: Path) -> None:
@@ -89,15 +96,11 @@ def check_device(cfg: Config, work: Path) -> None:
 
 def build_model(cfg: Config, work: Path, dev: torch.device, dtype: torch.dtype):
     """Random-init SALM of the preset's sizes on `dev`, frozen as the fine-tune freezes it, speed switches applied."""
-    from medasr.models.salm import quiet_nemo
     from medasr.models.speed import apply_speed
-    from medasr.models.tiny import build_llm_folder, new_salm
+    from medasr.models.tiny import new_salm
     from medasr.train.trainer import apply_freeze
 
-    quiet_nemo()
-    llm_dir = work / "llm"
-    if not (llm_dir / "config.json").exists():
-        build_llm_folder(llm_dir, cfg.model.tiny)
+    llm_dir = _llm_folder(cfg, work)
     torch.manual_seed(0)
     with torch.device(dev):  # initialise in place: a 2.5 B model initialised on the CPU takes minutes
         model = new_salm(llm_dir, cfg.model.tiny)

@@ -30,8 +30,8 @@ class StepShape:
     @property
     def audio_frames(self) -> int:
         n = self.mel_frames
-        for _ in range(3):  # three stride-2 convolutions (kernel 3, padding 1)
-            n = (n - 1) // 2 + 1
+        for _ in range(3):  # three stride-2 convolutions
+            n = _conv_out(n)
         return n
 
     @property
@@ -45,7 +45,13 @@ class StepShape:
 
 
 def _conv_out(n: int) -> int:
+    """Length after a stride-2, kernel-3, padding-1 convolution."""
     return (n - 1) // 2 + 1
+
+
+def _vocab(t) -> int:
+    """Embedding/lm_head rows, as tiny.build_llm_folder sets them (0 = our tokenizer + the audio tag)."""
+    return t.llm_vocab_size or (t.vocab_size + 1)
 
 
 def subsampling_macs(t, mel_frames: int) -> int:
@@ -85,8 +91,7 @@ def llm_token_macs(t, context: int, head: bool = True) -> dict:
     shapes = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
               "gate_proj": (h, t.intermediate_size), "up_proj": (h, t.intermediate_size),
               "down_proj": (t.intermediate_size, h)}
-    vocab = t.llm_vocab_size or (t.vocab_size + 1)
-    return {"linear": t.num_layers * sum(i * o for i, o in shapes.values()) + (h * vocab if head else 0),
+    return {"linear": t.num_layers * sum(i * o for i, o in shapes.values()) + (h * _vocab(t) if head else 0),
             "attention": t.num_layers * 2 * context * q,
             "lora": t.num_layers * sum(t.lora_r * (shapes[m][0] + shapes[m][1])
                                        for m in t.lora_target_modules if m in shapes)}
@@ -109,5 +114,4 @@ def generate_flops(t, shape: StepShape, new_tokens: int) -> int:
     macs = encoder_macs(t, shape) + shape.batch * prefill * sum(llm_token_macs(t, prefill, head=False).values())
     for i in range(new_tokens - 1):  # the first new token comes from the prefill's logits
         macs += shape.batch * sum(llm_token_macs(t, prefill + i + 1).values())
-    vocab = t.llm_vocab_size or (t.vocab_size + 1)
-    return 2 * (macs + shape.batch * t.hidden_size * vocab)
+    return 2 * (macs + shape.batch * t.hidden_size * _vocab(t))

@@ -29,6 +29,7 @@ from medasr.atomic import write_text_atomic
 from medasr.config import Config, to_dict
 from medasr.data.manifest import read_manifest, write_manifest
 from medasr.models.mini import LLM_PLACEHOLDER, MINI_DIR, install_mini, write_card
+from medasr.perf.bench import device_name
 from medasr.train.select import model_wer
 
 SPLITS = ("train", "heldout_seen_voice", "heldout_new_voice")
@@ -281,7 +282,7 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None) ->
         "heldout_wer_new_voice": round(model_wer(cfg, shipped, rows["heldout_new_voice"]), 4),
         "heldout_rows": len(rows["heldout_seen_voice"]),
         "heldout_voice": p.heldout_voice, "voices": list(p.voices),
-        "hardware": hardware(), "text": {k: v for k, v in text_report.items() if k != "excluded_examples"},
+        "hardware": device_name(dev), "text": {k: v for k, v in text_report.items() if k != "excluded_examples"},
         "excluded_examples": text_report.get("excluded_examples", [])[:5],
         "sizes": asdict(cfg.model.tiny), "pretrain": to_dict(cfg)["pretrain"], "prompt": cfg.model.prompt,
         "history": [json.loads(line) for line in hist_file.read_text().splitlines()] if hist_file.exists() else [],
@@ -295,14 +296,6 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None) ->
     tmp.replace(out_dir)
     console.print({k: result[k] for k in ("steps", "minutes", "heldout_wer_seen_voice", "heldout_wer_new_voice")})
     return result
-
-
-def hardware() -> str:
-    import platform
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} threads"
 
 
 def ship(model, llm_dir: Path, out_dir: Path) -> None:
