@@ -84,7 +84,8 @@ class SynthConfig:
     unseen_fraction: float = 0.2
     train_per_term: int = 3
     val_per_term: int = 1
-    test_per_term: int = 1
+    # test rows per term, alternating test-only voice / training voice (so both term kinds see the same speaker mix)
+    test_per_term: int = 2
     unseen_test_per_term: int = 2
     rate_min: int = 140
     rate_max: int = 190
@@ -141,6 +142,7 @@ class TrainConfig:
     # Speed/memory switches (docs/PERFORMANCE.md), applied by medasr.models.speed to the fine-tune and `medasr bench`.
     encoder_sdpa: bool = False  # FastConformer attention through torch SDPA instead of NeMo's explicit softmax(QK^T)V
     activation_checkpointing: bool = False  # recompute encoder + LLM layer activations in backward (bigger batches fit)
+    target_logits_only: bool = True  # project only the transcript positions onto the vocabulary (same loss, less memory)
     bucketing: bool = False  # Lhotse duration buckets: batches of similar length, less padding
     num_buckets: int = 10
     batch_tokens: int = 0  # > 0: Lhotse token-based batches of this many tokens (audio at 0.08 s/token + text)

@@ -236,7 +236,9 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
             "selection": {c["name"]: c["val_wer"] for c in selection["candidates"]} | {"chosen": selection["chosen"]["name"]},
             "before": {k: before.get(k) for k in SUMMARY_KEYS},
             "after": {k: after.get(k) for k in SUMMARY_KEYS},
-            "deltas": {k: cmp["deltas"][k] for k in ("wer", "ker", "term_error_rate", "ker[priority]") if k in cmp["deltas"]},
+            "deltas": {k: cmp["deltas"][k] for k in ("wer", "ker", "term_error_rate", "ker[priority]", "ker[seen]",
+                                                    "ker[unseen]", "ker[seen, seen speaker]", "ker[seen, new speaker]")
+                       if k in cmp["deltas"]},
             "adapter": str(adapter),
             "train_done": is_done(run_dir / "train", cfg.train.max_steps),
         }

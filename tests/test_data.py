@@ -58,7 +58,7 @@ def _plan(seed):
     s = load_config("tiny").data.synth
     return plan_corpus(
         core_lexicon(), seed=seed, train_voices=list(s.train_voices), test_voices=list(s.test_voices),
-        unseen_fraction=0.2, train_per_term=3, val_per_term=1, test_per_term=1, unseen_test_per_term=2,
+        unseen_fraction=0.2, train_per_term=3, val_per_term=1, test_per_term=2, unseen_test_per_term=2,
         rates=(140, 190), noise_levels=["clean", "snr15", "snr5"],
     )
 
@@ -71,8 +71,17 @@ def test_plan_is_deterministic_and_split_is_honest():
     unseen = {u.term.term for u in a if u.split == "test" and not u.term_seen}
     assert unseen and not unseen & train_terms  # held-out terms never reach training
     train_voices = {u.voice_id for u in a if u.split == "train"}
-    seen_test_voices = {u.voice_id for u in a if u.split == "test" and u.term_seen}
-    assert seen_test_voices and not seen_test_voices & train_voices  # seen terms tested on a new voice
+    # every term, seen or held out, is tested once by a voice never used in training and once by a training voice:
+    # both kinds of term meet the same speaker mix, so their KERs differ only by the term
+    for seen in (True, False):
+        test = [u for u in a if u.split == "test" and u.term_seen is seen]
+        new = [u for u in test if u.voice_id not in train_voices]
+        assert {u.voice_id for u in new} == {"en-gb-scotland+f2"}
+        assert len(new) * 2 == len(test)
+        by_term: dict = {}
+        for u in test:
+            by_term.setdefault(u.term.term, set()).add(u.voice_id in train_voices)
+        assert all(v == {True, False} for v in by_term.values())
     for u in a:  # every sentence really contains its term
         assert u.term.term.lower() in u.text.lower()
 
@@ -100,6 +109,12 @@ def test_built_corpus(tiny_run):
     assert any(not r["term_seen"] for r in test) and any(r["term_seen"] for r in test)
     train_terms = {r["term"] for r in train}
     assert all(r["term_seen"] == (r["term"] in train_terms) for r in test)
+    val = read_manifest(run_dir / "data" / "val.json")
+    train_voices = {r["voice_id"].split(":")[1] for r in train}
+    assert all(r["speaker_seen"] == (r["voice_id"].split(":")[1] in train_voices) for r in test + val)
+    assert all(r["speaker_seen"] for r in val)
+    assert rep["splits"]["test"]["speaker_new_rows"] == sum(not r["speaker_seen"] for r in test) > 0
+    assert rep["splits"]["test"]["speaker_seen_rows"] == sum(r["speaker_seen"] for r in test) > 0
 
 
 def test_extended_lexicon(tmp_path):

@@ -51,6 +51,27 @@ def test_ker_by_category_seen_unseen():
     assert 0.0 <= lo <= m["ker"] <= hi <= 1.0
 
 
+def test_speaker_slices_separate_a_new_voice_from_a_new_term():
+    rows = [
+        {"text": "start metformin now", "pred_text": "start metformin now", "term": "metformin", "entity_category": "drug",
+         "term_seen": True, "speaker_seen": True},
+        {"text": "start metformin today", "pred_text": "start met forming today", "term": "metformin",
+         "entity_category": "drug", "term_seen": True, "speaker_seen": False},
+        {"text": "start warfarin", "pred_text": "start warfarin", "term": "warfarin", "entity_category": "drug",
+         "term_seen": False, "speaker_seen": True},
+        {"text": "start warfarin", "pred_text": "stop war farm", "term": "warfarin", "entity_category": "drug",
+         "term_seen": False, "speaker_seen": False},
+        {"text": "no term here", "pred_text": "no term here"},  # no speaker info: in neither slice
+    ]
+    m = compute_metrics(rows, normalizer="basic", n_boot=100)
+    seen, new = m["by_speaker"]["seen"], m["by_speaker"]["new"]
+    assert (seen["n_rows"], new["n_rows"]) == (2, 2)
+    assert seen["wer"] == 0.0 and seen["ker"] == 0.0
+    assert new["wer"] == pytest.approx((2 + 3) / (3 + 2))  # met forming: 1 sub + 1 ins; stop war farm: 2 sub + 1 ins
+    assert (new["ker_seen"], new["ker_unseen"], new["n_ker_seen"], new["n_ker_unseen"]) == (1.0, 1.0, 1, 1)
+    assert "by_speaker" not in compute_metrics(rows[-1:], normalizer="basic", n_boot=10)
+
+
 def test_normalizers():
     assert basic_normalize("Dr. Smith's  BP: 120/80!") == "dr smiths bp 120 80"
     assert normalize("Hello,   World", "none") == "Hello, World"

@@ -80,7 +80,7 @@ def _demo_pair(tmp_path):
     for i in range(60):
         d = drugs[i % 5]
         base = {"id": f"r{i}", "audio_filepath": f"/x/{i}.wav", "duration": 2, "text": f"Start {d} today.", "term": d,
-                "entity_category": "drug" if i % 2 == 0 else "lab", "term_seen": i % 3 > 0}
+                "entity_category": "drug" if i % 2 == 0 else "lab", "term_seen": i % 3 > 0, "speaker_seen": i < 30}
         # 30 drug rows (even i): before, only i % 8 == 0 right (8 of 30: KER 22/30); after, only i % 10 == 0 wrong (6/30)
         before.append(base | {"pred_text": f"start {d[:3]} {d[3:]} today" if i % 8 else f"start {d} today"})
         after.append(base | {"pred_text": f"start {d} today" if i % 10 else f"start {d[:3]} today"})
@@ -103,6 +103,12 @@ def test_compare_cli_and_html_render(tmp_path):
     assert d["before"] == pytest.approx(22 / 30) and d["after"] == pytest.approx(6 / 30)
     assert c["decision"] == "keep" and d["ci95"][1] < 0 and d["p_value"] < 0.05
     assert {"wer", "ker", "term_error_rate", "ker[drug]", "ker[lab]", "ker[seen]", "ker[unseen]"} <= c["deltas"].keys()
+    # speaker slices: rows 0–29 by a training speaker; seen terms there are i % 3 > 0 (20 rows)
+    rows = [i for i in range(30) if i % 3]
+    s = c["deltas"]["ker[seen, seen speaker]"]
+    assert s["before"] == pytest.approx(sum(i % 8 > 0 for i in rows) / 20)
+    assert s["after"] == pytest.approx(sum(i % 10 == 0 for i in rows) / 20)
+    assert {"wer[seen speaker]", "wer[new speaker]", "ker[unseen, new speaker]"} <= c["deltas"].keys()
     html = (tmp_path / "c/compare.html").read_text()
     assert "Decision: keep" in html and "<svg" in html and "http" not in html.replace("http://www.w3.org/2000/svg", "")
     eval_html = (b / "report.html").read_text()

@@ -20,6 +20,7 @@ from medasr.config import Config
 from medasr.data.contamination import decontaminate
 from medasr.data.lexicon import core_lexicon
 from medasr.data.manifest import read_manifest, write_manifest
+from medasr.data.select import speaker_of, speakers, split_train_val, stratified_take
 from medasr.data.synth import plan_corpus, synthesize
 
 SPLITS = ("train", "val", "test")
@@ -58,6 +59,9 @@ def _summary(rows: list[dict]) -> dict:
             "seen_terms_rows": sum(bool(r.get("term_seen")) for r in rows if r.get("term")),
             "unseen_terms_rows": sum(not r.get("term_seen") for r in rows if r.get("term")),
         }
+    if any("speaker_seen" in r for r in rows):
+        out["speaker_seen_rows"] = sum(r.get("speaker_seen") is True for r in rows)
+        out["speaker_new_rows"] = sum(r.get("speaker_seen") is False for r in rows)
     tagged = Counter(t["entity_category"] for r in rows for t in r.get("terms", []))
     if tagged:
         out["lexicon_term_occurrences"] = dict(sorted(tagged.items()))
@@ -65,7 +69,6 @@ def _summary(rows: list[dict]) -> dict:
 
 
 def _build_real(cfg: Config, data_dir: Path, want: tuple[str, ...] = SPLITS) -> tuple[dict[str, list[dict]], dict]:
-    from medasr.data.select import speakers, split_train_val, stratified_take
     from medasr.data.sources import load_source
 
     d = cfg.data
@@ -117,8 +120,6 @@ def _build_mix(cfg: Config, data_dir: Path) -> tuple[dict[str, list[dict]], dict
         components.append({"source": item.source, "use": list(item.use), "rows": {s: len(parts.get(s, [])) for s in item.use},
                            "report": rep})
     # one speaker must never be on two sides, across components too
-    from medasr.data.select import speakers
-
     held = speakers(by_split["val"]) | speakers(by_split["test"])
     before = len(by_split["train"])
     by_split["train"] = [r for r in by_split["train"] if not r.get("speaker") or str(r["speaker"]) not in held]
@@ -174,11 +175,15 @@ def build(cfg: Config, run_dir: Path, force: bool = False) -> dict:
     by_split["train"], report["contamination"] = decontaminate(
         by_split["train"], by_split["val"] + by_split["test"], n=cfg.data.contamination_ngram)
     train_terms = {r["term"] for r in by_split["train"] if r.get("term")}
-    # term_seen is computed from the final train manifest, so caps or decontamination can never mislabel a row.
+    train_speakers = {speaker_of(r) for r in by_split["train"]} - {None}
+    # term_seen / speaker_seen are computed from the final train manifest, so caps or decontamination can never
+    # mislabel a row; evaluation slices on both (a new speaker and a new term are different failures).
     for sp in ("val", "test"):
         for r in by_split[sp]:
             if r.get("term"):
                 r["term_seen"] = r["term"] in train_terms
+            if speaker_of(r) is not None:
+                r["speaker_seen"] = speaker_of(r) in train_speakers
     for sp in SPLITS:
         write_manifest(data_dir / f"{sp}.json", by_split[sp])
     report |= {"fingerprint": fingerprint(cfg), "seed": cfg.data.seed, "splits": {sp: _summary(by_split[sp]) for sp in SPLITS}}

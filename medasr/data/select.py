@@ -60,3 +60,16 @@ def split_train_val(pool: list[dict], max_train: int, n_val: int, seed: int) -> 
 
 def speakers(rows: list[dict]) -> set[str]:
     return {str(r["speaker"]) for r in rows if r.get("speaker")}
+
+
+def speaker_of(row: dict) -> str | None:
+    """Who speaks a row: its `speaker`, else the voice of a synthetic `voice_id` (`espeak-ng:<voice>:rate<wpm>`, the
+    rate is not a new speaker). Synthetic rows carry no `speaker` on purpose: the speaker-disjoint split rules for real
+    data would otherwise drop every synthetic training row whose voice also speaks validation rows."""
+    if row.get("speaker"):
+        return str(row["speaker"])
+    vid = row.get("voice_id")
+    if not vid:
+        return None
+    parts = str(vid).split(":")
+    return ":".join(parts[:2]) if len(parts) >= 2 else str(vid)

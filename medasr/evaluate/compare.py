@@ -58,6 +58,18 @@ def compare_rows(before_rows: list[dict], after_rows: list[dict], priority: list
         m = np.array([bool(b.get("term")) and b.get("term_seen") is seen for b, _ in pairs], float)
         if m.sum():
             out["deltas"][f"ker[{'seen' if seen else 'unseen'}]"] = _paired(miss_b * m, miss_a * m, m, n_boot, seed)
+    if any("speaker_seen" in b for b, _ in pairs):
+        for spk, name in ((True, "seen speaker"), (False, "new speaker")):
+            sm = np.array([b.get("speaker_seen") is spk for b, _ in pairs], float)
+            if not sm.sum():
+                continue
+            out["deltas"][f"wer[{name}]"] = _paired(np.array([s.word_edits for s in sb], float) * sm,
+                                                    np.array([s.word_edits for s in sa], float) * sm, words * sm, n_boot, seed)
+            for seen in (True, False):
+                m = sm * np.array([bool(b.get("term")) and b.get("term_seen") is seen for b, _ in pairs], float)
+                if m.sum():
+                    key = f"ker[{'seen' if seen else 'unseen'}, {name}]"
+                    out["deltas"][key] = _paired(miss_b * m, miss_a * m, m, n_boot, seed)
     pm = np.array([bool(b.get("term")) and b.get("entity_category") in priority for b, _ in pairs], float)
     target = _paired(miss_b * pm, miss_a * pm, pm, n_boot, seed)
     out["deltas"]["ker[priority]"] = target

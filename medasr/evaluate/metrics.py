@@ -3,7 +3,8 @@
 - WER/CER are corpus-level: total edits / total reference words (characters); `wer_mean_utt` (mean of per-row WER,
   what some leaderboards report) is given beside it, never instead of it.
 - KER (NVIDIA clinical-ASR-eval rule): a row whose `term` tokens do not occur contiguously in the hypothesis scores 1;
-  aggregated per row, per entity category, per term, and for seen vs held-out terms (`term_seen`).
+  aggregated per row, per entity category, per term, and for seen vs held-out terms (`term_seen`); WER and KER are
+  also sliced by whether a training speaker said the row (`speaker_seen`), so a new voice is not read as a new term.
 - Term error rate needs no `term` column: the lexicon tags every medical term occurrence in each reference, and an
   occurrence counts as reproduced only if each of its words is aligned to an identical hypothesis word (word
   alignment of the term-normalised texts). That scores conversational test sets whose rows carry no single term.
@@ -133,9 +134,26 @@ def bootstrap_ci(num: np.ndarray, den: np.ndarray, n_boot: int = 1000, seed: int
     return [float(lo), float(hi)]
 
 
+def _slice(scores: list[RowScore], mask: list[bool], rows: list[dict], n_boot: int, seed: int) -> dict:
+    """WER and KER (all / seen / held-out terms) of the rows where `mask` holds, with bootstrap CIs."""
+    sub = [(r, s) for r, s, m in zip(rows, scores, mask) if m]
+    edits = np.array([s.word_edits for _, s in sub], float)
+    words = np.array([s.ref_words for _, s in sub], float)
+    out: dict = {"n_rows": len(sub), "wer": _rate(edits.sum(), words.sum()),
+                 "wer_ci95": bootstrap_ci(edits, words, n_boot, seed) if len(sub) else None}
+    for key, keep in (("ker", lambda r: True), ("ker_seen", lambda r: r.get("term_seen") is True),
+                      ("ker_unseen", lambda r: r.get("term_seen") is False)):
+        miss = np.array([1 - s.term_hit for r, s in sub if s.term_hit is not None and keep(r)], float)
+        out[key] = float(miss.mean()) if len(miss) else None
+        out[f"n_{key}"] = len(miss)
+        out[f"{key}_ci95"] = bootstrap_ci(miss, np.ones_like(miss), n_boot, seed) if len(miss) else None
+    return out
+
+
 def compute_metrics(rows: list[dict], normalizer: str = "whisper", n_boot: int = 1000, seed: int = 0,
                     lexicon=None, workers: int | None = None) -> dict:
-    """Metrics over manifest rows holding `text` and `pred_text` (optionally `term`, `entity_category`, `term_seen`).
+    """Metrics over manifest rows holding `text` and `pred_text` (optionally `term`, `entity_category`, `term_seen`,
+    `speaker_seen`: then `by_speaker` repeats WER/KER for rows spoken by a training speaker and by a new one).
     `lexicon`: tag medical terms in references for the term error rate (default: the bundled core lexicon)."""
     if lexicon is None:
         from medasr.data.lexicon import core_lexicon
@@ -199,6 +217,11 @@ def compute_metrics(rows: list[dict], normalizer: str = "whisper", n_boot: int =
         c: {"occurrences": n, "errors": e, "term_error_rate": e / n, "term_recall": 1 - e / n}
         for c, (n, e) in sorted(counts.items())
     }
+    if any("speaker_seen" in r for r in rows):
+        out["by_speaker"] = {
+            name: _slice(scores, [r.get("speaker_seen") is flag for r in rows], rows, n_boot, seed)
+            for name, flag in (("seen", True), ("new", False))
+        }
     out["ci95"] = {
         "wer": bootstrap_ci(edits, words, n_boot, seed),
         "ker": bootstrap_ci(miss, np.ones_like(miss), n_boot, seed) if len(miss) else None,

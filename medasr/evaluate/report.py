@@ -43,6 +43,13 @@ def metrics_markdown(m: dict, title: str) -> str:
         "|---|---|---|",
     ]
     lines += [f"| {c} | {_pct(v['ker'])} | {v['n']} |" for c, v in m["ker_by_category"].items()]
+    if m.get("by_speaker"):
+        lines += ["", "## By speaker (was the row's speaker in the training data?)", "",
+                  "| speaker | rows | WER | KER | KER, seen terms | KER, held-out terms |", "|---|---|---|---|---|---|"]
+        for name, v in m["by_speaker"].items():
+            lines.append(f"| {'training speaker' if name == 'seen' else 'new speaker'} | {v['n_rows']} | {_pct(v['wer'])}"
+                         f"{_ci(v['wer_ci95'])} | {_pct(v['ker'])} | {_pct(v['ker_seen'])} ({v['n_ker_seen']}) | "
+                         f"{_pct(v['ker_unseen'])} ({v['n_ker_unseen']}) |")
     worst = [(t, v) for t, v in m["per_term"].items() if v["ker"] > 0][:15]
     if worst:
         lines += ["", "## Most-missed terms", "", "| term | category | KER | rows |", "|---|---|---|---|"]

@@ -120,6 +120,14 @@ def eval_html(metrics: dict, hyps: list[dict], title: str, max_examples: int = 2
             "<tr><th>metric</th><th class=num>value</th><th class=num>95 % CI</th></tr>"]
     body += [f"<tr><td>{n}</td><td class=num>{_pct(v)}</td><td class=num>{ci_range(ci)}</td></tr>" for n, v, ci in head]
     body.append("</table>")
+    if m.get("by_speaker"):
+        body.append("<h2>By speaker</h2><table><tr><th>speaker</th><th class=num>rows</th><th class=num>WER</th>"
+                    "<th class=num>KER</th><th class=num>KER, seen terms</th><th class=num>KER, held-out terms</th></tr>")
+        body += [f"<tr><td>{'training speaker' if k == 'seen' else 'new speaker'}</td><td class=num>{v['n_rows']}</td>"
+                 f"<td class=num>{_pct(v['wer'])}</td><td class=num>{_pct(v['ker'])}</td>"
+                 f"<td class=num>{_pct(v['ker_seen'])}</td><td class=num>{_pct(v['ker_unseen'])}</td></tr>"
+                 for k, v in m["by_speaker"].items()]
+        body.append("</table>")
     cats = list(m["ker_by_category"])
     if cats:
         body.append("<h2>KER by entity category</h2>")

@@ -203,10 +203,18 @@ def _results_section(build_report: dict, before: dict, after: dict, compare: dic
         ("KER, terms seen in training", before["ker_seen"], after["ker_seen"]),
         ("KER, held-out terms", before["ker_unseen"], after["ker_unseen"]),
     ]
+    for name, label in (("seen", "training speaker"), ("new", "new speaker")):
+        b, a = (before.get("by_speaker") or {}).get(name), (after.get("by_speaker") or {}).get(name)
+        if b and a and b["n_rows"]:
+            rows += [(f"WER, {label} ({a['n_rows']} rows)", b["wer"], a["wer"]),
+                     (f"KER, seen terms, {label}", b["ker_seen"], a["ker_seen"]),
+                     (f"KER, held-out terms, {label}", b["ker_unseen"], a["ker_unseen"])]
     return f"""## Training data
 Source `{build_report.get('source')}`: {build_report['splits']['train']['rows']} training rows
 ({build_report['splits']['train']['terms']} terms), {build_report['splits']['val']['rows']} validation rows.
-The test set holds terms never seen in training and seen terms spoken by a voice not used in training.
+The test set holds terms never seen in training as well as seen terms; where rows say whether their speaker was in
+the training data (`speaker_seen`; synthetic rows: half a training voice, half a voice never used in training),
+the speaker rows below separate a new voice from a new term.
 
 ## Results on the test set ({after['n_rows']} rows, normaliser `{after['normalizer']}`)
 
