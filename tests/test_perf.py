@@ -57,13 +57,23 @@ def test_flop_formulas_match_torch_counter_on_a_real_forward(tmp_path):
     shape = bench.shape_for(model, cfg, batch=3)
     batch = bench.train_batch(model, cfg, shape, DEV)
     assert model.prepare_inputs(batch)["input_embeds"].shape[1] == shape.seq_len - 1
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        bench._loss(model, batch)
-    counted = counter.get_total_flops() - sum(counter.get_flop_counts()["AudioPerceptionModule.preprocessor"].values())
-    f = train_step_flops(bench._sizes_with_vocab(cfg, model), shape)
+    counted = {}
+    for target_only in (False, True):
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            bench._loss(model, batch, target_only)
+        counted[target_only] = (counter.get_total_flops()
+                                - sum(counter.get_flop_counts()["AudioPerceptionModule.preprocessor"].values()))
+    sizes = bench._sizes_with_vocab(cfg, model)
+    f = train_step_flops(sizes, shape)
     forward = f["encoder"] / 3 + f["llm_frozen"] / 2 + f["llm_attention"] / 3 + f["lora"] / 3
-    assert abs(counted - forward) / counted < 0.05, (counted, forward)
+    assert abs(counted[False] - forward) / counted[False] < 0.05, (counted, forward)
+    # logits only at the transcript positions: lm_head (hidden x vocab) runs on n_targets rows instead of all of them
+    n_targets = int((model.prepare_inputs(batch)["target_ids"] != -100).sum())
+    head = 2 * sizes.hidden_size * sizes.llm_vocab_size
+    assert counted[False] - counted[True] == head * (shape.batch * (shape.seq_len - 1) - n_targets)
+    saved = f["llm_frozen"] - train_step_flops(sizes, shape, target_logits_only=True)["llm_frozen"]
+    assert saved == 2 * head * shape.batch * (shape.seq_len - 1 - shape.text_tokens)
 
 
 def test_train_flops_of_the_release_shape_at_24k_tokens():
@@ -84,12 +94,12 @@ def test_speed_switches_change_speed_not_math(tmp_path):
     from medasr.models.speed import state_key
     from medasr.train.trainer import missing_trainable
 
-    plain_cfg = load_config("tiny")
+    plain_cfg = load_config("tiny", ["train.target_logits_only=false"])
     fast_cfg = load_config("tiny", ["train.encoder_sdpa=true", "train.activation_checkpointing=true"])
     plain, _, off = bench.build_model(plain_cfg, tmp_path, DEV, torch.float32)
     fast, _, on = bench.build_model(fast_cfg, tmp_path, DEV, torch.float32)
-    assert off == {"encoder_sdpa": False, "activation_checkpointing": False}
-    assert on == {"encoder_sdpa": True, "activation_checkpointing": True}
+    assert off == {"encoder_sdpa": False, "activation_checkpointing": False, "target_logits_only": False}
+    assert on == {"encoder_sdpa": True, "activation_checkpointing": True, "target_logits_only": True}
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
     assert all(m.use_pytorch_sdpa for m in fast.perception.encoder.modules() if hasattr(m, "use_pytorch_sdpa"))
@@ -99,13 +109,20 @@ def test_speed_switches_change_speed_not_math(tmp_path):
     batch = bench.train_batch(plain, plain_cfg, bench.shape_for(plain, plain_cfg, batch=2), DEV)
     plain.train()
     fast.train()
+    # the step Lightning runs: NeMo's own SALM.training_step on the plain model, our target-logits one on the fast
+    from nemo.collections.speechlm2.models import SALM
+
+    assert "training_step" not in vars(plain) and "training_step" in vars(fast)
     torch.manual_seed(1)
-    a = bench._loss(plain, batch)
-    a.backward()
+    a_out = SALM.training_step(plain, batch, 0)
+    a_out["loss"].backward()
     torch.manual_seed(1)
-    b = bench._loss(fast, batch)
-    b.backward()
-    assert torch.allclose(a, b, atol=1e-5)
+    b_out = fast.training_step(batch, 0)
+    b_out["loss"].backward()
+    a, b = a_out["loss"], b_out["loss"]
+    assert torch.allclose(a, b, atol=1e-5) and a_out["num_frames"] == b_out["num_frames"] > 0
+    torch.manual_seed(1)  # dropout draws the same masks
+    assert bench._loss(fast, batch, True).item() == pytest.approx(b.item(), abs=1e-5)  # what bench times
     grads_plain = {n: p.grad for n, p in plain.named_parameters() if p.requires_grad}
     grads_fast = {state_key(n): p.grad for n, p in fast.named_parameters() if p.requires_grad}
     assert grads_plain.keys() == grads_fast.keys()

@@ -107,9 +107,13 @@ def test_estimate_is_explained():
 
     e = pods.estimate_hours(max_steps=2000, batch_size=16)
     assert e["tokens"] == 2000 * 16 * (int(8.0 / 0.08) + 20 + 40)
-    step = train_step_flops(load_config("canary-qwen-2.5b-shapes").model.tiny, StepShape(16, 8.0, 20, 40))["total"]
+    sizes = load_config("canary-qwen-2.5b-shapes").model.tiny
+    step = train_step_flops(sizes, StepShape(16, 8.0, 20, 40), target_logits_only=True)["total"]
     assert e["tflop_per_step"] == round(step / 1e12, 2)
-    assert e["train_hours"] == round(2000 * step / 60e12 / 3600, 2) == 0.24  # ~10 GFLOP per token, 5.1 M tokens
+    assert e["train_hours"] == round(2000 * step / 60e12 / 3600, 2) == 0.22  # ~9 GFLOP per token, 5.1 M tokens
+    # logits at all 160 positions instead of the 40 transcript ones: lm_head (2048 x 151,936) on 120 more per row
+    full = train_step_flops(sizes, StepShape(16, 8.0, 20, 40))["total"]
+    assert full - step == 2 * 2 * 16 * (160 - 1 - 40) * 2048 * 151936
     assert e["total_hours"] == e["train_hours"] + 0.5
 
 

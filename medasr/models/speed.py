@@ -6,15 +6,24 @@ Both use NeMo's and Hugging Face's own mechanisms, so what the benchmark measure
 - activation checkpointing: NeMo's `AudioPerceptionModule.set_activation_checkpointing` wraps the subsampling and
   every Conformer layer; transformers' `gradient_checkpointing_enable` does the LLM's decoder layers. The frozen LLM
   still needs its activations for the gradient that flows back to the audio embeddings, so it gains as much as the
-  encoder.
+  encoder;
+- logits only at target positions (`train.target_logits_only`): SALM's training step projects every position (audio
+  frames, prompt, padding) onto the vocabulary (151,936 words in the release) and the loss then ignores all but the
+  transcript tokens. The switch runs the LLM body, gathers the hidden states the loss reads and projects only those:
+  the same loss and gradients (tested), without the (positions × vocabulary) logits that dominate memory once the
+  layers are checkpointed.
 """
 
 from __future__ import annotations
 
+import types
+
+import torch
+
 
 def apply_speed(model, train_cfg) -> dict:
-    """Apply train.encoder_sdpa / train.activation_checkpointing to a SALM; returns what was switched on."""
-    done = {"encoder_sdpa": False, "activation_checkpointing": False}
+    """Apply train.encoder_sdpa / activation_checkpointing / target_logits_only to a SALM; returns what was switched on."""
+    done = {"encoder_sdpa": False, "activation_checkpointing": False, "target_logits_only": False}
     if train_cfg.encoder_sdpa:
         n = 0
         for m in model.perception.encoder.modules():
@@ -27,7 +36,48 @@ def apply_speed(model, train_cfg) -> dict:
         # non-reentrant: works when the checkpointed block's own weights are frozen (the inputs carry the grad)
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         done["activation_checkpointing"] = True
+    if getattr(train_cfg, "target_logits_only", False):
+        # an instance attribute wins over the class method, and Lightning calls model.training_step
+        model.training_step = types.MethodType(_training_step_target_logits, model)
+        done["target_logits_only"] = True
     return done
+
+
+def target_loss(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, number of target tokens) of SALM's next-token cross-entropy, with logits computed only where
+    `target_ids` is not -100. Equal to SALM.training_step's loss: same positions, same sum / count."""
+    llm = model.llm
+    out = llm.get_decoder()(inputs_embeds=inputs["input_embeds"], attention_mask=inputs["attention_mask"],
+                            use_cache=False, return_dict=True)
+    targets = inputs["target_ids"]
+    keep = targets != -100
+    logits = llm.lm_head(out.last_hidden_state[keep])  # (n_targets, vocab); PEFT forwards the attribute
+    n = keep.sum()
+    return torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum") / n, n
+
+
+def _training_step_target_logits(self, batch: dict, batch_idx: int):
+    """SALM.training_step (same freezing, loss and logged values) with `target_loss` in place of full logits."""
+    from nemo.collections.speechlm2.parts.optim_setup import is_frozen
+
+    for m in (self.perception.preprocessor, self.perception.encoder, self.llm):
+        if is_frozen(m):
+            m.eval()
+    inputs = self.prepare_inputs(batch)
+    loss, n = target_loss(self, inputs)
+    B, T = inputs["input_embeds"].shape[:2]
+    ans = {
+        "loss": loss,
+        "learning_rate": torch.as_tensor(self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer is not None else 0),
+        "batch_size": B,
+        "sequence_length": T,
+        "num_frames": n.to(torch.float32),
+        "target_to_input_ratio": n / (B * T),
+        "padding_ratio": (batch["input_ids"] != self.text_pad_id).long().sum() / batch["input_ids"].numel(),
+    }
+    self.log("loss", loss, on_step=True, prog_bar=True)
+    self.log_dict({k: v for k, v in ans.items() if k != "loss"}, on_step=True)
+    return ans
 
 
 def state_key(name: str) -> str:

@@ -184,7 +184,7 @@ def estimate_hours(max_steps: int, batch_size: int, avg_audio_s: float = 8.0, av
 
     sizes = load_config("canary-qwen-2.5b-shapes").model.tiny
     shape = StepShape(batch=batch_size, audio_s=avg_audio_s, prompt_tokens=prompt_tokens, text_tokens=avg_text_tokens)
-    flops = max_steps * train_step_flops(sizes, shape)["total"]
+    flops = max_steps * train_step_flops(sizes, shape, target_logits_only=True)["total"]  # the default switch
     train_h = flops / (tflops_achieved * 1e12) / 3600
     overhead_h = 0.5  # install, model download, two evaluations, export, sync
     assumptions = {"max_steps": max_steps, "batch_size": batch_size, "avg_audio_s": avg_audio_s,

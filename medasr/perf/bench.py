@@ -156,7 +156,7 @@ def shape_for(model, cfg: Config, batch_tokens: int | None = None, batch: int | 
     return StepShape(batch=n, audio_s=b.utt_seconds, prompt_tokens=prompt_tokens, text_tokens=text_tokens)
 
 
-def _loss(model, batch: dict) -> torch.Tensor:
+def _loss(model, batch: dict, target_logits_only: bool) -> torch.Tensor:
     """SALM.training_step's loss without its Lightning logging (which would need a Trainer)."""
     from nemo.collections.speechlm2.parts.optim_setup import is_frozen
 
@@ -164,6 +164,10 @@ def _loss(model, batch: dict) -> torch.Tensor:
         if is_frozen(m):
             m.eval()
     inputs = model.prepare_inputs(batch)
+    if target_logits_only:  # what the fine-tune's training step computes with train.target_logits_only
+        from medasr.models.speed import target_loss
+
+        return target_loss(model, inputs)[0]
     logits = model(inputs["input_embeds"], attention_mask=inputs["attention_mask"])["logits"]
     n = (inputs["target_ids"] != -100).sum()
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), inputs["target_ids"].flatten(0, 1),
@@ -227,7 +231,7 @@ def bench_train(cfg: Config, work: Path, console=None) -> dict:
     for tokens in cfg.bench.train_batch_tokens:
         shape = shape_for(model, cfg, batch_tokens=tokens)
         batch = train_batch(model, cfg, shape, dev)
-        flops = train_step_flops(sizes, shape)
+        flops = train_step_flops(sizes, shape, speed["target_logits_only"])
         row = {"batch_tokens": shape.batch_tokens, "batch": shape.batch, "audio_s": shape.audio_s,
                "seq_len": shape.seq_len, "tflop_per_step": round(flops["total"] / 1e12, 3)}
         _reset_peak(dev)
@@ -237,7 +241,7 @@ def bench_train(cfg: Config, work: Path, console=None) -> dict:
                 if i == cfg.bench.warmup_steps:
                     timer.mark()
                 opt.zero_grad(set_to_none=True)
-                _loss(model, batch).backward()
+                _loss(model, batch, speed["target_logits_only"]).backward()
                 torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip, foreach=True)
                 opt.step()
                 if i >= cfg.bench.warmup_steps:

@@ -97,11 +97,14 @@ def llm_token_macs(t, context: int, head: bool = True) -> dict:
                                        for m in t.lora_target_modules if m in shapes)}
 
 
-def train_step_flops(t, shape: StepShape) -> dict:
+def train_step_flops(t, shape: StepShape, target_logits_only: bool = False) -> dict:
     """FLOPs of one fine-tune step (forward + backward). Backward = 2x forward for trained weights and for every
-    attention product (its operands are activations); 1x for the frozen LLM's linear layers (no weight gradient)."""
+    attention product (its operands are activations); 1x for the frozen LLM's linear layers (no weight gradient).
+    `target_logits_only` (train.target_logits_only): lm_head runs on the transcript positions only."""
     s = shape.seq_len - 1  # SALM drops the last position (targets are shifted by one)
-    tok = {k: shape.batch * s * v for k, v in llm_token_macs(t, s).items()}
+    tok = {k: shape.batch * s * v for k, v in llm_token_macs(t, s, head=False).items()}
+    head_positions = shape.batch * (shape.text_tokens if target_logits_only else s)
+    tok["linear"] += head_positions * t.hidden_size * _vocab(t)
     parts = {"encoder": 2 * 3 * encoder_macs(t, shape), "llm_frozen": 2 * 2 * tok["linear"],
              "llm_attention": 2 * 3 * tok["attention"], "lora": 2 * 3 * tok["lora"]}
     return parts | {"total": sum(parts.values())}
