@@ -183,8 +183,8 @@ def test_bucketing_cuts_padding_in_the_training_pipeline(tiny_run, tmp_path):
 
 
 def test_fine_tune_with_every_speed_switch_trains_and_resumes(tiny_data_and_base):
-    """Bucketing + token batches + encoder SDPA + activation checkpointing through the real trainer: the
-    checkpoint keeps the plain keys and a re-run resumes from it to the new max_steps."""
+    """Bucketing + token batches + encoder SDPA + activation checkpointing + target logits (the default) through the
+    real trainer: the checkpoint keeps the plain keys and a re-run resumes from it to the new max_steps."""
     from medasr.train.trainer import train
 
     run_dir = tiny_data_and_base
@@ -194,7 +194,7 @@ def test_fine_tune_with_every_speed_switch_trains_and_resumes(tiny_data_and_base
     done = train(load_config("tiny", sets + ["train.max_steps=3"]), run_dir, run_dir / "model/base")
     assert done["global_step"] == 3
     record = json.loads((run_dir / "train/trainable_params.json").read_text())
-    assert record["speed"] == {"encoder_sdpa": True, "activation_checkpointing": True}
+    assert record["speed"] == {"encoder_sdpa": True, "activation_checkpointing": True, "target_logits_only": True}
     sd = torch.load(run_dir / "train/checkpoints/last.ckpt", weights_only=False, map_location="cpu")["state_dict"]
     assert sd and not [k for k in sd if "_checkpoint_wrapped_module" in k]
     assert any(k.startswith("perception.encoder.layers.0.") for k in sd)
