@@ -182,8 +182,8 @@ def build(cfg: Config, run_dir: Path, force: bool = False) -> dict:
         for r in by_split[sp]:
             if r.get("term"):
                 r["term_seen"] = r["term"] in train_terms
-            if speaker_of(r) is not None:
-                r["speaker_seen"] = speaker_of(r) in train_speakers
+            if (who := speaker_of(r)) is not None:
+                r["speaker_seen"] = who in train_speakers
     for sp in SPLITS:
         write_manifest(data_dir / f"{sp}.json", by_split[sp])
     report |= {"fingerprint": fingerprint(cfg), "seed": cfg.data.seed, "splits": {sp: _summary(by_split[sp]) for sp in SPLITS}}

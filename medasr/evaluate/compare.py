@@ -41,7 +41,8 @@ def compare_rows(before_rows: list[dict], after_rows: list[dict], priority: list
     sa = score_rows([a for _, a in pairs], normalizer, lex)
     words = np.array([s.ref_words for s in sb], float)
     out = {"n_rows": len(pairs), "n_boot": n_boot, "seed": seed, "priority": list(priority), "deltas": {}}
-    out["deltas"]["wer"] = _paired(np.array([s.word_edits for s in sb], float), np.array([s.word_edits for s in sa], float), words, n_boot, seed)
+    edits_b, edits_a = np.array([s.word_edits for s in sb], float), np.array([s.word_edits for s in sa], float)
+    out["deltas"]["wer"] = _paired(edits_b, edits_a, words, n_boot, seed)
     occ = np.array([len(s.occurrences) for s in sb], float)
     out["deltas"]["term_error_rate"] = _paired(
         np.array([sum(1 - o[2] for o in s.occurrences) for s in sb], float),
@@ -54,8 +55,9 @@ def compare_rows(before_rows: list[dict], after_rows: list[dict], priority: list
     for c in cats:
         m = np.array([b.get("entity_category") == c and bool(b.get("term")) for b, _ in pairs], float)
         out["deltas"][f"ker[{c}]"] = _paired(miss_b * m, miss_a * m, m, n_boot, seed)
-    for seen in (True, False):
-        m = np.array([bool(b.get("term")) and b.get("term_seen") is seen for b, _ in pairs], float)
+    term_kind = {seen: np.array([bool(b.get("term")) and b.get("term_seen") is seen for b, _ in pairs], float)
+                 for seen in (True, False)}
+    for seen, m in term_kind.items():
         if m.sum():
             out["deltas"][f"ker[{'seen' if seen else 'unseen'}]"] = _paired(miss_b * m, miss_a * m, m, n_boot, seed)
     if any("speaker_seen" in b for b, _ in pairs):
@@ -63,10 +65,9 @@ def compare_rows(before_rows: list[dict], after_rows: list[dict], priority: list
             sm = np.array([b.get("speaker_seen") is spk for b, _ in pairs], float)
             if not sm.sum():
                 continue
-            out["deltas"][f"wer[{name}]"] = _paired(np.array([s.word_edits for s in sb], float) * sm,
-                                                    np.array([s.word_edits for s in sa], float) * sm, words * sm, n_boot, seed)
-            for seen in (True, False):
-                m = sm * np.array([bool(b.get("term")) and b.get("term_seen") is seen for b, _ in pairs], float)
+            out["deltas"][f"wer[{name}]"] = _paired(edits_b * sm, edits_a * sm, words * sm, n_boot, seed)
+            for seen, kind in term_kind.items():
+                m = sm * kind
                 if m.sum():
                     key = f"ker[{'seen' if seen else 'unseen'}, {name}]"
                     out["deltas"][key] = _paired(miss_b * m, miss_a * m, m, n_boot, seed)

@@ -36,7 +36,7 @@ def apply_speed(model, train_cfg) -> dict:
         # non-reentrant: works when the checkpointed block's own weights are frozen (the inputs carry the grad)
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         done["activation_checkpointing"] = True
-    if getattr(train_cfg, "target_logits_only", False):
+    if train_cfg.target_logits_only:
         # an instance attribute wins over the class method, and Lightning calls model.training_step
         model.training_step = types.MethodType(_training_step_target_logits, model)
         done["target_logits_only"] = True
