@@ -190,6 +190,9 @@ def pretrain_mini(preset: str = typer.Option("mini", "--preset", "-p", help="pre
                                                 help="data, checkpoints and history (resumes from work-dir/ckpt.pt)"),
                   out: Optional[Path] = typer.Option(None, "--out", help="where the base is written (default: the shipped "
                                                      "medasr/resources/mini, which --preset mini loads)"),
+                  init_from: Optional[Path] = typer.Option(None, "--init-from", help="continue a shipped base (e.g. "
+                                                           "medasr/resources/mini) instead of starting from random init; "
+                                                           "raise pretrain.steps above its step count"),
                   set_: Optional[List[str]] = SetOpt):
     """Pretrain the `mini` base from scratch on generic (non-medical) espeak-ng speech, and ship it."""
     from medasr.models.mini import MINI_DIR
@@ -197,7 +200,7 @@ def pretrain_mini(preset: str = typer.Option("mini", "--preset", "-p", help="pre
 
     cfg = _cfg(preset, set_)
     try:
-        pretrain(cfg, work_dir, out or MINI_DIR, console)
+        pretrain(cfg, work_dir, out or MINI_DIR, console, init_from=init_from)
     except PretrainError as e:
         console.print(f"[red]pretrain-mini stopped:[/] {e}")
         raise typer.Exit(1)

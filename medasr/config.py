@@ -201,7 +201,7 @@ class PretrainConfig:
     eval_every: int = 250
     eval_rows: int = 100  # held-out rows decoded at each evaluation (all n_heldout at the end)
     ckpt_every: int = 250
-    max_minutes: float = 0.0  # stop (and finalize) after this wall time; 0 = no limit
+    max_minutes: float = 0.0  # stop (and finalize) after this much wall time in this run; 0 = no limit
     seed: int = 7
 
 

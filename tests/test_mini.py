@@ -5,6 +5,7 @@ import json
 import shutil
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from medasr.cli import app
@@ -95,6 +96,38 @@ def test_pretrain_mini_trains_resumes_and_ships(tmp_path):
     assert r.exit_code == 1 and "n_train" in r.output  # data made for other settings is refused, not reused
     model = load_base(install_mini(tmp_path / "run" / "model", src=tmp_path / "mini"))
     assert model.cfg.pretrained_llm == str((tmp_path / "run" / "model" / "mini" / "llm").resolve())
+
+    # --init-from continues the shipped base in a fresh work dir: same tokenizer, weights, step count and curve.
+    # lr 0 must leave every weight exactly as shipped (a restart from random init could not).
+    cont = ["pretrain-mini", "-d", str(tmp_path / "work2"), "--out", str(tmp_path / "mini2"), "--init-from",
+            str(tmp_path / "mini")]
+    r = CliRunner().invoke(app, cont + [f"--set={o}" for o in small + ["pretrain.steps=4"]])
+    assert r.exit_code == 1 and "pretrain.steps above" in r.output
+    r = CliRunner().invoke(app, cont + [f"--set={o}" for o in small + ["pretrain.steps=6", "model.tiny.num_layers=2"]])
+    assert r.exit_code == 1 and "num_layers" in r.output  # other sizes are refused
+    r = CliRunner().invoke(app, cont + [f"--set={o}" for o in small + ["pretrain.steps=6", "pretrain.lr=0"]])
+    assert r.exit_code == 0, r.output
+    meta2 = json.loads((tmp_path / "mini2" / "pretrain.json").read_text())
+    assert meta2["steps"] == 6 and [h["step"] for h in meta2["history"]] == [2, 4, 6]
+    assert [(x["step"], x["steps"], "continued_from" in x) for x in meta2["resumes"]] == [(2, 4, False), (4, 6, True)]
+    assert "Continued at step 4" in (tmp_path / "mini2" / "MODEL_CARD.md").read_text()
+    assert (tmp_path / "mini2" / "llm" / "tokenizer.json").read_bytes() == (tmp_path / "mini" / "llm" / "tokenizer.json").read_bytes()
+    with safe_open(tmp_path / "mini" / "base" / "model.safetensors", "pt") as a, \
+            safe_open(tmp_path / "mini2" / "base" / "model.safetensors", "pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        params = [k for k in a.keys() if not any(x in k for x in ("running_", "num_batches"))]  # BatchNorm stats move
+        assert len(params) > 50 and all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in params)
+
+
+def test_continued_pretraining_warms_up_again():
+    from medasr.config import PretrainConfig
+    from medasr.train.pretrain_mini import lr_at
+
+    p = PretrainConfig(steps=3000, lr=1e-3, min_lr=1e-4, warmup_steps=100)
+    assert lr_at(0, p) == lr_at(2000, p, start=2000) == pytest.approx(1e-5)  # a fresh optimizer warms up again
+    assert lr_at(2099, p, start=2000) == pytest.approx(1e-3)
+    assert lr_at(3000, p, start=2000) == pytest.approx(1e-4) == lr_at(3000, p)  # both end at min_lr
+    assert lr_at(2550, p, start=2000) == pytest.approx(5.5e-4)  # cosine midpoint of the continued segment
 
 
 def test_install_without_shipped_weights_says_how(tmp_path):

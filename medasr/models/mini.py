@@ -50,8 +50,12 @@ def write_card(out_dir: Path, r: dict) -> None:
     size_mb = (out_dir / "base" / "model.safetensors").stat().st_size / 1e6
     hist = "\n".join(f"| {h['step']} | {h['ce']} | {h['ctc']} | {h['heldout_wer']:.1%} | {h['minutes']} |"
                      for h in r["history"])
-    resumes = "".join(f" Resumed at step {x['step']} ({x['at']}) with the plan set to {x['steps']} steps, peak lr "
-                      f"{x['lr']:g} (the cosine schedule recomputed for the new plan)." for x in r.get("resumes", []))
+    resumes = "".join(
+        f" Continued at step {x['step']} ({x['at']}) from the shipped base `{x['continued_from']}` (`--init-from`: new "
+        f"AdamW state and CTC head, warm-up {x['warmup']}, then cosine to the new plan of {x['steps']} steps, peak lr "
+        f"{x['lr']:g})." if "continued_from" in x else
+        f" Resumed at step {x['step']} ({x['at']}) with the plan set to {x['steps']} steps, peak lr "
+        f"{x['lr']:g} (the cosine schedule recomputed for the new plan)." for x in r.get("resumes", []))
     card = f"""# medasr mini base (pretrained from scratch, generic English espeak-ng speech)
 
 A scaled-down Canary-Qwen SALM — FastConformer encoder (d_model {t['encoder_d_model']}, {t['encoder_layers']} layers,

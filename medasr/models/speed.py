@@ -56,14 +56,19 @@ def target_loss(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum") / n, n
 
 
-def _training_step_target_logits(self, batch: dict, batch_idx: int):
-    """SALM.training_step (same freezing, loss and logged values) with `target_loss` in place of full logits."""
+def train_inputs(model, batch: dict) -> dict:
+    """What SALM.training_step does before its loss: frozen modules to eval mode (no dropout), then prepare_inputs."""
     from nemo.collections.speechlm2.parts.optim_setup import is_frozen
 
-    for m in (self.perception.preprocessor, self.perception.encoder, self.llm):
+    for m in (model.perception.preprocessor, model.perception.encoder, model.llm):
         if is_frozen(m):
             m.eval()
-    inputs = self.prepare_inputs(batch)
+    return model.prepare_inputs(batch)
+
+
+def _training_step_target_logits(self, batch: dict, batch_idx: int):
+    """SALM.training_step (same freezing, loss and logged values) with `target_loss` in place of full logits."""
+    inputs = train_inputs(self, batch)
     loss, n = target_loss(self, inputs)
     B, T = inputs["input_embeds"].shape[:2]
     ans = {

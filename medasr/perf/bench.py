@@ -158,15 +158,10 @@ def shape_for(model, cfg: Config, batch_tokens: int | None = None, batch: int | 
 
 def _loss(model, batch: dict, target_logits_only: bool) -> torch.Tensor:
     """SALM.training_step's loss without its Lightning logging (which would need a Trainer)."""
-    from nemo.collections.speechlm2.parts.optim_setup import is_frozen
+    from medasr.models.speed import target_loss, train_inputs
 
-    for m in (model.perception.preprocessor, model.perception.encoder, model.llm):
-        if is_frozen(m):
-            m.eval()
-    inputs = model.prepare_inputs(batch)
+    inputs = train_inputs(model, batch)
     if target_logits_only:  # what the fine-tune's training step computes with train.target_logits_only
-        from medasr.models.speed import target_loss
-
         return target_loss(model, inputs)[0]
     logits = model(inputs["input_embeds"], attention_mask=inputs["attention_mask"])["logits"]
     n = (inputs["target_ids"] != -100).sum()

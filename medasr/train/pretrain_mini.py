@@ -9,7 +9,8 @@ SALM that the fine-tune and the evaluation load like any other base.
 Inputs are built exactly as NeMo's SALM data pipeline builds them (the `qwen` prompt formatter, left padding, the
 audio placeholder replaced by `replace_placeholders_and_build_targets`), so the shipped model sees the same token
 layout at fine-tune and inference time. Resumable: a checkpoint every `pretrain.ckpt_every` steps is picked up by a
-re-run of the same command.
+re-run of the same command. `--init-from` continues a shipped base (its weights, tokenizer, step count and curve) in a
+fresh work dir: the way to train the shipped base longer (on a lent GPU, say) without its lost optimizer checkpoint.
 """
 
 from __future__ import annotations
@@ -163,11 +164,13 @@ def losses(model, ctc_head, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return ce, ctc / batch["ctc_lens"].sum()
 
 
-def lr_at(step: int, p) -> float:
-    """Linear warm-up, then cosine from pretrain.lr to pretrain.min_lr at pretrain.steps."""
-    if step < p.warmup_steps:
-        return p.lr * (step + 1) / p.warmup_steps
-    t = min(1.0, (step - p.warmup_steps) / max(1, p.steps - p.warmup_steps))
+def lr_at(step: int, p, start: int = 0) -> float:
+    """Linear warm-up, then cosine from pretrain.lr to pretrain.min_lr at pretrain.steps. A run continued from a shipped
+    base (`start` > 0) warms up again: its AdamW moments start from zero."""
+    s = step - start
+    if s < p.warmup_steps:
+        return p.lr * (s + 1) / p.warmup_steps
+    t = min(1.0, (s - p.warmup_steps) / max(1, p.steps - start - p.warmup_steps))
     return p.min_lr + 0.5 * (p.lr - p.min_lr) * (1 + math.cos(math.pi * t))
 
 
@@ -181,8 +184,42 @@ def trainable(model) -> list[torch.nn.Parameter]:
     return params
 
 
-def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None) -> dict:
-    """Data → model → training (resumable) → the shipped base in `out_dir`, its held-out WER measured after reload."""
+def continue_from(cfg: Config, work: Path, src: Path) -> dict:
+    """Take over the shipped base in `src` as this work dir's starting point: its tokenizer is copied (a new one would
+    renumber every token) and its record (steps, minutes, curve, resumes) is kept in work/init.json, so the new card
+    tells the whole history. Refused when the base was made with other sizes or data settings: a different data plan
+    would put its held-out sentences into training and the held-out WER would lie."""
+    from medasr.models.mini import shipped
+
+    if not shipped(src) or not (src / "pretrain.json").exists():
+        raise PretrainError(f"--init-from {src}: no shipped mini base there (base/, llm/ and pretrain.json): give the "
+                            "folder `medasr pretrain-mini --out` wrote, e.g. medasr/resources/mini")
+    meta = json.loads((src / "pretrain.json").read_text())
+    mine = to_dict(cfg)
+    for what, theirs, ours in (("model.tiny", meta["sizes"], mine["model"]["tiny"]),
+                               ("pretrain", meta["pretrain"], {k: mine["pretrain"][k] for k in DATA_KEYS})):
+        changed = sorted(k for k in ours if ours[k] != theirs.get(k))
+        if changed:
+            raise PretrainError(f"--init-from {src} was made with other {what} settings ({', '.join(changed)}): "
+                                f"continue it with the settings in its pretrain.json")
+    if cfg.pretrain.steps <= meta["steps"]:
+        raise PretrainError(f"--init-from {src} has trained {meta['steps']} steps already: set pretrain.steps above "
+                            f"that (e.g. --set pretrain.steps={meta['steps'] + 2000})")
+    llm_dir = work / "model" / "llm"
+    shutil.rmtree(llm_dir, ignore_errors=True)
+    shutil.copytree(src / "llm", llm_dir)
+    init = {"from": str(src), "steps": meta["steps"], "minutes": meta["minutes"], "hardware": meta["hardware"],
+            "history": meta.get("history", []), "resumes": meta.get("resumes", []),
+            "heldout_wer_seen_voice": meta["heldout_wer_seen_voice"]}
+    # the weights, copied too: the run must not depend on `src`, which it may overwrite when it ships
+    shutil.copy(src / "base" / "model.safetensors", work / "init.safetensors")
+    write_text_atomic(work / "init.json", json.dumps(init, indent=2))
+    return init
+
+
+def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None, init_from: Path | None = None) -> dict:
+    """Data → model → training (resumable) → the shipped base in `out_dir`, its held-out WER measured after reload.
+    `init_from`: a shipped base to continue (fresh work dirs only; a work dir with a checkpoint resumes that)."""
     from rich.console import Console
 
     console = console or Console()
@@ -193,6 +230,17 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None) ->
     console.print(f"generic text: {text_report['kept']} sentences kept, {text_report['excluded_medical']} excluded for "
                   f"naming a medical term; {text_report['train_rows']} training rows, {text_report['train_hours']} h")
     rows = {s: read_manifest(work / "data" / f"{s}.json") for s in SPLITS}
+    ckpt, hist_file, init_file = work / "ckpt.pt", work / "history.jsonl", work / "init.json"
+    if init_from is not None:
+        if ckpt.exists():
+            console.print(f"[yellow]{work} has a checkpoint: resuming it (--init-from applies to a fresh work dir)[/]")
+        else:
+            init = continue_from(cfg, work, init_from)
+            with (work / "resumes.jsonl").open("a") as f:
+                f.write(json.dumps({"step": init["steps"], "steps": cfg.pretrain.steps, "lr": cfg.pretrain.lr,
+                                    "warmup": cfg.pretrain.warmup_steps, "continued_from": str(init_from),
+                                    "at": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
+    init = json.loads(init_file.read_text()) if init_file.exists() else None
     model = new_model(cfg, work)
     ctc_head = torch.nn.Linear(cfg.model.tiny.encoder_d_model, model.text_vocab_size + 1)  # + CTC blank
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a lent GPU when there is one (bf16 autocast)
@@ -200,14 +248,21 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None) ->
     ctc_head.to(dev)
     params = trainable(model) + list(ctc_head.parameters())
     opt = torch.optim.AdamW(params, lr=p.lr, weight_decay=0.01)
-    ckpt, hist_file = work / "ckpt.pt", work / "history.jsonl"
-    step, elapsed = 0, 0.0
+    step, elapsed, start = 0, 0.0, 0
+    if init and not ckpt.exists():
+        from safetensors.torch import load_file
+
+        sd = {k: v.float() if v.is_floating_point() else v for k, v in load_file(work / "init.safetensors").items()}
+        model.load_state_dict(sd, strict=True)
+        step = start = init["steps"]
+        elapsed = init["minutes"] * 60
+        console.print(f"continuing {init['from']} from step {step} (held-out WER {init['heldout_wer_seen_voice']:.1%})")
     if ckpt.exists():
         state = torch.load(ckpt, map_location=dev, weights_only=False)
         model.load_state_dict(state["model"])
         ctc_head.load_state_dict(state["ctc_head"])
         opt.load_state_dict(state["opt"])
-        step, elapsed = state["step"], state["elapsed_s"]
+        step, elapsed, start = state["step"], state["elapsed_s"], state.get("start", 0)
         console.print(f"resumed from {ckpt} at step {step}")
         if step < p.steps:
             with (work / "resumes.jsonl").open("a") as f:  # the card says when training resumed and with what plan
@@ -219,13 +274,14 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None) ->
     rng = random.Random(p.seed + step)
     queue: list[list[int]] = []
     started = time.monotonic() - elapsed
+    this_run = time.monotonic()  # pretrain.max_minutes bounds this invocation, not the base's whole history
     eval_rows = rows["heldout_seen_voice"][: p.eval_rows]
     window: list[tuple[float, float]] = []
 
     def save() -> None:
         tmp = ckpt.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "ctc_head": ctc_head.state_dict(), "opt": opt.state_dict(),
-                    "step": step, "elapsed_s": time.monotonic() - started}, tmp)
+                    "step": step, "start": start, "elapsed_s": time.monotonic() - started}, tmp)
         tmp.replace(ckpt)
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -235,14 +291,14 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None) ->
                   TimeRemainingColumn(), console=console) as prog:
         task = prog.add_task("steps", total=p.steps, completed=step, info="")
         while step < p.steps:
-            if p.max_minutes and time.monotonic() - started > p.max_minutes * 60:
+            if p.max_minutes and time.monotonic() - this_run > p.max_minutes * 60:
                 console.print(f"[yellow]pretrain.max_minutes={p.max_minutes} reached at step {step}[/]")
                 break
             if not queue:
                 queue = batches(durations, p.batch_size, rng)
             batch = {k: v.to(dev) for k, v in collate(queue.pop(), audio, enc, model.text_pad_id).items()}
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, p)
+                g["lr"] = lr_at(step, p, start)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 ce, ctc = losses(model, ctc_head, batch)
             loss = ce + p.ctc_weight * ctc
@@ -262,7 +318,7 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None) ->
                 model.train()
                 ce_m, ctc_m = (float(np.mean([w[k] for w in window])) for k in (0, 1))
                 rec = {"step": step, "ce": round(ce_m, 4), "ctc": round(ctc_m, 4), "heldout_wer": round(wer, 4),
-                       "lr": round(lr_at(step, p), 6), "minutes": round((time.monotonic() - started) / 60, 2)}
+                       "lr": round(lr_at(step, p, start), 6), "minutes": round((time.monotonic() - started) / 60, 2)}
                 window.clear()
                 with hist_file.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
@@ -282,12 +338,15 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None) ->
         "heldout_wer_new_voice": round(model_wer(cfg, shipped, rows["heldout_new_voice"]), 4),
         "heldout_rows": len(rows["heldout_seen_voice"]),
         "heldout_voice": p.heldout_voice, "voices": list(p.voices),
-        "hardware": device_name(dev), "text": {k: v for k, v in text_report.items() if k != "excluded_examples"},
+        "hardware": device_name(dev) if not init or init["hardware"] == device_name(dev)
+        else f"{init['hardware']}, then {device_name(dev)}", "text": {k: v for k, v in text_report.items() if k != "excluded_examples"},
         "excluded_examples": text_report.get("excluded_examples", [])[:5],
         "sizes": asdict(cfg.model.tiny), "pretrain": to_dict(cfg)["pretrain"], "prompt": cfg.model.prompt,
-        "history": [json.loads(line) for line in hist_file.read_text().splitlines()] if hist_file.exists() else [],
-        "resumes": [json.loads(line) for line in (work / "resumes.jsonl").read_text().splitlines()]
-        if (work / "resumes.jsonl").exists() else [],
+        "history": (init["history"] if init else [])
+        + ([json.loads(line) for line in hist_file.read_text().splitlines()] if hist_file.exists() else []),
+        "resumes": (init["resumes"] if init else [])
+        + ([json.loads(line) for line in (work / "resumes.jsonl").read_text().splitlines()]
+           if (work / "resumes.jsonl").exists() else []),
     }
     write_text_atomic(work / "result.json", json.dumps(result, indent=2))
     write_text_atomic(tmp / "pretrain.json", json.dumps(result, indent=2))
