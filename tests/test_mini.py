@@ -50,10 +50,17 @@ def test_shipped_mini_is_small_loads_and_matches_its_card(tmp_path):
     assert wer < 0.9 and abs(wer - meta["heldout_wer_seen_voice"]) <= 0.15, (wer, meta["heldout_wer_seen_voice"])
 
 
-def test_shipped_card_tells_the_shipped_record():
-    """The card a user reads states the numbers and the history in pretrain.json, including a run cut short."""
+def test_shipped_card_tells_the_shipped_record(tmp_path):
+    """The shipped card is what write_card makes of pretrain.json today, and it states the numbers and the history,
+    including a run cut short by max_minutes."""
+    from medasr.models.mini import write_card
+
     meta = json.loads((MINI_DIR / "pretrain.json").read_text())
-    card = (MINI_DIR / "MODEL_CARD.md").read_text()
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "model.safetensors").symlink_to(MINI_DIR / "base" / "model.safetensors")
+    write_card(tmp_path, meta)
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert card == (MINI_DIR / "MODEL_CARD.md").read_text()
     assert f"**{meta['steps']} steps in\n{meta['minutes']} min" in card
     assert f"| pretraining voices (new sentences) | {meta['heldout_wer_seen_voice']:.1%} |" in card
     assert f"{meta['heldout_wer_new_voice']:.1%} |" in card

@@ -58,8 +58,10 @@ def write_card(out_dir: Path, r: dict) -> None:
         f"{x['lr']:g} (the cosine schedule recomputed for the new plan)." for x in r.get("resumes", []))
     if r["steps"] < p["steps"]:  # cut short by pretrain.max_minutes: say so, the plan's last steps never ran
         resumes += (f" Stopped by pretrain.max_minutes ({p['max_minutes']:g} min for that run) at step {r['steps']} of "
-                    f"the planned {p['steps']}" + (f" (learning rate {r['history'][-1]['lr']:g} at step "
-                                                  f"{r['history'][-1]['step']})." if r["history"] else "."))
+                    f"the planned {p['steps']}")
+        if r["history"]:
+            resumes += f" (learning rate {r['history'][-1]['lr']:g} at step {r['history'][-1]['step']})"
+        resumes += "."
     card = f"""# medasr mini base (pretrained from scratch, generic English espeak-ng speech)
 
 A scaled-down Canary-Qwen SALM — FastConformer encoder (d_model {t['encoder_d_model']}, {t['encoder_layers']} layers,
