@@ -124,18 +124,39 @@ def test_pretrain_mini_trains_resumes_and_ships(tmp_path):
     assert r.exit_code == 1 and "pretrain.steps above" in r.output
     r = CliRunner().invoke(app, cont + [f"--set={o}" for o in small + ["pretrain.steps=6", "model.tiny.num_layers=2"]])
     assert r.exit_code == 1 and "num_layers" in r.output  # other sizes are refused
-    r = CliRunner().invoke(app, cont + [f"--set={o}" for o in small + ["pretrain.steps=6", "pretrain.lr=0"]])
+    r = CliRunner().invoke(app, cont + [f"--set={o}" for o in small + ["pretrain.steps=6", "pretrain.n_train=20"]])
+    assert r.exit_code == 1 and "add training text, not drop it" in r.output
+    # more training text is allowed (the held-out sentences stay put); lr 0 keeps the weights as shipped
+    r = CliRunner().invoke(app, cont + [f"--set={o}" for o in small + ["pretrain.steps=6", "pretrain.lr=0",
+                                                                         "pretrain.n_train=30"]])
     assert r.exit_code == 0, r.output
     meta2 = json.loads((tmp_path / "mini2" / "pretrain.json").read_text())
     assert meta2["steps"] == 6 and [h["step"] for h in meta2["history"]] == [2, 4, 6]
+    assert meta2["text"]["train_rows"] == 30 and meta2["pretrain"]["n_train"] == 30
     assert [(x["step"], x["steps"], "continued_from" in x) for x in meta2["resumes"]] == [(2, 4, False), (4, 6, True)]
-    assert "Continued at step 4" in (tmp_path / "mini2" / "MODEL_CARD.md").read_text()
+    start = meta2["resumes"][1]
+    assert start["n_train"] == [24, 30] and 0 < start["start_heldout_wer"]
+    card = (tmp_path / "mini2" / "MODEL_CARD.md").read_text()
+    assert "Continued at step 4" in card and "training text grown from 24 to 30 sentences" in card
+    assert f"held-out WER at the start {start['start_heldout_wer']:.1%} on 4 rows" in card
     assert (tmp_path / "mini2" / "llm" / "tokenizer.json").read_bytes() == (tmp_path / "mini" / "llm" / "tokenizer.json").read_bytes()
     with safe_open(tmp_path / "mini" / "base" / "model.safetensors", "pt") as a, \
             safe_open(tmp_path / "mini2" / "base" / "model.safetensors", "pt") as b:
         assert set(a.keys()) == set(b.keys())
         params = [k for k in a.keys() if not any(x in k for x in ("running_", "num_batches"))]  # BatchNorm stats move
         assert len(params) > 50 and all(torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in params)
+
+
+def test_growing_n_train_keeps_the_heldout_sentences_and_the_first_training_rows():
+    """Why a continuation may add training text: the held-out sentences never move, nor does any earlier training row."""
+    text = generic_sentences().sentences
+    kw = dict(seed=7, n_heldout=50, voices=["en-us", "en-gb"], heldout_voice="en-us+f3", rates=(140, 190),
+              noise_levels=["clean", "snr5"], max_words=14)
+    small, big = plan_generic(text, n_train=300, **kw), plan_generic(text, n_train=900, **kw)
+    held = [{u.text for u in p if u.split != "train"} for p in (small, big)]
+    assert len(held[0]) == 50 and held[0] == held[1]
+    train = [[u for u in p if u.split == "train"] for p in (small, big)]
+    assert len(train[1]) == 900 and train[1][:300] == train[0] and not held[1] & {u.text for u in train[1]}
 
 
 def test_continued_pretraining_warms_up_again():

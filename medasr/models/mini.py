@@ -45,6 +45,16 @@ def install_mini(out_root: Path, src: Path = MINI_DIR, fresh: bool = False) -> P
     return base
 
 
+def _grown(x: dict) -> str:
+    a, b = x.get("n_train", (0, 0))
+    return f"; training text grown from {a:,} to {b:,} sentences" if b > a else ""
+
+
+def _start(x: dict, p: dict) -> str:
+    return (f"; held-out WER at the start {x['start_heldout_wer']:.1%} on {p['eval_rows']} rows"
+            if "start_heldout_wer" in x else "")
+
+
 def write_card(out_dir: Path, r: dict) -> None:
     t, p, text = r["sizes"], r["pretrain"], r["text"]
     size_mb = (out_dir / "base" / "model.safetensors").stat().st_size / 1e6
@@ -53,7 +63,7 @@ def write_card(out_dir: Path, r: dict) -> None:
     resumes = "".join(
         f" Continued at step {x['step']} ({x['at']}) from the shipped base `{x['continued_from']}` (`--init-from`: new "
         f"AdamW state and CTC head, warm-up {x['warmup']}, then cosine to the new plan of {x['steps']} steps, peak lr "
-        f"{x['lr']:g})." if "continued_from" in x else
+        f"{x['lr']:g}{_grown(x)}{_start(x, p)})." if "continued_from" in x else
         f" Resumed at step {x['step']} ({x['at']}) with the plan set to {x['steps']} steps, peak lr "
         f"{x['lr']:g} (the cosine schedule recomputed for the new plan)." for x in r.get("resumes", []))
     if r["steps"] < p["steps"]:  # cut short by pretrain.max_minutes: say so, the plan's last steps never ran

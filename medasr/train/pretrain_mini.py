@@ -196,12 +196,16 @@ def continue_from(cfg: Config, work: Path, src: Path) -> dict:
                             "folder `medasr pretrain-mini --out` wrote, e.g. medasr/resources/mini")
     meta = json.loads((src / "pretrain.json").read_text())
     mine = to_dict(cfg)
+    # n_train may grow: plan_generic draws the held-out sentences first, so more training text never takes one of them
     for what, theirs, ours in (("model.tiny", meta["sizes"], mine["model"]["tiny"]),
-                               ("pretrain", meta["pretrain"], {k: mine["pretrain"][k] for k in DATA_KEYS})):
+                               ("pretrain", meta["pretrain"], {k: mine["pretrain"][k] for k in DATA_KEYS if k != "n_train"})):
         changed = sorted(k for k in ours if ours[k] != theirs.get(k))
         if changed:
             raise PretrainError(f"--init-from {src} was made with other {what} settings ({', '.join(changed)}): "
                                 f"continue it with the settings in its pretrain.json")
+    if cfg.pretrain.n_train < meta["pretrain"]["n_train"]:
+        raise PretrainError(f"--init-from {src} was trained on pretrain.n_train={meta['pretrain']['n_train']} sentences: "
+                            "a continuation may add training text, not drop it (set it to that or more)")
     if cfg.pretrain.steps <= meta["steps"]:
         raise PretrainError(f"--init-from {src} has trained {meta['steps']} steps already: set pretrain.steps above "
                             f"that (e.g. --set pretrain.steps={meta['steps'] + 2000})")
@@ -209,6 +213,7 @@ def continue_from(cfg: Config, work: Path, src: Path) -> dict:
     shutil.rmtree(llm_dir, ignore_errors=True)
     shutil.copytree(src / "llm", llm_dir)
     init = {"from": str(src), "steps": meta["steps"], "minutes": meta["minutes"], "hardware": meta["hardware"],
+            "n_train": meta["pretrain"]["n_train"],
             "history": meta.get("history", []), "resumes": meta.get("resumes", []),
             "heldout_wer_seen_voice": meta["heldout_wer_seen_voice"]}
     # the weights, copied too: the run must not depend on `src`, which it may overwrite when it ships
@@ -226,21 +231,17 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None, in
     p = cfg.pretrain
     torch.set_num_threads(cfg.train.threads)
     work.mkdir(parents=True, exist_ok=True)
+    ckpt, hist_file, init_file = work / "ckpt.pt", work / "history.jsonl", work / "init.json"
+    if init_from is not None:  # checked before the data is spoken: a refusal costs nothing
+        if ckpt.exists():
+            console.print(f"[yellow]{work} has a checkpoint: resuming it (--init-from applies to a fresh work dir)[/]")
+        else:
+            continue_from(cfg, work, init_from)
+    init = json.loads(init_file.read_text()) if init_file.exists() else None
     text_report = build_data(cfg, work, console)
     console.print(f"generic text: {text_report['kept']} sentences kept, {text_report['excluded_medical']} excluded for "
                   f"naming a medical term; {text_report['train_rows']} training rows, {text_report['train_hours']} h")
     rows = {s: read_manifest(work / "data" / f"{s}.json") for s in SPLITS}
-    ckpt, hist_file, init_file = work / "ckpt.pt", work / "history.jsonl", work / "init.json"
-    if init_from is not None:
-        if ckpt.exists():
-            console.print(f"[yellow]{work} has a checkpoint: resuming it (--init-from applies to a fresh work dir)[/]")
-        else:
-            init = continue_from(cfg, work, init_from)
-            with (work / "resumes.jsonl").open("a") as f:
-                f.write(json.dumps({"step": init["steps"], "steps": cfg.pretrain.steps, "lr": cfg.pretrain.lr,
-                                    "warmup": cfg.pretrain.warmup_steps, "continued_from": str(init_from),
-                                    "at": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
-    init = json.loads(init_file.read_text()) if init_file.exists() else None
     model = new_model(cfg, work)
     ctc_head = torch.nn.Linear(cfg.model.tiny.encoder_d_model, model.text_vocab_size + 1)  # + CTC blank
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a lent GPU when there is one (bf16 autocast)
@@ -256,7 +257,16 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None, in
         model.load_state_dict(sd, strict=True)
         step = start = init["steps"]
         elapsed = init["minutes"] * 60
-        console.print(f"continuing {init['from']} from step {step} (held-out WER {init['heldout_wer_seen_voice']:.1%})")
+        # the starting point measured on this run's held-out audio: the baseline the continuation's curve is read
+        # against (growing n_train re-draws the held-out rows' voices and rates, never their sentences)
+        wer0 = model_wer(cfg, model, rows["heldout_seen_voice"][: p.eval_rows])
+        console.print(f"continuing {init['from']} from step {step}: held-out WER {wer0:.1%} on {p.eval_rows} rows "
+                      f"({init['heldout_wer_seen_voice']:.1%} on its card)")
+        if not (work / "resumes.jsonl").exists():
+            with (work / "resumes.jsonl").open("a") as f:
+                f.write(json.dumps({"step": step, "steps": p.steps, "lr": p.lr, "warmup": p.warmup_steps,
+                                    "continued_from": init["from"], "n_train": [init.get("n_train", p.n_train), p.n_train],
+                                    "start_heldout_wer": round(wer0, 4), "at": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
     if ckpt.exists():
         state = torch.load(ckpt, map_location=dev, weights_only=False)
         model.load_state_dict(state["model"])
