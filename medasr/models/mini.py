@@ -47,7 +47,7 @@ def install_mini(out_root: Path, src: Path = MINI_DIR, fresh: bool = False) -> P
 
 def _grown(x: dict) -> str:
     a, b = x.get("n_train", (0, 0))
-    return f"; training text grown from {a:,} to {b:,} sentences" if b > a else ""
+    return f"; pretrain.n_train raised from {a:,} to {b:,} (more training text)" if b > a else ""
 
 
 def _start(x: dict, p: dict) -> str:
