@@ -136,7 +136,7 @@ def test_pretrain_mini_trains_resumes_and_ships(tmp_path):
     assert start["n_train"] == [24, 30] and 0 < start["start_heldout_wer"]
     card = (tmp_path / "mini2" / "MODEL_CARD.md").read_text()
     assert "Continued at step 4" in card and "pretrain.n_train raised from 24 to 30" in card
-    assert f"held-out WER at the start {start['start_heldout_wer']:.1%} on 4 rows" in card
+    assert f"held-out WER at the start {start['start_heldout_wer']:.1%} on 4 rows (its held-out voices and rates re-drawn" in card
     assert (tmp_path / "mini2" / "llm" / "tokenizer.json").read_bytes() == (tmp_path / "mini" / "llm" / "tokenizer.json").read_bytes()
     with safe_open(tmp_path / "mini" / "base" / "model.safetensors", "pt") as a, \
             safe_open(tmp_path / "mini2" / "base" / "model.safetensors", "pt") as b:

@@ -51,8 +51,11 @@ def _grown(x: dict) -> str:
 
 
 def _start(x: dict, p: dict) -> str:
-    return (f"; held-out WER at the start {x['start_heldout_wer']:.1%} on {p['eval_rows']} rows"
-            if "start_heldout_wer" in x else "")
+    if "start_heldout_wer" not in x:
+        return ""
+    redrawn = (" (its held-out voices and rates re-drawn: the curve below uses that audio from here on)"
+               if _grown(x) else "")
+    return f"; held-out WER at the start {x['start_heldout_wer']:.1%} on {p['eval_rows']} rows{redrawn}"
 
 
 def write_card(out_dir: Path, r: dict) -> None:
