@@ -257,12 +257,13 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None, in
         model.load_state_dict(sd, strict=True)
         step = start = init["steps"]
         elapsed = init["minutes"] * 60
-        # the starting point measured on this run's held-out audio: the baseline the continuation's curve is read
-        # against (growing n_train re-draws the held-out rows' voices and rates, never their sentences)
-        wer0 = model_wer(cfg, model, rows["heldout_seen_voice"][: p.eval_rows])
-        console.print(f"continuing {init['from']} from step {step}: held-out WER {wer0:.1%} on {p.eval_rows} rows "
-                      f"({init['heldout_wer_seen_voice']:.1%} on its card)")
-        if not (work / "resumes.jsonl").exists():
+        console.print(f"continuing {init['from']} from step {step} ({init['heldout_wer_seen_voice']:.1%} held-out "
+                      "WER on its card)")
+        if not (work / "resumes.jsonl").exists():  # once per continuation, not again on a re-run before a checkpoint
+            # the starting point measured on this run's held-out audio: the baseline the continuation's curve is read
+            # against (growing n_train re-draws the held-out rows' voices and rates, never their sentences)
+            wer0 = model_wer(cfg, model, rows["heldout_seen_voice"][: p.eval_rows])
+            console.print(f"held-out WER at the start: {wer0:.1%} on {p.eval_rows} rows")
             with (work / "resumes.jsonl").open("a") as f:
                 f.write(json.dumps({"step": step, "steps": p.steps, "lr": p.lr, "warmup": p.warmup_steps,
                                     "continued_from": init["from"], "n_train": [init.get("n_train", p.n_train), p.n_train],
