@@ -25,7 +25,9 @@ def _main():
     from medasr.ops.secrets import load_secrets
 
     load_secrets()
-console = Console()
+# soft_wrap: messages are not hard-wrapped at the terminal width, so a path or command in them stays one
+# copy-pasteable piece (the terminal wraps it for display).
+console = Console(soft_wrap=True)
 
 PresetOpt = typer.Option("tiny", "--preset", "-p", help="configs/<preset>.yaml or a YAML path")
 RunDirOpt = typer.Option(None, "--run-dir", "-d", help="run directory (default runs/<preset>)")
@@ -38,7 +40,7 @@ def _cfg(preset: str, overrides: Optional[List[str]]):
     try:
         return load_config(preset, overrides or [])
     except Exception as e:  # unknown preset / key / type: say which and stop
-        console.print(f"[red]config error:[/] {e}")
+        console.print(f"[red]config error:[/] {escape(str(e))}")
         raise typer.Exit(2)
 
 
@@ -102,7 +104,7 @@ def build(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Op
     try:
         rep = do_build(cfg, _run_dir(cfg, run_dir), force=force)
     except SourceError as e:
-        console.print(f"[red]{e}[/]")
+        console.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2)
     console.print_json(json.dumps({"splits": rep["splits"], "contamination_dropped": rep["contamination"]["dropped"],
                                    "adapter_dropped": rep.get("adapter", {}).get("dropped", {})}))
@@ -202,7 +204,7 @@ def pretrain_mini(preset: str = typer.Option("mini", "--preset", "-p", help="pre
     try:
         pretrain(cfg, work_dir, out or MINI_DIR, console, init_from=init_from)
     except PretrainError as e:
-        console.print(f"[red]pretrain-mini stopped:[/] {e}")
+        console.print(f"[red]pretrain-mini stopped:[/] {escape(str(e))}")
         raise typer.Exit(1)
     console.print(f"mini base written to {out or MINI_DIR} (model card: MODEL_CARD.md there)")
 
@@ -220,7 +222,7 @@ def _bench(kind: str, preset: str, out: Optional[Path], set_: Optional[List[str]
     try:
         (bench_train if kind == "train" else bench_eval)(cfg, out, console)
     except BenchError as e:
-        console.print(f"[red]bench stopped:[/] {e}")
+        console.print(f"[red]bench stopped:[/] {escape(str(e))}")
         raise typer.Exit(1)
     console.print((out / f"bench_{kind}.md").read_text())
     console.print(f"results: {out / f'bench_{kind}.json'}")

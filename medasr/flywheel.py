@@ -26,7 +26,7 @@ from medasr.train.export import (EXPORT_NAME, NEMO_EXPORT, export_adapter, expor
                                  read_nemo_meta, write_model_card, write_nemo_model_card)
 from medasr.train.trainer import is_done, train
 
-console = Console()
+console = Console(soft_wrap=True)  # never hard-wrap: paths in messages stay copy-pasteable
 SUMMARY_KEYS = ("wer", "cer", "ker", "ker_seen", "ker_unseen", "term_error_rate")
 
 

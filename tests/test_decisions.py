@@ -72,3 +72,14 @@ def test_cli_score(tmp_path):
     assert m["wer"] == pytest.approx(2 / 5) and m["ker"] == 0.5
     res = CliRunner().invoke(app, ["gate", str(tmp_path / "out")])
     assert res.exit_code == 1 and "term rows" in res.output  # 2 rows: not enough evidence
+
+
+def test_cli_errors_keep_a_long_path_on_one_line(tmp_path, monkeypatch):
+    # Rich hard-wraps at the terminal width by default, which split paths in error messages (and made a CI
+    # assertion depend on the temp dir's length): errors must keep the path whole at any width.
+    from medasr import cli
+
+    monkeypatch.setattr(cli.console, "width", 40)
+    bad = tmp_path / ("d" * 60) / "preset[1].yaml"  # [1]: rich markup in a path must print literally
+    res = CliRunner().invoke(app, ["eval", "--preset", str(bad)])
+    assert res.exit_code == 2 and f"no preset '{bad}'" in res.output

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 from rich.console import Console
 
-console = Console()
+console = Console(soft_wrap=True)  # never hard-wrap: paths in messages stay copy-pasteable
 STATE_FILE = Path(".medasr-pod.json")
 
 

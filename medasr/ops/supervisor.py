@@ -27,7 +27,7 @@ from rich.console import Console
 
 from medasr.atomic import write_text_atomic
 
-console = Console()
+console = Console(soft_wrap=True)  # never hard-wrap: paths in messages stay copy-pasteable
 
 
 def now() -> str:

@@ -23,7 +23,7 @@ from rich.console import Console
 from medasr.config import Config
 from medasr.data.manifest import read_manifest
 
-console = Console()
+console = Console(soft_wrap=True)  # never hard-wrap: paths in messages stay copy-pasteable
 
 
 class ModelPreflightError(RuntimeError):

@@ -22,7 +22,7 @@ from rich.console import Console
 from medasr.config import Config
 from medasr.data.manifest import read_manifest, write_manifest
 
-console = Console()
+console = Console(soft_wrap=True)  # never hard-wrap: paths in messages stay copy-pasteable
 
 
 class SmokeRunError(RuntimeError):

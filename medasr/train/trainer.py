@@ -26,7 +26,7 @@ from medasr.config import Config, s3_uri, to_dict
 from medasr.models.salm import AUDIO_TAG, group_of, load_base, quiet_nemo
 from medasr.models.speed import apply_speed, state_key
 
-console = Console()
+console = Console(soft_wrap=True)  # never hard-wrap: paths in messages stay copy-pasteable
 
 
 class FreezePatternError(RuntimeError):
