@@ -182,7 +182,8 @@ def mini_run(tiny_run, tmp_path_factory):
     run_dir.mkdir()
     shutil.copytree(tiny_run[1] / "data", run_dir / "data")
     cfg = load_config("mini", ["train.max_steps=40", "train.ckpt_every_n_steps=20", "train.val_every_n_steps=20",
-                               "data.synth.train_per_term=3",  # the tiny corpus (the data is copied, not rebuilt)
+                               # the tiny corpus's settings (the data is copied, not rebuilt)
+                               "data.synth.train_per_term=3", "data.synth.train_voices=[en-us, en-gb, en-us+f3, en-gb-x-rp+m3]",
                                "train.smoke_steps=0"])
     return cfg, run_dir, run_flywheel(cfg, run_dir)
 
