@@ -113,6 +113,9 @@ def test_built_corpus(tiny_run):
     train_voices = {r["voice_id"].split(":")[1] for r in train}
     assert all(r["speaker_seen"] == (r["voice_id"].split(":")[1] in train_voices) for r in test + val)
     assert all(r["speaker_seen"] for r in val)
+    # synthetic rows have no `speaker` column: the report counts their voices (it said 0)
+    assert rep["splits"]["train"]["speakers"] == len(train_voices) == len(cfg.data.synth.train_voices)
+    assert rep["splits"]["test"]["speakers"] == len({r["voice_id"].split(":")[1] for r in test}) == len(train_voices) + 1
     assert rep["splits"]["test"]["speaker_new_rows"] == sum(not r["speaker_seen"] for r in test) > 0
     assert rep["splits"]["test"]["speaker_seen_rows"] == sum(r["speaker_seen"] for r in test) > 0
 

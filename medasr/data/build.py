@@ -49,7 +49,7 @@ def _summary(rows: list[dict]) -> dict:
         "rows": len(rows),
         "hours": round(sum(r["duration"] for r in rows) / 3600, 4),
         "by_source": dict(sorted(Counter(r.get("source", "?") for r in rows).items())),
-        "speakers": len({r["speaker"] for r in rows if r.get("speaker")}),
+        "speakers": len({speaker_of(r) for r in rows} - {None}),  # synthetic rows: their voices
     }
     if any("term" in r for r in rows):  # term-targeted rows
         out |= {
