@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from medasr.console import console
+
 # A fresh medasr process must not attach to a parent's wandb-core service (inherited WANDB_SERVICE): after a crash
 # that service still holds the killed run's id, and the relaunch would fail with "run ID is in use".
 os.environ.pop("WANDB_SERVICE", None)
@@ -25,9 +27,7 @@ def _main():
     from medasr.ops.secrets import load_secrets
 
     load_secrets()
-# soft_wrap: messages are not hard-wrapped at the terminal width, so a path or command in them stays one
-# copy-pasteable piece (the terminal wraps it for display).
-console = Console(soft_wrap=True)
+
 
 PresetOpt = typer.Option("tiny", "--preset", "-p", help="configs/<preset>.yaml or a YAML path")
 RunDirOpt = typer.Option(None, "--run-dir", "-d", help="run directory (default runs/<preset>)")

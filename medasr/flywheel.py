@@ -11,9 +11,8 @@ import json
 import time
 from pathlib import Path
 
-from rich.console import Console
-
 from medasr.config import Config, s3_uri, save_config
+from medasr.console import console
 from medasr.data.build import build
 from medasr.evaluate.compare import compare_rows
 from medasr.evaluate.gate import decide
@@ -26,7 +25,6 @@ from medasr.train.export import (EXPORT_NAME, NEMO_EXPORT, export_adapter, expor
                                  read_nemo_meta, write_model_card, write_nemo_model_card)
 from medasr.train.trainer import is_done, train
 
-console = Console(soft_wrap=True)  # never hard-wrap: paths in messages stay copy-pasteable
 SUMMARY_KEYS = ("wer", "cer", "ker", "ker_seen", "ker_unseen", "term_error_rate")
 
 

@@ -181,10 +181,10 @@ def mini_run(tiny_run, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("mini") / "run"
     run_dir.mkdir()
     shutil.copytree(tiny_run[1] / "data", run_dir / "data")
+    synth = tiny_run[0].data.synth  # the tiny corpus's settings (its data is copied, not rebuilt)
     cfg = load_config("mini", ["train.max_steps=40", "train.ckpt_every_n_steps=20", "train.val_every_n_steps=20",
-                               # the tiny corpus's settings (the data is copied, not rebuilt)
-                               "data.synth.train_per_term=3", "data.synth.train_voices=[en-us, en-gb, en-us+f3, en-gb-x-rp+m3]",
-                               "train.smoke_steps=0"])
+                               f"data.synth.train_per_term={synth.train_per_term}",
+                               f"data.synth.train_voices={list(synth.train_voices)}", "train.smoke_steps=0"])
     return cfg, run_dir, run_flywheel(cfg, run_dir)
 
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from rich.console import Console
+from medasr.console import console
 
-console = Console(soft_wrap=True)  # never hard-wrap: paths in messages stay copy-pasteable
+
 STATE_FILE = Path(".medasr-pod.json")
 
 

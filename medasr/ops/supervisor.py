@@ -23,11 +23,9 @@ import threading
 import time
 from pathlib import Path
 
-from rich.console import Console
-
 from medasr.atomic import write_text_atomic
+from medasr.console import console
 
-console = Console(soft_wrap=True)  # never hard-wrap: paths in messages stay copy-pasteable
 
 
 def now() -> str:

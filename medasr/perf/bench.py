@@ -206,12 +206,12 @@ def _sizes_with_vocab(cfg: Config, model):
 
 def _setup(cfg: Config, work: Path, console):
     """(console, device, dtype, measured matmul TFLOP/s, model, trainable table, speed switches) for one bench."""
-    from rich.console import Console
+    from medasr.console import console as shared
 
     check_device(cfg, work)
     dev, dtype = device_and_dtype(cfg)
     ceiling = matmul_tflops(dev, dtype)
-    return (console or Console(), dev, dtype, ceiling, *build_model(cfg, work, dev, dtype))
+    return (console or shared, dev, dtype, ceiling, *build_model(cfg, work, dev, dtype))
 
 
 def bench_train(cfg: Config, work: Path, console=None) -> dict:

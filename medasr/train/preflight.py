@@ -18,12 +18,10 @@ import math
 import re
 from pathlib import Path
 
-from rich.console import Console
-
 from medasr.config import Config
+from medasr.console import console
 from medasr.data.manifest import read_manifest
 
-console = Console(soft_wrap=True)  # never hard-wrap: paths in messages stay copy-pasteable
 
 
 class ModelPreflightError(RuntimeError):

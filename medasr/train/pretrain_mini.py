@@ -225,9 +225,9 @@ def continue_from(cfg: Config, work: Path, src: Path) -> dict:
 def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None, init_from: Path | None = None) -> dict:
     """Data → model → training (resumable) → the shipped base in `out_dir`, its held-out WER measured after reload.
     `init_from`: a shipped base to continue (fresh work dirs only; a work dir with a checkpoint resumes that)."""
-    from rich.console import Console
+    from medasr.console import console as shared
 
-    console = console or Console()
+    console = console or shared
     p = cfg.pretrain
     torch.set_num_threads(cfg.train.threads)
     work.mkdir(parents=True, exist_ok=True)

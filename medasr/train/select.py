@@ -19,13 +19,12 @@ import re
 from pathlib import Path
 
 import torch
-from rich.console import Console
 
 from medasr.atomic import write_text_atomic
 from medasr.config import Config
+from medasr.console import console
 from medasr.data.manifest import read_manifest
 
-console = Console(soft_wrap=True)  # never hard-wrap: paths in messages stay copy-pasteable
 METRIC = "val_wer_norm"
 RELOAD_TOLERANCE = 0.001  # 0.1 WER point
 _STEP = re.compile(r"^step(\d+)\.ckpt$")

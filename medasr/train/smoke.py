@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 
 import torch
-from rich.console import Console
 
 from medasr.config import Config
+from medasr.console import console
 from medasr.data.manifest import read_manifest, write_manifest
 
-console = Console(soft_wrap=True)  # never hard-wrap: paths in messages stay copy-pasteable
 
 
 class SmokeRunError(RuntimeError):

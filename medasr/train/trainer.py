@@ -18,15 +18,14 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from rich.console import Console
 from rich.table import Table
 
 from medasr.atomic import write_text_atomic
 from medasr.config import Config, s3_uri, to_dict
+from medasr.console import console
 from medasr.models.salm import AUDIO_TAG, group_of, load_base, quiet_nemo
 from medasr.models.speed import apply_speed, state_key
 
-console = Console(soft_wrap=True)  # never hard-wrap: paths in messages stay copy-pasteable
 
 
 class FreezePatternError(RuntimeError):
