@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-pkgs=(espeak-ng sox libsndfile1 ffmpeg wordnet-base)
+pkgs=(espeak-ng sox libsndfile1 ffmpeg wordnet-base git git-lfs)
 [ "${1:-}" = "--test" ] && pkgs+=(chromium)
 need=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done

@@ -77,3 +77,27 @@ def test_cli_preflight_exit_codes(tiny_data_and_base, tmp_path):
     assert json.loads((rd / "train/smoke.json").read_text())["ok"] and "smoke run: loss falls" in ok.output
     bad = CliRunner().invoke(app, ["preflight", "--preset", "tiny", "--run-dir", str(rd), "--set", "train.val_every_n_steps=1000"])
     assert bad.exit_code == 1 and "validation would never run" in bad.output
+
+
+def test_tied_embeddings_pass_preflight_and_stay_out_of_slim_checkpoints(tiny_data_and_base, tmp_path):
+    """Qwen3-1.7B ties lm_head to embed_tokens; NeMo's save_pretrained writes that tensor once, so the checkpoint lacks
+    one of the two names. The preflight must accept that, and a slim checkpoint must drop the frozen tensor under
+    both names (named_parameters() lists a shared parameter once)."""
+    from medasr.models.tiny import build_tiny_base
+    from medasr.models.salm import load_base
+    from medasr.train.preflight import checkpoint_shapes
+    from medasr.train.trainer import apply_freeze, slim_checkpoint_callback
+
+    rd = tiny_data_and_base
+    cfg = load_config("tiny", ["model.tiny.tie_word_embeddings=true"])
+    base = build_tiny_base(cfg, tmp_path / "tied")
+    names = set(checkpoint_shapes(base / "model.safetensors"))
+    pair = {"embed_tokens.weight", "llm.base_model.model.lm_head.weight"}
+    assert len(pair & names) == 1  # written once, as NeMo's save_pretrained does for tied weights
+    rep = model_preflight(cfg, rd, base)
+    assert rep["coverage"]["missing"] == [] and sorted(pair) in rep["coverage"]["tied"]
+    model = load_base(base)
+    apply_freeze(model, list(cfg.model.freeze_params))
+    ckpt = {"state_dict": model.state_dict()}
+    slim_checkpoint_callback().on_save_checkpoint(None, model, ckpt)
+    assert not pair & set(ckpt["state_dict"]) and any(".lora_" in k for k in ckpt["state_dict"])

@@ -16,7 +16,6 @@ from medasr.data.build import build
 from medasr.data.manifest import read_manifest, write_manifest
 from medasr.data.select import speakers, split_train_val
 from medasr.data.sources import SourceError, load_source
-from medasr.data.sources.osce import sentence_case
 from medasr.data.sources.primock57 import clean_text
 from medasr.data.synth import speak
 
@@ -59,15 +58,15 @@ def osce_root(tmp_path_factory):
         subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(wav), "-b:a", "128k", str(root / "audio" / f"{cid}.mp3")], check=True)
         wav.unlink()
         truth[cid] = (audio, bounds)
-    def line(cid, i):
+    def line(cid, i):  # the real format, as Lhotse's recipe (lhotse/recipes/medical.py::_parse_utterance) parses it
         s, e = truth[cid][1][i]
-        return f"audio/{cid}.mp3,[{s},{e}]\t{convs[cid][i]}"
+        return f"audio/{cid}.mp3[{s},{e}]\t{convs[cid][i]}"
     (root / "medical_train.info").write_text("\n".join([line("RES0001", 0), line("RES0001", 1), line("RES0001", 2),
                                                         line("RES0001", 1)]) + "\n")  # last: duplicate segment
     (root / "medical_dev.info").write_text("\n".join([line("GAS0002", 0), line("GAS0002", 1)]) + "\n")
     long_end = round(len(truth["CAR0003"][0]) / SR - 0.1, 2)
     (root / "medical_test.info").write_text("\n".join([line("CAR0003", 0), line("CAR0003", 1),
-                                                       f"audio/CAR0003.mp3,[0.0,{long_end}]\tTHE WHOLE THING"]) + "\n")
+                                                       f"audio/CAR0003.mp3[0.0,{long_end}]\tTHE WHOLE THING"]) + "\n")
     with tarfile.open(root / "audio.tar.gz", "w:gz") as t:  # upstream ships the MP3s as a tarball
         t.add(root / "audio", arcname="audio")
     for f in (root / "audio").iterdir():
@@ -80,9 +79,10 @@ def test_osce_adapter(osce_root, tmp_path):
     root, truth = osce_root
     res = load_source("osce", tmp_path, local=root)
     assert {k: len(v) for k, v in res.splits.items()} == {"train": 3, "val": 2, "test": 2}
-    assert res.dropped == {"duplicate audio": 1, "longer than 40 s (rejected)": 1}
+    assert res.dropped == {"duplicate line in .info": 1, "longer than 40 s (rejected)": 1}
     r0 = res.splits["train"][0]
-    assert r0["text"] == "Start metformin twice daily" and r0["text_raw"] == "START METFORMIN TWICE DAILY"
+    # lower-cased upstream text (nothing invented); the preset's OSCE prompt names that style
+    assert r0["text"] == "start metformin twice daily" and r0["text_raw"] == "START METFORMIN TWICE DAILY"
     assert r0["speaker"] == "RES0001" and r0["terms"] == [{"term": "metformin", "entity_category": "drug"}]
     assert res.splits["test"][0]["terms"] == [{"term": "heart failure", "entity_category": "condition"}]
     for row, (s, e) in zip(res.splits["train"], truth["RES0001"][1]):
@@ -90,7 +90,19 @@ def test_osce_adapter(osce_root, tmp_path):
         cut, _ = sf.read(row["audio_filepath"], dtype="float32")
         ref = truth["RES0001"][0][int(s * SR) : int(e * SR)]
         assert _lag_ms(cut, ref) <= 10  # the right audio, not shifted (MP3 decoder delay included)
-    assert sentence_case("I'M SURE I TOOK IT") == "I'm sure I took it"
+    assert "offset" not in r0 and (r0["source_start"], r0["source_end"]) == pytest.approx(truth["RES0001"][1][0], abs=0.01)
+
+
+def test_osce_rejects_a_line_lhotse_cannot_parse(osce_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "osce"
+    shutil.copytree(osce_root[0], root)
+    info = root / "medical_dev.info"
+    good = info.read_text().splitlines()
+    info.write_text(good[0] + "\n" + good[1].replace(".mp3[", ".mp3,[") + "\n")  # the format FACTS.md once claimed
+    with pytest.raises(SourceError, match=r"medical_dev.info:2: not of the form 'audio/NAME.mp3\[start,end\]<TAB>TEXT'"):
+        load_source("osce", tmp_path / "out", local=root)
 
 
 def test_osce_build_selection_and_contamination(osce_root, tmp_path):
@@ -124,37 +136,39 @@ def test_contamination_drops_exact_and_ngram():
     assert rep["by_source"]["synthetic-espeak"] == {"template_overlap_kept": 1, "kept": 1}
 
 
-def _textgrid(path, intervals, total):
-    from praatio import textgrid
-    from praatio.data_classes.interval_tier import IntervalTier
+def test_primock57_adapter_on_the_real_textgrids(tmp_path):
+    """The real TextGrids of two consultations (vendored from babylonhealth/primock57, CC BY 4.0) with synthetic speech
+    in each interval. Upstream counts (all tags): day3_consultation06 doctor 29 intervals / 2 tag-only, patient 25 / 3;
+    day1_consultation07 doctor 95 / 5, patient 80 / 5 — 15 tag-only, 12 of them <INAUDIBLE_SPEECH/> or <UNIN/>."""
+    from medasr.rehearse.datasets import primock57_replica
 
-    tg = textgrid.Textgrid()
-    tg.addTier(IntervalTier("Doctor", intervals, 0, total))
-    tg.save(str(path), format="long_textgrid", includeBlankSpaces=True)
-
-
-def test_primock57_adapter(tmp_path):
-    root = tmp_path / "primock57"
-    (root / "audio").mkdir(parents=True)
-    (root / "transcripts").mkdir()
-    for consult, rate in (("day1_consultation07", 150), ("day2_consultation01", 175)):
-        audio, bounds = _conversation(["Have you taken any paracetamol", "It could be asthma"], rate=rate)
-        total = len(audio) / SR
-        sf.write(root / "audio" / f"{consult}_doctor.wav", audio, SR)
-        (s0, e0), (s1, e1) = bounds
-        _textgrid(root / "transcripts" / f"{consult}_doctor.TextGrid",
-                  [(s0, e0, "Have you taken <UNSURE>any</UNSURE> paracetamol? <UNIN/>"),
-                   (e0 + 0.1, s1 - 0.1, "<UNIN/>"),
-                   (s1, e1, "It could be asthma.")], total)
+    root = primock57_replica(tmp_path / "primock57", ["day3_consultation06", "day1_consultation07"])
     res = load_source("primock57", tmp_path / "out", local=root)
     rows = res.splits["test"]
-    assert list(res.splits) == ["test"] and len(rows) == 4
-    assert res.dropped == {"only transcriber tags / empty": 2}
-    assert rows[0]["text"] == "Have you taken any paracetamol?" and "<UNSURE>" in rows[0]["text_raw"]
-    assert rows[0]["leaderboard_excluded"] is True and rows[2]["leaderboard_excluded"] is False
-    assert rows[0]["speaker"] == "day1_consultation07_doctor" and rows[0]["role"] == "doctor"
-    assert rows[1]["terms"] == [{"term": "asthma", "entity_category": "condition"}]
-    assert clean_text("<UNSURE>Come</UNSURE> and go <UNIN/>") == "Come and go"
+    assert list(res.splits) == ["test"]
+    assert res.dropped["only transcriber tags / empty"] == 15
+    assert len(rows) + sum(res.dropped.values()) == 29 + 25 + 95 + 80
+    assert not [r["text"] for r in rows if "<" in r["text"] or ">" in r["text"]]
+    assert any("<INAUDIBLE_SPEECH/>" in r["text_raw"] for r in rows)  # cleaned, not dropped, where words remain
+    assert {r["role"] for r in rows} == {"doctor", "patient"}
+    assert {r["consultation"] for r in rows if r["leaderboard_excluded"]} == {"day1_consultation07"}
+    r0 = rows[0]
+    assert "offset" not in r0 and r0["source_end"] > r0["source_start"]
+    assert r0["duration"] == pytest.approx(r0["source_end"] - r0["source_start"], abs=0.01)
+    assert clean_text("<UNSURE>Come</UNSURE> and go <UNIN/> <INAUDIBLE_SPEECH/>") == "Come and go"
+
+
+def test_primock57_refuses_git_lfs_pointers(tmp_path, monkeypatch):
+    from medasr.rehearse.datasets import primock57_replica
+
+    root = primock57_replica(tmp_path / "primock57", ["day3_consultation06"])
+    wav = root / "audio" / "day3_consultation06_doctor.wav"  # what a clone without `git lfs pull` holds
+    wav.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 7315244\n")
+    with pytest.raises(SourceError, match=r"Git LFS pointer, not audio: run `git lfs pull`"):
+        load_source("primock57", tmp_path / "out", local=root)
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # neither git nor git-lfs
+    with pytest.raises(SourceError, match=r"`git lfs` is not installed: run scripts/setup.sh"):
+        load_source("primock57", tmp_path / "out2")
 
 
 def test_hf_parquet_adapter(tmp_path):
@@ -261,3 +275,22 @@ def test_mix_build(osce_root, tmp_path):
     assert rep["dropped_train_rows_of_held_out_speakers"] == 1
     assert len(val) == 2 and [r["source"] for r in test] == ["folder:mine"]
     assert [c["source"] for c in rep["components"]] == ["osce", f"folder:{mine}", f"folder:{mine}"]
+
+
+def test_real_source_rows_load_through_nemos_reader(osce_root, tmp_path):
+    """NeMo's Lhotse reader applies a row's `offset` to its audio file. Rows of cut segments must not carry the
+    recording position as `offset` (it failed with "Recording's duration 2.0s is smaller than the requested offset")."""
+    from medasr.data.validate import nemo_reader_check, validate_manifest
+    from medasr.rehearse.datasets import primock57_replica
+
+    rows = load_source("osce", tmp_path / "o", local=osce_root[0]).splits["train"]
+    rows += load_source("primock57", tmp_path / "p",
+                        local=primock57_replica(tmp_path / "pm", ["day3_consultation06"])).splits["test"]
+    write_manifest(tmp_path / "m.json", rows)
+    assert nemo_reader_check(tmp_path / "m.json") == len(rows) > 40
+    assert validate_manifest(tmp_path / "m.json").ok
+    late = [rows[-1] | {"offset": 120.0}]  # what the adapters used to write
+    write_manifest(tmp_path / "late.json", late)
+    with pytest.raises(ValueError, match=r"late.json:1: NeMo's reader cannot load this row"):
+        nemo_reader_check(tmp_path / "late.json")
+    assert "runs past the end of the file" in validate_manifest(tmp_path / "late.json").rejected[0]["reason"]

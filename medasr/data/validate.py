@@ -106,6 +106,17 @@ def validate_manifest(path: str | Path, fix: bool = False, fix_dir: Path | None 
             reject(line, audio, "zero-length audio")
             continue
         real = info.frames / info.samplerate
+        if "offset" in row:  # NeMo's reader cuts [offset, offset + duration) out of the file
+            off = row["offset"]
+            if isinstance(off, bool) or not isinstance(off, (int, float)) or not 0 <= off:
+                reject(line, audio, f"offset {off!r} is not a number of seconds >= 0")
+                continue
+            if off + dur > real + duration_tolerance:
+                reject(line, audio, f"offset {off} s + duration {dur} s runs past the end of the file ({real:.2f} s): "
+                                    "NeMo cuts at offset from the file, so a row whose file is already the segment "
+                                    "must have no offset")
+                continue
+            real = dur  # the segment, not the file, is what trains
         if real > max_seconds:
             reject(line, audio, f"audio is {real:.1f} s, longer than {max_seconds:.0f} s (Canary-Qwen's training maximum): split it")
             continue
@@ -143,3 +154,19 @@ def validate_manifest(path: str | Path, fix: bool = False, fix_dir: Path | None 
 def write_report(rep: ValidationReport, report_path: Path) -> None:
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(rep.to_dict(), indent=2))
+
+
+def nemo_reader_check(path: str | Path) -> int:
+    """Read every row of a NeMo manifest through NeMo's own Lhotse reader (the one SALM and Parakeet training use) and
+    load its audio; raises naming the row that fails. Returns the number of rows read."""
+    from nemo.collections.common.data.lhotse.nemo_adapters import LazyNeMoIterator
+
+    n = 0
+    for n, cut in enumerate(LazyNeMoIterator(str(path)), start=1):
+        try:
+            audio = cut.load_audio()
+        except Exception as e:  # noqa: BLE001 - any failure here is a failure in training
+            raise ValueError(f"{path}:{n}: NeMo's reader cannot load this row ({type(e).__name__}: {e})") from e
+        if audio.shape[-1] == 0:
+            raise ValueError(f"{path}:{n}: NeMo's reader loads no audio for this row")
+    return n

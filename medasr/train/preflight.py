@@ -45,13 +45,24 @@ def checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
-def coverage(model_shapes: dict[str, tuple], ckpt_shapes: dict[str, tuple], may_be_missing: tuple[str, ...] = ()) -> dict:
+def tied_groups(state_dict: dict) -> list[list[str]]:
+    """Names that share one tensor (Qwen3-1.7B ties lm_head to embed_tokens). save_pretrained writes such a tensor once,
+    under one of its names, so a checkpoint legitimately lacks the others."""
+    by_storage: dict[tuple, list[str]] = {}
+    for k, v in state_dict.items():
+        by_storage.setdefault((v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)), []).append(k)
+    return [sorted(g) for g in by_storage.values() if len(g) > 1]
+
+
+def coverage(model_shapes: dict[str, tuple], ckpt_shapes: dict[str, tuple], may_be_missing: tuple[str, ...] = (),
+             tied: list[list[str]] = ()) -> dict:
     unknown = sorted(set(ckpt_shapes) - set(model_shapes))
     mismatched = sorted(f"{k}: checkpoint {ckpt_shapes[k]} vs model {model_shapes[k]}"
                         for k in set(ckpt_shapes) & set(model_shapes) if tuple(ckpt_shapes[k]) != tuple(model_shapes[k]))
-    missing = sorted(k for k in set(model_shapes) - set(ckpt_shapes) if not k.startswith(may_be_missing))
+    via_tie = {k for g in tied if set(g) & set(ckpt_shapes) for k in g}
+    missing = sorted(k for k in set(model_shapes) - set(ckpt_shapes) - via_tie if not k.startswith(may_be_missing))
     return {"checkpoint_tensors": len(ckpt_shapes), "model_tensors": len(model_shapes), "unknown": unknown,
-            "shape_mismatch": mismatched, "missing": missing}
+            "shape_mismatch": mismatched, "missing": missing, "tied": [list(g) for g in tied]}
 
 
 def _size_mismatches(err: RuntimeError) -> list[str]:
@@ -79,10 +90,11 @@ def load_checked(cfg: Config, base: str | Path):
             raise ModelPreflightError(f"checkpoint {ckpt} does not fit the model: {len(mism)} shape mismatch(es): "
                                       + "; ".join(f"{k} {a} vs model {b}" for k, a, b in mism[:10])) from e
         raise
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    sd = model.state_dict()
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
     # With pretrained_weights the LLM comes from its own Hub checkpoint, so a SALM file may omit it.
     llm_elsewhere = ("llm.", "embed_tokens.") if model.cfg.get("pretrained_weights", False) else ()
-    rep = coverage(shapes, checkpoint_shapes(ckpt), llm_elsewhere) | {"checkpoint": str(ckpt)}
+    rep = coverage(shapes, checkpoint_shapes(ckpt), llm_elsewhere, tied_groups(sd)) | {"checkpoint": str(ckpt)}
     if rep["unknown"] or rep["shape_mismatch"] or rep["missing"]:
         raise ModelPreflightError(
             f"checkpoint {ckpt} does not fit the model (from_pretrained would silently drop or leave these): "

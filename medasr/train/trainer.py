@@ -159,7 +159,8 @@ def slim_checkpoint_callback():
 
     class _Slim(Callback):
         def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-            frozen = {state_key(n) for n, p in pl_module.named_parameters() if not p.requires_grad}
+            # every name of a frozen tensor: a tied one (Qwen3's lm_head = embed_tokens) is listed once by default
+            frozen = {state_key(n) for n, p in pl_module.named_parameters(remove_duplicate=False) if not p.requires_grad}
             sd = checkpoint["state_dict"]
             for k in [k for k in sd if k in frozen]:
                 del sd[k]
