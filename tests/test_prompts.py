@@ -62,3 +62,28 @@ def test_each_row_in_a_batch_is_decoded_with_its_own_prompt(tiny_run):
     # and batching rows with different prompts gives what each prompt gives alone
     alone = [transcribe_arrays(model, [a], p, max_new_tokens=6)[0] for p in (DEFAULT, other + " <|audioplaceholder|>")]
     assert mixed == alone
+
+
+def test_canary_preset_scores_the_base_with_its_own_prompt_and_trains_in_token_batches():
+    """The release was trained on "Transcribe the following:"; every test source is scored with it (a per-source
+    prompt for all sources handicapped cycle 0 and inflated the gain). Only OSCE rows, whose targets are lower-cased,
+    get a prompt naming that style. Batches follow NVIDIA's recipe: 24,000 tokens."""
+    from medasr.prompts import context_for
+
+    cfg = load_config("canary-qwen-2.5b")
+    ctx = {src: context_for({"source": src}, cfg.model.prompt, cfg.model.prompts_by_source)
+           for src in ("primock57", "synthetic-espeak", "osce", "folder:mine")}
+    assert ctx["primock57"] == ctx["synthetic-espeak"] == ctx["folder:mine"] == "Transcribe the following:"
+    assert ctx["osce"] == "Transcribe the following in lower case without punctuation:"
+    assert cfg.train.batch_tokens == 24000
+
+
+def test_metrics_report_the_output_style():
+    from medasr.evaluate.metrics import compute_metrics
+
+    rows = [{"text": "Start metformin.", "pred_text": "start metformin"},
+            {"text": "Check the INR, please.", "pred_text": "Check the INR please"},
+            {"text": "ok", "pred_text": ""}]
+    style = compute_metrics(rows, n_boot=10)["style"]
+    assert style["hypotheses"] == {"n": 2, "cased": 0.5, "punctuated": 0.0}
+    assert style["references"] == {"n": 3, "cased": 2 / 3, "punctuated": 2 / 3}

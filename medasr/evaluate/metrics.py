@@ -150,6 +150,19 @@ def _slice(scores: list[RowScore], mask: list[bool], rows: list[dict], n_boot: i
     return out
 
 
+_PUNCT = set(".,?!;:")
+
+
+def output_style(texts: list[str]) -> dict:
+    """How much of the text is written in Canary-Qwen's style (capitals, punctuation). Normalised WER cannot see a
+    fine-tune that taught the model to drop them (e.g. on lower-cased OSCE targets); this can."""
+    words = [t for t in texts if any(c.isalpha() for c in t)]
+    if not words:
+        return {"n": 0, "cased": None, "punctuated": None}
+    return {"n": len(words), "cased": sum(any(c.isupper() for c in t) for t in words) / len(words),
+            "punctuated": sum(any(c in _PUNCT for c in t) for t in words) / len(words)}
+
+
 def compute_metrics(rows: list[dict], normalizer: str = "whisper", n_boot: int = 1000, seed: int = 0,
                     lexicon=None, workers: int | None = None) -> dict:
     """Metrics over manifest rows holding `text` and `pred_text` (optionally `term`, `entity_category`, `term_seen`,
@@ -222,6 +235,8 @@ def compute_metrics(rows: list[dict], normalizer: str = "whisper", n_boot: int =
             name: _slice(scores, [r.get("speaker_seen") is flag for r in rows], rows, n_boot, seed)
             for name, flag in (("seen", True), ("new", False))
         }
+    out["style"] = {"hypotheses": output_style([r.get("pred_text") or "" for r in rows]),
+                    "references": output_style([r.get("text") or "" for r in rows])}
     out["ci95"] = {
         "wer": bootstrap_ci(edits, words, n_boot, seed),
         "ker": bootstrap_ci(miss, np.ones_like(miss), n_boot, seed) if len(miss) else None,
