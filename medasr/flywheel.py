@@ -7,7 +7,9 @@ interrupted run, and re-running a finished run only re-reads JSON.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -70,6 +72,16 @@ def run_compare(cfg: Config, before_dir: Path, after_dir: Path, out_dir: Path) -
     before, after = (json.loads((d / "metrics.json").read_text()) for d in (before_dir, after_dir))
     write_html(out_dir / "compare.html", compare_html(c, before, after))
     return c
+
+
+def release_memory() -> None:
+    """Free what a finished stage held before the next one loads its own model: eval, preflight, smoke, train, select
+    and eval each load one (a 2.5 B SALM is ~5 GB in bf16, more with optimizer state), and NeMo/Lightning objects sit in
+    reference cycles that only a collection frees; then hand the freed CUDA blocks back."""
+    gc.collect()
+    torch = sys.modules.get("torch")  # not imported: nothing to free
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class PreflightError(RuntimeError):
@@ -182,9 +194,11 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
     def stage(name: str, fn):
         console.rule(f"[bold]{name}")
         t = time.time()
-        out = fn()
-        timings[name] = round(time.time() - t, 1)
-        return out
+        try:
+            return fn()
+        finally:
+            release_memory()
+            timings[name] = round(time.time() - t, 1)
 
     report = stage("build", lambda: build(cfg, run_dir))
     summary_preflight = stage("preflight (validate manifests)", lambda: preflight_manifests(cfg, run_dir))

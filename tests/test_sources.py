@@ -200,6 +200,31 @@ def test_folder_adapter_csv(tmp_path):
     assert sf.info(res.splits["train"][1]["audio_filepath"]).samplerate == SR
 
 
+def test_folder_splits_by_any_usual_name_and_long_recordings_say_what_to_do(tmp_path):
+    root = tmp_path / "mine"
+    root.mkdir()
+    words, bounds = _conversation(["start warfarin tonight", "check the troponin"], tail=41.0)  # a 45 s recording
+    sf.write(root / "long.wav", words, SR)
+    sf.write(root / "a.wav", speak("start warfarin tonight", "en-us", 150), SR)
+    (root / "transcripts.csv").write_text("audio,text,speaker,split\na.wav,Start warfarin tonight.,dr1,validation\n"
+                                          "long.wav,Start warfarin tonight. Check the troponin.,dr2,Dev\n")
+    res = load_source(f"folder:{root}", tmp_path / "out")
+    assert {k: len(v) for k, v in res.splits.items()} == {"val": 1}  # 'validation' was dropped silently before
+    assert res.dropped == {"longer than 40 s (rejected)": 1} and "start and end columns" in res.notes[0]
+    (s0, e0), (s1, e1) = bounds
+    (root / "transcripts.csv").write_text(f"audio,text,speaker,split,start,end\nlong.wav,Start warfarin tonight.,dr2,dev,{s0},{e0}\n"
+                                          f"long.wav,Check the troponin.,dr2,test,{s1},{e1}\n")
+    res = load_source(f"folder:{root}", tmp_path / "out2")
+    assert [r["text"] for r in res.splits["val"] + res.splits["test"]] == ["Start warfarin tonight.", "Check the troponin."]
+    assert res.splits["test"][0]["duration"] == pytest.approx(e1 - s1, abs=0.01) and not res.notes
+    (root / "transcripts.csv").write_text("audio,text,split\nlong.wav,Whole thing.,train\n")
+    with pytest.raises(SourceError, match="no usable rows.*longer than 40 s.*start and end columns"):
+        load_source(f"folder:{root}", tmp_path / "out3")
+    (root / "transcripts.csv").write_text("audio,text,split\na.wav,Hi.,holdout\n")
+    with pytest.raises(SourceError, match=r"transcripts.csv:2: split 'holdout' is not one of"):
+        load_source(f"folder:{root}", tmp_path / "out4")
+
+
 def test_download_failure_names_dataset_and_flag(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SourceError, match=r"osce: could not download yfyeung/medical.*--local PATH"):

@@ -17,6 +17,7 @@ from pathlib import Path
 from rich.progress import Progress
 
 from medasr.config import Config
+from medasr.console import console
 from medasr.data.contamination import decontaminate
 from medasr.data.lexicon import core_lexicon
 from medasr.data.manifest import read_manifest, write_manifest
@@ -74,6 +75,8 @@ def _build_real(cfg: Config, data_dir: Path, want: tuple[str, ...] = SPLITS) -> 
     d = cfg.data
     res = load_source(d.source, data_dir / "audio", Path(d.local) if d.local else None,
                       text_column=d.text_column, audio_column=d.audio_column, speaker_column=d.speaker_column)
+    for note in res.notes:  # e.g. recordings too long to use, and how to make them usable
+        console.print(f"{d.source}: {note}", highlight=False, markup=False)
     train_pool, val_pool, test = res.splits.get("train", []), res.splits.get("val", []), res.splits.get("test", [])
     if tuple(want) == ("test",):  # a test-only source (e.g. PriMock57 in the POC mix): every row is test
         test, train_pool, val_pool = train_pool + val_pool + test, [], []
