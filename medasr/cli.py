@@ -426,6 +426,23 @@ def supervise(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_
 
 
 @app.command()
+def rehearse(preset: str = PresetOpt, work: Path = typer.Option(None, "--work", "-w", help="work folder (default runs/rehearse-<preset>)"),
+             set_: Optional[List[str]] = SetOpt):
+    """Run a real preset (canary-qwen-2.5b, parakeet-tdt-0.6b-v2) offline against scaled-down replicas of the Hub
+    models and datasets it downloads (HF_HUB_OFFLINE=1): supervise to done, the export reloaded in a fresh process,
+    every manifest row through NeMo's own reader. WORK/rehearse.json; exit 1 with the reason otherwise."""
+    from medasr.rehearse.run import RehearsalError, rehearse as do_rehearse
+
+    try:
+        rep = do_rehearse(preset, work or Path("runs") / f"rehearse-{preset}", list(set_ or []))
+    except RehearsalError as e:
+        console.print(f"[red]{escape(str(e))}[/]")
+        raise typer.Exit(1)
+    console.print_json(json.dumps({k: rep[k] for k in ("preset", "status", "export", "nemo_reader_rows", "minutes")}))
+    console.print(f"[green]rehearsal of {preset} passed[/]")
+
+
+@app.command()
 def sync(run_dir: Path = typer.Option(..., "--run-dir", "-d"), to: str = typer.Option(..., "--to", help="s3://bucket/prefix"),
          include_audio: bool = typer.Option(False, help="also upload data/audio/")):
     """Upload a run dir to S3 (checkpoints, adapter, reports, manifests): idempotent, verified, resumable."""

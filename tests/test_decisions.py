@@ -53,7 +53,8 @@ def test_config_rejects_unknown_keys():
         load_config("tiny", ["train.max_step=3"])
     assert load_config("tiny", ["train.max_steps=3"]).train.max_steps == 3
     real = load_config("canary-qwen-2.5b")
-    assert real.model.base == "nvidia/canary-qwen-2.5b" and real.model.precision == "bf16-true"
+    assert real.model.base == "nvidia/canary-qwen-2.5b@b1469e1bba1cfe140205529c79c434ca47180960"  # pinned release
+    assert real.model.precision == "bf16-true"
     assert [(m.source, m.use) for m in real.data.mix] == [("osce", ["train", "val"]), ("primock57", ["test"]),
                                                           ("synthetic", ["train", "test"])]
     local = load_config("canary-qwen-2.5b", ["data.mix.0.local=/data/osce"])

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medasr.models.salm import quiet_nemo
+from medasr.models.salm import hub_ref, quiet_nemo
 
 # Bases we refuse to fine-tune, with the reason shown to the user.
 REFUSED = {
@@ -45,7 +45,14 @@ def load_base(base: str | Path, map_location: str = "cpu"):
         if not p.exists():
             raise FileNotFoundError(f"{p}: no such .nemo file")
         return ASRModel.restore_from(str(p.resolve()), map_location=map_location)
-    return ASRModel.from_pretrained(str(base), map_location=map_location)
+    repo, rev = hub_ref(base)
+    if rev is None:
+        return ASRModel.from_pretrained(repo, map_location=map_location)
+    # ASRModel.from_pretrained takes no revision: fetch the pinned .nemo (the repo's name + .nemo, as NeMo looks it up)
+    from huggingface_hub import hf_hub_download
+
+    nemo = hf_hub_download(repo, f"{repo.split('/')[-1]}.nemo", revision=rev)
+    return ASRModel.restore_from(nemo, map_location=map_location)
 
 
 def param_table(model) -> dict:

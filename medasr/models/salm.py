@@ -47,15 +47,27 @@ def group_of(name: str) -> str:
     return "other"
 
 
+def hub_ref(base: str | Path) -> tuple[str, str | None]:
+    """`org/name@<commit>` → (org/name, commit): a preset pins the Hub revision it was made for. A local path or a
+    plain id → (base, None)."""
+    s = str(base)
+    if "@" in s and not Path(s).exists():
+        repo, rev = s.rsplit("@", 1)
+        return repo, rev
+    return s, None
+
+
 def load_base(base: str | Path, map_location: str = "cpu"):
-    """`SALM.from_pretrained` on a Hub id (nvidia/canary-qwen-2.5b) or a local directory with the same layout."""
+    """`SALM.from_pretrained` on a Hub id (`nvidia/canary-qwen-2.5b`, optionally `@<revision>`) or a local directory
+    with the same layout."""
     quiet_nemo()
     from nemo.collections.speechlm2.models import SALM
 
     local = Path(base)
     if local.exists():
         return SALM.from_pretrained(str(local.resolve()), map_location=map_location)
-    return SALM.from_pretrained(str(base), map_location=map_location)
+    repo, rev = hub_ref(base)
+    return SALM.from_pretrained(repo, revision=rev, map_location=map_location)
 
 
 def _decode(model, ids: torch.Tensor) -> str:

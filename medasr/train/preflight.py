@@ -34,7 +34,10 @@ def salm_checkpoint_file(base: str | Path) -> Path:
         return local / "model.safetensors"
     from huggingface_hub import hf_hub_download
 
-    return Path(hf_hub_download(str(base), "model.safetensors"))  # cached by from_pretrained already
+    from medasr.models.salm import hub_ref
+
+    repo, rev = hub_ref(base)
+    return Path(hf_hub_download(repo, "model.safetensors", revision=rev))  # cached by from_pretrained already
 
 
 def checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
