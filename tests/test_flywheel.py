@@ -99,6 +99,57 @@ def test_export_reload_identical(tiny_run):
     assert base != a  # the adapter really changes the model
 
 
+MERGED_SCRIPT = """
+import json, sys
+import soundfile as sf, torch
+from nemo.collections.speechlm2.models import SALM
+m = SALM.from_pretrained(sys.argv[1]).eval()
+assert not any(".lora_" in n for n, _ in m.named_parameters()), "a merged export has no LoRA modules"
+out = []
+for path in sys.argv[3:]:
+    a, _ = sf.read(path, dtype="float32")
+    ids = m.generate(prompts=[[{"role": "user", "content": sys.argv[2] + " " + m.audio_locator_tag}]],
+                     audios=torch.from_numpy(a)[None], audio_lens=torch.tensor([len(a)]), max_new_tokens=12)
+    out.append(ids[0].tolist())
+print(json.dumps(out))
+"""
+
+
+def test_merged_export_loads_with_nemo_alone(tiny_run, tmp_path):
+    """canary-qwen-medical-lora/merged/ is what NeMo's (and vLLM's) SALM paths read: SALM.from_pretrained(dir) in a
+    process that never imports medasr, offline and with no base folder to lean on, decodes as base + adapter does.
+    (The old DEPLOY.md recipe discarded merge_and_unload's result and kept cfg.lora: q/v reloaded at random init.)"""
+    import shutil
+
+    cfg, run_dir, _ = tiny_run
+    merged = tmp_path / "merged"
+    shutil.copytree(run_dir / "canary-qwen-medical-lora" / "merged", merged)  # self-contained: moved away from the run
+    conf = json.loads((merged / "config.json").read_text())
+    assert "lora" not in conf and (merged / "llm_backbone" / "config.json").exists()
+    rows = read_manifest(run_dir / "data/test.json")[:4]
+    context = "Transcribe this medical dictation verbatim."
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "nohub")}
+    shutil.move(str(run_dir / "model"), str(tmp_path / "model-away"))
+    try:
+        proc = subprocess.run([sys.executable, "-c", MERGED_SCRIPT, str(merged), context,
+                               *[r["audio_filepath"] for r in rows]], capture_output=True, text=True, env=env, cwd=tmp_path)
+    finally:
+        shutil.move(str(tmp_path / "model-away"), str(run_dir / "model"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    adapted, _ = load_adapted(run_dir / "canary-qwen-medical-lora")
+    adapted.eval()
+    want = []
+    for r in rows:
+        import soundfile as sf
+
+        a, _ = sf.read(r["audio_filepath"], dtype="float32")
+        ids = adapted.generate(prompts=[[{"role": "user", "content": f"{context} {adapted.audio_locator_tag}"}]],
+                               audios=torch.from_numpy(a)[None], audio_lens=torch.tensor([len(a)]), max_new_tokens=12)
+        want.append(ids[0].tolist())
+    assert got == want
+
+
 def test_adapter_that_does_not_fit_is_refused(tiny_run, tmp_path):
     import shutil
 

@@ -52,6 +52,17 @@ def _cli(args: list[str], env: dict, log: Path, timeout: float) -> int:
                               timeout=timeout).returncode
 
 
+def _texts(out: Path) -> list[str]:
+    return [json.loads(line)["pred_text"] for line in (out / "transcripts.json").read_text().splitlines() if line.strip()]
+
+
+def summary_prompt(run_dir: Path) -> str:
+    """The prompt the export used for these (test) rows: the merged form carries no medasr prompt metadata."""
+    from medasr.config import load_config
+
+    return load_config(str(run_dir / "config.yaml")).model.prompt
+
+
 def check_manifests(run_dir: Path) -> dict:
     from medasr.data.validate import nemo_reader_check
 
@@ -99,6 +110,15 @@ def rehearse(preset: str, work: Path, extra: list[str] | None = None, timeout_mi
     if rc != 0 or not (out / "transcripts.json").exists():
         raise RehearsalError(f"{preset}: the export {export} did not reload in a fresh process (see {log})")
     report["export"] = {"path": str(export), "reloaded_in_fresh_process": True}
+    if (export / "merged").is_dir():  # SALM: the merged form loads with NeMo alone and says the same
+        out_m = work / "transcripts-merged"
+        rc = _cli(["transcribe", "--model", str(export / "merged"), "--prompt", summary_prompt(run_dir),
+                   *[r["audio_filepath"] for r in test_rows], "--out", str(out_m)], env, log, 600)
+        texts = [_texts(d) for d in (out, out_m) if (d / "transcripts.json").exists()]
+        if rc != 0 or len(texts) != 2 or texts[0] != texts[1]:
+            raise RehearsalError(f"{preset}: the merged export {export / 'merged'} did not reproduce the adapter's "
+                                 f"transcripts ({texts}; see {log})")
+        report["export"]["merged_matches_adapter"] = True
     report["nemo_reader_rows"] = check_manifests(run_dir)
     if (run_dir / "train" / "data").exists():
         report["slim_checkpoint"] = slim = check_slim(run_dir)

@@ -5,10 +5,12 @@ asr:  `adapted_model.nemo` (the whole fine-tuned Parakeet-TDT, tokenizer inside;
       `adapted_model.json` (base, step, preset) and `adapted_model.md` (model card) beside it.
 
 SALM export layout:
-Layout:
   adapter.safetensors   LoRA matrices + trained perception (encoder, projection) weights and buffers, SALM key names
   lora/                 the same LoRA in Hugging Face PEFT format (adapter_config.json + adapter_model.safetensors)
-  medasr_adapter.json   base model (Hub id or path relative to this folder), prompt, LoRA config, step, keys
+  merged/               the whole fine-tuned model with the LoRA merged into the LLM, in the release's layout and made
+                        self-contained (tokenizer + llm_backbone/config.json inside): `SALM.from_pretrained(dir)` with
+                        NeMo alone, no medasr and no Hub (what NeMo's and vLLM's SALM serving paths read)
+  medasr_adapter.json   base model (Hub id[@revision] or path relative to this folder), prompt, LoRA config, step, keys
   README.md             model card (written after the fine-tuned model has been evaluated)
 Reload = `SALM.from_pretrained(base)` + these tensors (`load_adapted`); every key must land with the right shape.
 """
@@ -31,6 +33,7 @@ from medasr.models.speed import state_key
 from medasr.train.trainer import apply_freeze, load_training_checkpoint
 
 EXPORT_NAME = "canary-qwen-medical-lora"
+MERGED = "merged"
 FORMAT = "medasr-salm-adapter/1"
 NEMO_EXPORT = "adapted_model.nemo"
 NEMO_FORMAT = "medasr-nemo-sft/1"
@@ -103,10 +106,33 @@ def export_adapter(cfg: Config, run_dir: Path, base: str | Path, ckpt: Path | No
         "num_parameters": int(sum(t.numel() for t in tensors.values())),
         "preset": cfg.name,
     }
+    meta["merged"] = write_merged(model, tmp / MERGED, torch.bfloat16 if cfg.model.precision.startswith("bf16") else None)
     (tmp / "medasr_adapter.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
     return out
+
+
+def write_merged(model, out: Path, dtype: torch.dtype | None = None) -> dict:
+    """The fine-tuned SALM as one checkpoint NeMo loads by itself: LoRA merged into q/v (PEFT merge_and_unload, whose
+    result replaces model.llm), the `lora` block dropped from the config (else from_pretrained would install a fresh,
+    zero LoRA beside the merged weights), and the tokenizer and LLM config saved inside, which
+    `SALM.from_pretrained` picks up in place of the Hub's. Mutates `model` (call it last)."""
+    from omegaconf import DictConfig
+
+    model.llm = model.llm.merge_and_unload()
+    conf = OmegaConf.to_container(model.cfg)
+    conf.pop("lora", None)
+    conf["prevent_freeze_params"] = [p for p in conf.get("prevent_freeze_params", []) if "lora_" not in p]
+    model.cfg = DictConfig(conf)
+    if dtype is not None:
+        model = model.to(dtype)
+    out.mkdir(parents=True)
+    model.save_pretrained(out)
+    model.tokenizer.tokenizer.save_pretrained(out)
+    model.llm.config.save_pretrained(out / "llm_backbone")
+    return {"path": MERGED, "dtype": str(next(model.perception.parameters()).dtype).replace("torch.", ""),
+            "lora_merged": True}
 
 
 def export_nemo(cfg: Config, run_dir: Path, base: str | Path, ckpt: Path | None = None) -> Path:
