@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -72,6 +73,17 @@ def run_compare(cfg: Config, before_dir: Path, after_dir: Path, out_dir: Path) -
     before, after = (json.loads((d / "metrics.json").read_text()) for d in (before_dir, after_dir))
     write_html(out_dir / "compare.html", compare_html(c, before, after))
     return c
+
+
+def train_ddp(cfg: Config, run_dir: Path) -> dict:
+    """Training on several devices: `medasr train` on the run's own config.yaml in a child process, which Lightning's
+    DDP launcher re-runs once per extra device (re-running the whole flywheel there would repeat every stage)."""
+    if not is_done(run_dir / "train", cfg.train.max_steps):
+        cmd = [sys.executable, "-m", "medasr.cli", "train", "--preset", str(run_dir / "config.yaml"), "--run-dir", str(run_dir)]
+        rc = subprocess.run(cmd).returncode
+        if rc != 0 or not is_done(run_dir / "train", cfg.train.max_steps):
+            raise RuntimeError(f"training on {cfg.train.devices} devices exited {rc} before max_steps; re-run to resume")
+    return json.loads((run_dir / "train" / "DONE").read_text())
 
 
 def release_memory() -> None:
@@ -226,7 +238,7 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
             started = (run_dir / "train" / "checkpoints" / "last.ckpt").exists()
             if fresh and not started and cfg.train.smoke_steps > 0 and not smoke_current(run_dir, base):
                 stage("smoke run", lambda: smoke_run(cfg, run_dir, base))
-            done = stage("train", lambda: train(cfg, run_dir, base))
+            done = stage("train", lambda: train(cfg, run_dir, base) if cfg.train.devices == 1 else train_ddp(cfg, run_dir))
         except (ModelPreflightError, SmokeRunError, TrainingWatchdogError) as e:
             mark_failed(run_dir, {ModelPreflightError: "preflight", SmokeRunError: "smoke"}.get(type(e), "train"), e)
             raise

@@ -1,3 +1,4 @@
+import contextlib
 import os
 import shutil
 
@@ -17,8 +18,38 @@ def tiny_run(tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("tiny") / "run"
     cfg = load_config("tiny")
-    summary = run_flywheel(cfg, run_dir)
+    with models_alive_at_each_stage(run_dir.parent / "models_alive.json"):
+        summary = run_flywheel(cfg, run_dir)
     return cfg, run_dir, summary
+
+
+@contextlib.contextmanager
+def models_alive_at_each_stage(out):
+    """Records how many models (LightningModules) are alive when each flywheel stage starts, with the cyclic garbage
+    collector off, so only the flywheel's own release between stages can free NeMo/Lightning reference cycles
+    (test_flywheel.py::test_no_model_outlives_its_stage reads it)."""
+    import gc
+    import json
+
+    from lightning.pytorch import LightningModule
+
+    from medasr import flywheel
+
+    alive, rule = {}, flywheel.console.rule
+
+    def count(title="", *a, **kw):
+        alive[str(title)] = sum(isinstance(o, LightningModule) for o in gc.get_objects())
+        return rule(title, *a, **kw)
+
+    flywheel.console.rule = count
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        flywheel.console.rule = rule
+        out.write_text(json.dumps(alive, indent=1))
 
 
 def fresh_run_dir(run_dir, tmp_path):

@@ -242,34 +242,11 @@ def test_checkpoints_are_slim(tiny_run):
     assert set(sd) == set(model.state_dict()) - frozen  # exactly: everything but the frozen parameters
 
 
-def test_no_model_outlives_its_stage(tiny_data_and_base, monkeypatch):
+def test_no_model_outlives_its_stage(tiny_run):
     """Eval, preflight, smoke, train, select and eval each load a model in one process; on a 40-48 GB card the real
-    model must be freed between them. With the cyclic collector off, only the flywheel's own release frees the
-    NeMo/Lightning cycles, so a stage that starts with an earlier stage's model still alive fails here."""
-    import gc
-
-    from lightning.pytorch import LightningModule
-
-    from medasr import flywheel
-
-    alive_at_start = {}
-    rule = flywheel.console.rule
-
-    def count_models(title="", *a, **kw):
-        alive_at_start[str(title)] = sum(isinstance(o, LightningModule) for o in gc.get_objects())
-        return rule(title, *a, **kw)
-
-    monkeypatch.setattr(flywheel.console, "rule", count_models)
-    cfg = load_config("tiny", ["train.max_steps=20", "train.val_every_n_steps=10", "train.ckpt_every_n_steps=10",
-                               "train.smoke_steps=4"])
-    test = tiny_data_and_base / "data" / "test.json"
-    test.write_text("".join(test.read_text().splitlines(keepends=True)[:24]))  # fewer rows to decode; gate forced
-    gc.collect()
-    gc.disable()
-    try:
-        summary = flywheel.run_flywheel(cfg, tiny_data_and_base, force_train=True)
-    finally:
-        gc.enable()
-    assert summary["status"] == "done"
-    stages = [k for k in alive_at_start if "train" in k or "eval cycle1" in k or "smoke" in k]
-    assert len(stages) >= 3 and all(alive_at_start[k] == 0 for k in alive_at_start), alive_at_start
+    model must be freed between them. The session's tiny run counted the models alive at each stage start with the
+    cyclic collector off (conftest.models_alive_at_each_stage): a stage that starts while an earlier stage's model is
+    still alive fails here."""
+    alive = json.loads((tiny_run[1].parent / "models_alive.json").read_text())
+    stages = [k for k in alive if "smoke" in k or "train" in k or "eval cycle1" in k]
+    assert len(stages) == 3 and all(n == 0 for n in alive.values()), alive

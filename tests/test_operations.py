@@ -110,3 +110,32 @@ def test_clean_checkpoints(tmp_path):
     actions = clean_checkpoints(d)
     assert "removed unfinished step000030.ckpt.partial" in actions and "removed unreadable last.ckpt" in actions
     assert torch.load(d / "last.ckpt", weights_only=False)["global_step"] == 20
+
+
+def test_two_devices_ddp_on_cpu_trains_resumes_and_exports(tiny_data_and_base, tmp_path):
+    """The path of a multi-GPU pod, on CPU: `--set train.devices=2` trains with Lightning's DDP (gloo here, NCCL on
+    GPUs), one process per device started by Lightning's own launcher; a SIGKILL of the whole process group mid-run
+    resumes from the last checkpoint; the flywheel then exports as on one device."""
+    rd = tiny_data_and_base
+    test = rd / "data" / "test.json"
+    test.write_text("".join(test.read_text().splitlines(keepends=True)[:24]))  # less decoding; the gate is forced
+    sets = ["train.devices=2", "train.threads=1", "train.max_steps=40", "train.val_every_n_steps=20",
+            "train.ckpt_every_n_steps=20", "train.smoke_steps=4"]
+    cmd = [sys.executable, "-m", "medasr.cli", "flywheel", "-p", "tiny", "--run-dir", str(rd), "--force",
+           *[a for s in sets for a in ("--set", s)]]
+    log = open(tmp_path / "ddp.log", "w")
+    child = subprocess.Popen(cmd, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    _wait(lambda: (rd / "train/checkpoints/step000020.ckpt").exists() and (_progress(rd) or {}).get("global_step", 0) > 22,
+          600, "a checkpoint at step 20 and training past it")
+    os.killpg(child.pid, signal.SIGKILL)  # every rank at once, as a pod restart does
+    child.wait()
+    assert not (rd / "train/DONE").exists()
+    done = subprocess.run(cmd, env=ENV, stdout=log, stderr=subprocess.STDOUT, timeout=900)
+    assert done.returncode == 0, (tmp_path / "ddp.log").read_text()[-3000:]
+    out = (tmp_path / "ddp.log").read_text()
+    assert out.count("Starting with 2 processes") == 2 and "distributed_backend=gloo" in out
+    starts = [json.loads(x)["start_step"] for x in (rd / "train/resume_log.jsonl").read_text().splitlines()]
+    assert starts == [0, 20]  # one line per launch (rank zero writes it), the second from the step-20 checkpoint
+    assert json.loads((rd / "train/DONE").read_text()) == {"global_step": 40, "max_steps": 40}
+    summary = json.loads((rd / "summary.json").read_text())
+    assert summary["status"] == "done" and (rd / "canary-qwen-medical-lora" / "adapter.safetensors").exists()

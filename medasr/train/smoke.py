@@ -112,7 +112,8 @@ def smoke_run(cfg: Config, run_dir: Path, base: str | Path) -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     rec = _recorder()
-    trainer = Trainer(max_steps=steps, accelerator=cfg.train.accelerator, devices=cfg.train.devices,
+    # one device even for a multi-device run: the check is the setup, and a DDP launch here would re-run the flywheel
+    trainer = Trainer(max_steps=steps, accelerator=cfg.train.accelerator, devices=1,
                       precision=cfg.model.precision, logger=False, callbacks=[rec], enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                       num_sanity_val_steps=0, gradient_clip_val=cfg.train.grad_clip, use_distributed_sampler=False,

@@ -140,6 +140,8 @@ def resume_log_callback(train_dir: Path, resumed_from: str | None):
 
     class _ResumeLog(Callback):
         def on_train_start(self, trainer, pl_module):
+            if not trainer.is_global_zero:
+                return
             with open(train_dir / "resume_log.jsonl", "a") as f:
                 f.write(json.dumps({"start_step": int(trainer.global_step), "resumed_from": resumed_from, "pid": os.getpid()}) + "\n")
 
@@ -286,6 +288,8 @@ def progress_callback(train_dir: Path):
 
     class _Progress(Callback):
         def on_train_batch_end(self, trainer, *args):
+            if not trainer.is_global_zero:
+                return
             write_text_atomic(train_dir / "progress.json", json.dumps(
                 {"global_step": int(trainer.global_step), "max_steps": int(trainer.max_steps), "time": time.time(),
                  "pid": os.getpid()}))
@@ -338,6 +342,11 @@ def wandb_logger(cfg: Config, train_dir: Path):
         mode="offline" if offline() else "online",
         config=to_dict(cfg),
     )
+
+
+def is_rank_zero() -> bool:
+    """Before the Trainer exists: Lightning's DDP launcher starts ranks > 0 with LOCAL_RANK/NODE_RANK set."""
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
 def is_done(train_dir: Path, max_steps: int) -> bool:
@@ -413,15 +422,20 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
     seed_everything(cfg.train.seed, workers=True)
     model, fit_kw, record = prepare(cfg, run_dir / "data", base, train_dir)
     print_param_table(record["groups"])
-    (train_dir / "trainable_params.json").write_text(json.dumps(record, indent=2))
-    for stale in ckpt_dir.glob("*.partial"):  # left by a kill during a save
-        stale.unlink()
+    zero = is_rank_zero()
+    if zero:
+        (train_dir / "trainable_params.json").write_text(json.dumps(record, indent=2))
+        for stale in ckpt_dir.glob("*.partial"):  # left by a kill during a save
+            stale.unlink()
     last = ckpt_dir / "last.ckpt"
     resume_from = str(last) if last.exists() else None
     trainer = Trainer(
         max_steps=cfg.train.max_steps,
         accelerator=cfg.train.accelerator,
         devices=cfg.train.devices,
+        # more than one device: Lightning's DDP (NCCL on GPUs, gloo on CPU), its launcher starting one process per
+        # device by re-running this command (the flywheel runs training as `medasr train` for that reason)
+        strategy="ddp" if cfg.train.devices > 1 else "auto",
         precision=cfg.model.precision,
         logger=wandb_logger(cfg, train_dir),
         callbacks=[*checkpoint_callbacks(cfg, ckpt_dir), val_wer_callback(cfg, run_dir),
@@ -429,7 +443,7 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
                    stop_signal_checkpoint(ckpt_dir), progress_callback(train_dir), slim_checkpoint_callback(),
                    watchdog_callback(cfg.train.val_every_n_steps),
                    throughput_callback(price_per_hour(cfg))]
-        + ([s3_sync_callback(run_dir, s3_uri(cfg))] if s3_uri(cfg) else []),
+        + ([s3_sync_callback(run_dir, s3_uri(cfg))] if s3_uri(cfg) and zero else []),
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=sys.stderr.isatty(),
         check_val_every_n_epoch=None,  # finite manifests: an epoch is a few batches (FACTS §7)
@@ -450,7 +464,8 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
     if "base" not in vals and not last.exists():
         # Validation loss of the untouched base, on the same val set, for the before/after check.
         vals["base"] = float(trainer.validate(model, verbose=False, **fit_kw)[0]["val_loss"])
-        metrics_file.write_text(json.dumps(vals, indent=2))
+        if zero:
+            metrics_file.write_text(json.dumps(vals, indent=2))
     if resume_from:
         console.print(f"[bold]resuming[/] from {last}")
     trainer.fit(model, ckpt_path=resume_from, **fit_kw)
@@ -458,10 +473,11 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
     if step < cfg.train.max_steps:
         raise RuntimeError(f"training stopped at step {step} of {cfg.train.max_steps}; re-run to resume from {last}")
     vals["final"] = float(trainer.validate(model, verbose=False, **fit_kw)[0]["val_loss"])
-    metrics_file.write_text(json.dumps(vals, indent=2))
-    import wandb
-
-    wandb.finish()  # close the run so a later launch (resume, next cycle) can continue the same id
     done = {"global_step": step, "max_steps": cfg.train.max_steps}
-    write_text_atomic(train_dir / "DONE", json.dumps(done))
+    if trainer.is_global_zero:  # one writer for the shared files (every DDP rank gets here)
+        metrics_file.write_text(json.dumps(vals, indent=2))
+        import wandb
+
+        wandb.finish()  # close the run so a later launch (resume, next cycle) can continue the same id
+        write_text_atomic(train_dir / "DONE", json.dumps(done))
     return done
