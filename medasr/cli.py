@@ -505,7 +505,7 @@ def runpod_up(preset: str = typer.Option("canary-qwen-2.5b", "--preset", "-p"), 
     except PodError as e:
         console.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2)
-    est = estimate_hours(cfg.train.max_steps, cfg.train.batch_size)
+    est = estimate_hours(cfg.train.max_steps, cfg.train.batch_size, batch_tokens=cfg.train.batch_tokens)
     cost = price * est["total_hours"]
     console.print(f"{gpu} x{gpu_count} ({cloud.lower()} cloud): ${price:.2f}/h")
     console.print(f"estimate: {est['total_hours']:.1f} h ({est['train_hours']:.1f} h training + {est['overhead_hours']} h "

@@ -115,6 +115,9 @@ def test_estimate_is_explained():
     full = train_step_flops(sizes, StepShape(16, 8.0, 20, 40))["total"]
     assert full - step == 2 * 2 * 16 * (160 - 1 - 40) * 2048 * 151936
     assert e["total_hours"] == e["train_hours"] + 0.5
+    # the canary preset trains in 24,000-token batches: 150 rows of 8 s (160 tokens each) per step
+    t = pods.estimate_hours(max_steps=2000, batch_size=16, batch_tokens=24000)
+    assert t["assumptions"]["batch_size"] == 150 and t["tokens"] == 2000 * 150 * 160
 
 
 @pytest.mark.slow

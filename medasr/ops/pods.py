@@ -172,7 +172,7 @@ def watch(spec: PodSpec, state: dict, is_done: Callable[[], bool], max_usd: floa
 
 
 def estimate_hours(max_steps: int, batch_size: int, avg_audio_s: float = 8.0, avg_text_tokens: int = 40,
-                   prompt_tokens: int = 20, tflops_achieved: float = 60.0) -> dict:
+                   prompt_tokens: int = 20, tflops_achieved: float = 60.0, batch_tokens: int = 0) -> dict:
     """Training time from a FLOP count (the method, stated, since the real model cannot be timed here): the model
     FLOPs of one step of `batch_size` utterances of `avg_audio_s` seconds through the release architecture
     (medasr/perf/flops.py on the canary-qwen-2.5b-shapes sizes: frozen LLM forward + activation gradient, trained
@@ -183,6 +183,9 @@ def estimate_hours(max_steps: int, batch_size: int, avg_audio_s: float = 8.0, av
     from medasr.perf.flops import StepShape, train_step_flops
 
     sizes = load_config("canary-qwen-2.5b-shapes").model.tiny
+    if batch_tokens > 0:  # token batches (train.batch_tokens): as many average rows as the budget holds
+        per_row = StepShape(batch=1, audio_s=avg_audio_s, prompt_tokens=prompt_tokens, text_tokens=avg_text_tokens).batch_tokens
+        batch_size = max(1, batch_tokens // per_row)
     shape = StepShape(batch=batch_size, audio_s=avg_audio_s, prompt_tokens=prompt_tokens, text_tokens=avg_text_tokens)
     flops = max_steps * train_step_flops(sizes, shape, target_logits_only=True)["total"]  # the default switch
     train_h = flops / (tflops_achieved * 1e12) / 3600
