@@ -178,12 +178,18 @@ def preflight(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_
 @app.command("train")
 def train_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt):
     """Fine-tune: SALM LoRA or ASR full SFT, per the preset (resumes from RUN/train/checkpoints/last.ckpt)."""
-    from medasr.flywheel import resolve_base
-    from medasr.train.trainer import train
+    from medasr.flywheel import mark_failed, resolve_base
+    from medasr.train.trainer import TrainingWatchdogError, is_rank_zero, train
 
     cfg = _cfg(preset, set_)
     rd = _run_dir(cfg, run_dir)
-    console.print(train(cfg, rd, resolve_base(cfg, rd)))
+    try:
+        console.print(train(cfg, rd, resolve_base(cfg, rd)))
+    except TrainingWatchdogError as e:  # the run cannot succeed as configured: the supervisor must not relaunch it
+        if is_rank_zero():
+            mark_failed(rd, "train", e)
+        console.print(f"[red]training stopped:[/] {escape(str(e))}")
+        raise typer.Exit(1)
 
 
 @app.command("pretrain-mini")

@@ -260,6 +260,11 @@ def load_config(preset: str, overrides: Optional[list[str]] = None) -> Config:
     cfg = OmegaConf.to_object(merged)
     if cfg.model.kind not in ("salm", "asr"):
         raise ValueError(f"model.kind={cfg.model.kind!r}: use salm (Canary-Qwen LoRA) or asr (Parakeet-TDT full fine-tune)")
+    if cfg.model.kind == "asr" and cfg.train.devices > 1:
+        # NeMo builds the ASR loaders before the DDP process group exists, so every rank would read the same batches;
+        # wiring their sharding is not done (a first attempt hung in validation on CPU/gloo). SALM presets shard.
+        raise ValueError("train.devices > 1 is supported for SALM presets (canary-qwen-2.5b, tiny, mini); the Parakeet "
+                         "path trains on one device: set train.devices=1")
     from medasr.prompts import check_prompts
 
     check_prompts(cfg.model.prompt, cfg.model.prompts_by_source)

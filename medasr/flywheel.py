@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import gc
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from medasr.evaluate.stage import evaluate
 from medasr.data.manifest import read_manifest
 from medasr.train.export import (EXPORT_NAME, NEMO_EXPORT, export_adapter, export_nemo, meta_path, read_meta,
                                  read_nemo_meta, write_model_card, write_nemo_model_card)
-from medasr.train.trainer import is_done, train
+from medasr.train.trainer import TrainingWatchdogError, is_done, train
 
 SUMMARY_KEYS = ("wer", "cer", "ker", "ker_seen", "ker_unseen", "term_error_rate")
 
@@ -80,7 +81,16 @@ def train_ddp(cfg: Config, run_dir: Path) -> dict:
     DDP launcher re-runs once per extra device (re-running the whole flywheel there would repeat every stage)."""
     if not is_done(run_dir / "train", cfg.train.max_steps):
         cmd = [sys.executable, "-m", "medasr.cli", "train", "--preset", str(run_dir / "config.yaml"), "--run-dir", str(run_dir)]
-        rc = subprocess.run(cmd).returncode
+        # A stop signal reaches the ranks (the supervisor signals the process group); this process waits for them to
+        # save last.ckpt instead of dying first. A Python handler, unlike SIG_IGN, is not inherited by the child.
+        held = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            rc = subprocess.Popen(cmd).wait()
+        finally:
+            for s, h in held.items():
+                signal.signal(s, h)
+        if (run_dir / FAILED).exists():  # the watchdog stopped it (`medasr train` marked the run)
+            raise TrainingWatchdogError(json.loads((run_dir / FAILED).read_text())["reason"])
         if rc != 0 or not is_done(run_dir / "train", cfg.train.max_steps):
             raise RuntimeError(f"training on {cfg.train.devices} devices exited {rc} before max_steps; re-run to resume")
     return json.loads((run_dir / "train" / "DONE").read_text())
@@ -229,7 +239,6 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
             console.print("[yellow]gate says no; training anyway because --force was given (logged in gate.json)")
         from medasr.train.preflight import ModelPreflightError, model_preflight
         from medasr.train.smoke import SmokeRunError, smoke_current, smoke_run
-        from medasr.train.trainer import TrainingWatchdogError
 
         try:
             fresh = not is_done(run_dir / "train", cfg.train.max_steps)

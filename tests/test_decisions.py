@@ -84,3 +84,10 @@ def test_cli_errors_keep_a_long_path_on_one_line(tmp_path, monkeypatch):
     bad = tmp_path / ("d" * 60) / "preset[1].yaml"  # [1]: rich markup in a path must print literally
     res = CliRunner().invoke(app, ["eval", "--preset", str(bad)])
     assert res.exit_code == 2 and f"no preset '{bad}'" in res.output
+
+
+def test_multi_device_is_refused_for_the_parakeet_path():
+    """NeMo builds the ASR loaders before DDP exists, so every rank would read the same batches: refused, with the fix."""
+    with pytest.raises(ValueError, match="train.devices > 1 is supported for SALM presets.*set train.devices=1"):
+        load_config("parakeet-tdt-0.6b-v2", ["train.devices=2"])
+    assert load_config("canary-qwen-2.5b", ["train.devices=2"]).train.devices == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -48,8 +49,14 @@ def _cli(args: list[str], env: dict, log: Path, timeout: float) -> int:
     with open(log, "a") as f:
         f.write(f"\n$ medasr {' '.join(args)}\n")
         f.flush()
-        return subprocess.run([sys.executable, "-m", "medasr.cli", *args], env=env, stdout=f, stderr=subprocess.STDOUT,
-                              timeout=timeout).returncode
+        child = subprocess.Popen([sys.executable, "-m", "medasr.cli", *args], env=env, stdout=f,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            return child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)  # supervise, the flywheel under it and any training ranks
+            child.wait()
+            raise RehearsalError(f"medasr {args[0]} ran past {timeout:.0f} s (see {log})") from None
 
 
 def _texts(out: Path) -> list[str]:

@@ -83,9 +83,11 @@ def val_wer_callback(cfg: Config, run_dir: Path):
             if trainer.sanity_checking or trainer.state.fn != "fit":
                 return
             wer = model_wer(cfg, pl_module, rows)
-            pl_module.log(METRIC, wer, prog_bar=True, batch_size=1)  # every DDP rank decodes the same rows
+            # every DDP rank decodes the same rows; the mean is what ModelCheckpoint and the history both use
+            pl_module.log(METRIC, wer, prog_bar=True, batch_size=1, sync_dist=True)
             if not trainer.is_global_zero:
                 return
+            wer = float(trainer.callback_metrics.get(METRIC, wer))
             hist = json.loads(out.read_text()) if out.exists() else {}
             hist[str(int(trainer.global_step))] = round(wer, 6)
             write_text_atomic(out, json.dumps(hist, indent=2))

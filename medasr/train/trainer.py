@@ -255,11 +255,14 @@ def watchdog_callback(val_every_n_steps: int, max_nonfinite_steps: int = 3):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
             step = int(trainer.global_step)
-            if loss is not None and not math.isfinite(float(loss)):
+            nonfinite = loss is not None and not math.isfinite(float(loss))
+            # every DDP rank must stop at the same step, or the others wait in the next all-reduce: agree first
+            if trainer.strategy.reduce_boolean_decision(nonfinite, all=False):
                 self.bad += 1
                 if self.bad >= max_nonfinite_steps:
+                    shown = float(loss) if nonfinite else "not finite on another rank"
                     raise TrainingWatchdogError(
-                        f"training loss is {float(loss)} for {self.bad} steps in a row (step {step}): the run diverged. "
+                        f"training loss is {shown} for {self.bad} steps in a row (step {step}): the run diverged. "
                         "Lower train.lr, check the data (preflight) and the precision (bf16 for TDT, not fp16)")
             else:
                 self.bad = 0
@@ -378,7 +381,8 @@ def _prepare_salm(cfg: Config, data_dir: Path, base: str | Path, work_dir: Path)
     model.strict_loading = False  # slim checkpoints: frozen weights come from the base, checked in on_load_checkpoint
     from medasr.prompts import prompted_manifests
 
-    prompted = prompted_manifests(cfg, data_dir, work_dir / "data")
+    # rank zero writes them before Lightning's launcher starts the other ranks, which read them
+    prompted = prompted_manifests(cfg, data_dir, work_dir / "data") if is_rank_zero() else work_dir / "data"
     datamodule = DataModule(OmegaConf.create(data_config(model, cfg, prompted)), tokenizer=model.tokenizer,
                             dataset=SALMDataset(model.tokenizer))
     record = {"kind": "salm", "groups": table, "freeze_params": list(cfg.model.freeze_params), "speed": speed,
@@ -391,9 +395,9 @@ def _prepare_asr(cfg: Config, data_dir: Path, base: str | Path, work_dir: Path):
 
     model = asr.load_base(base)
     table = asr.prepare_for_training(model, cfg)
-    asr.setup_data(model, cfg, data_dir)
     record = {"kind": "asr", "groups": table, "tokenizer_dir": cfg.model.tokenizer_dir,
               "loss": type(model.loss._loss).__name__ if hasattr(model, "loss") else None}
+    asr.setup_data(model, cfg, data_dir)
     return model, {}, record
 
 

@@ -76,6 +76,7 @@ def load_folder(root: Path, out_dir: Path) -> SourceResult:
     if not items:
         raise SourceError(f"folder source: nothing found in {root} (transcripts.csv or audio files with .txt transcripts)")
     too_long: list[str] = []
+    decoded: dict[Path, object] = {}  # the last recording decoded: its utterances are usually consecutive lines
     for audio_path, text, speaker, split, start, end in items:
         if not audio_path.exists():
             res.dropped["audio file missing"] += 1
@@ -83,14 +84,21 @@ def load_folder(root: Path, out_dir: Path) -> SourceResult:
         if not text.strip():
             res.dropped["empty text"] += 1
             continue
-        try:
-            audio = decode(audio_path)
-        except SourceError:
+        if audio_path not in decoded:
+            try:
+                decoded = {audio_path: decode(audio_path)}
+            except SourceError:
+                decoded = {audio_path: None}
+        audio = decoded[audio_path]
+        if audio is None:
             res.dropped["undecodable audio"] += 1
             continue
         rel = str(audio_path.relative_to(root).with_suffix(""))
         extra = {}
         if start is not None:
+            if end > len(audio) / SAMPLE_RATE + 0.05:
+                raise SourceError(f"{csv_path}: {audio_path.name} start={start} end={end} runs past the end of the "
+                                  f"recording ({len(audio) / SAMPLE_RATE:.2f} s): fix the times")
             audio = audio[int(round(start * SAMPLE_RATE)) : int(round(end * SAMPLE_RATE))]
             rel += f"-{start:.2f}-{end:.2f}"
             extra = {"source_start": start, "source_end": end}
