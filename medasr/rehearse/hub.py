@@ -13,7 +13,7 @@ Replicas keep the release's config keys and values except sizes: layer counts an
 alpha/rank ratio kept), the tokenizer's learned vocabulary (a small byte-level BPE with Qwen's 26 added tokens in
 Qwen's order, `<|endoftext|>` pad, `<|im_end|>` eos; the embedding keeps Qwen's 267 spare rows). Weights are random,
 written by NeMo's own `SALM.save_pretrained` in bf16 from a model whose lm_head is tied to embed_tokens, as the
-release's Qwen3-1.7B is. Sources for every value: docs/MODEL.md ("The Hub replica").
+release's Qwen3-1.7B is. Sources for every value: docs/MODEL.md ("The release pinned, and its offline replica").
 """
 
 from __future__ import annotations
