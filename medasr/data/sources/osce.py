@@ -30,6 +30,11 @@ SPLITS = {"train": "train", "dev": "val", "test": "test"}
 FORMAT = "audio/NAME.mp3[start,end]<TAB>TEXT"
 
 
+def _fields(line: str) -> list[str]:
+    """Lhotse's `_parse_utterance` split: ',' and '[' become field breaks, ']' is dropped, then tabs separate."""
+    return line.replace(",", "\t").replace("[", "\t").replace("]", "").split("\t")
+
+
 def check_info(path: Path) -> list[str]:
     """Every line must split the way Lhotse's `_parse_utterance` splits it (',' and '[' become field breaks, ']' is
     dropped, then 4 tab-separated fields: path, start, end, text). Returns the lines, blank ones left out."""
@@ -37,7 +42,7 @@ def check_info(path: Path) -> list[str]:
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
-        fields = line.replace(",", "\t").replace("[", "\t").replace("]", "").split("\t")
+        fields = _fields(line)
         ok = len(fields) == 4
         if ok:
             try:
@@ -54,7 +59,7 @@ def check_info(path: Path) -> list[str]:
 
 
 def _audio_of(line: str) -> str:
-    return line.replace(",", "\t").replace("[", "\t").split("\t")[0]
+    return _fields(line)[0]
 
 
 def _stage_for_lhotse(root: Path, lines: dict[str, list[str]], stage: Path, res: SourceResult) -> dict[str, int]:
