@@ -364,7 +364,11 @@ def compare(before_dir: Path, after_dir: Path, out: Path = typer.Option(..., "--
 
     cfg = _cfg(preset, None)
     cfg.gate.priority = list(priority)
-    c = run_compare(cfg, before_dir, after_dir, out)
+    try:
+        c = run_compare(cfg, before_dir, after_dir, out)
+    except ValueError as e:  # no common rows, or the same rows scored against other references
+        console.print(f"[red]{escape(str(e))}[/]")
+        raise typer.Exit(2)
     console.print((out / "compare.md").read_text())
     return c
 

@@ -127,3 +127,18 @@ def test_gate_exit_codes(tmp_path):
     res = r.invoke(app, ["gate", str(a), "--min-rows", "50", "--priority", "drug"])  # 0.2: expand terms first
     assert res.exit_code == 1 and "expand terms" in res.output
     assert r.invoke(app, ["gate", str(tmp_path / "nope")]).exit_code == 2
+
+
+def test_compare_floors_p_and_refuses_other_references():
+    """Issue 21 item 7: a bootstrap of n draws cannot show p below 1/(n+1) (three fixed rows gave p = 0.0), and rows
+    with the same id but another reference are not a paired comparison."""
+    from medasr.evaluate.compare import compare_rows
+
+    before = [{"id": f"r{i}", "text": "start warfarin today", "term": "warfarin", "entity_category": "drug",
+               "pred_text": "start war far in today"} for i in range(3)]
+    after = [r | {"pred_text": "start warfarin today"} for r in before]
+    d = compare_rows(before, after, priority=["drug"], n_boot=200)["deltas"]["ker[priority]"]
+    assert d["delta"] == -1.0 and d["p_value"] == pytest.approx(2 / 201)
+    other = [after[0], after[1] | {"text": "start heparin today"}, after[2]]
+    with pytest.raises(ValueError, match=r"1 row\(s\) have a different reference.*\['r1'\]"):
+        compare_rows(before, other, priority=["drug"], n_boot=50)

@@ -22,8 +22,10 @@ def _paired(before: np.ndarray, after: np.ndarray, den: np.ndarray, n_boot: int,
     ok = d > 0
     deltas = (after[idx].sum(axis=1)[ok] - before[idx].sum(axis=1)[ok]) / d[ok]
     lo, hi = np.percentile(deltas, [2.5, 97.5])
-    # two-sided bootstrap p-value: how often the resampled delta falls on the other side of zero
-    p = min(1.0, 2 * min(np.mean(deltas <= 0), np.mean(deltas >= 0)))
+    # two-sided bootstrap p-value: how often the resampled delta falls on the other side of zero, counting the observed
+    # delta as one draw, so it is never below 1 / (draws + 1): n_boot draws cannot show more than that
+    other = min(np.sum(deltas <= 0), np.sum(deltas >= 0))
+    p = min(1.0, 2 * (other + 1) / (len(deltas) + 1))
     return {"before": float(b), "after": float(a), "delta": float(a - b), "ci95": [float(lo), float(hi)], "p_value": float(p)}
 
 
@@ -34,6 +36,10 @@ def compare_rows(before_rows: list[dict], after_rows: list[dict], priority: list
     pairs = [(r, after_by[key(r)]) for r in before_rows if key(r) in after_by]
     if not pairs:
         raise ValueError("no rows in common between the two evaluations (matched on id / audio_filepath)")
+    differ = [key(b) for b, a in pairs if b.get("text") != a.get("text") or b.get("term") != a.get("term")]
+    if differ:  # the same id scored against another reference is not a paired comparison
+        raise ValueError(f"{len(differ)} row(s) have a different reference (text or term) in the two evaluations, "
+                         f"e.g. {differ[:3]}: compare evaluations of the same test manifest")
     from medasr.data.lexicon import core_lexicon
 
     lex = core_lexicon()
