@@ -23,7 +23,7 @@ from medasr.evaluate.gate import decide
 from medasr.evaluate.report import compare_markdown
 from medasr.evaluate.report_html import compare_html
 from medasr.evaluate.report_html import write as write_html
-from medasr.evaluate.stage import evaluate
+from medasr.evaluate.stage import evaluate, load_lexicon
 from medasr.data.manifest import read_manifest
 from medasr.train.export import (EXPORT_NAME, NEMO_EXPORT, export_adapter, export_nemo, meta_path, read_meta,
                                  read_nemo_meta, write_model_card, write_nemo_model_card)
@@ -62,16 +62,22 @@ def _loader(cfg: Config, spec: str | Path):
 
 def run_compare(cfg: Config, before_dir: Path, after_dir: Path, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
+    before, after = (json.loads((d / "metrics.json").read_text()) for d in (before_dir, after_dir))
+    lexicons = {m.get("lexicon", "core") for m in (before, after)}
+    if len(lexicons) > 1:
+        raise ValueError(f"the evaluations tagged terms with different lexicons ({', '.join(sorted(lexicons))}): "
+                         "score both with the same eval.lexicon")
     c = compare_rows(
         read_manifest(before_dir / "hyps.json"),
         read_manifest(after_dir / "hyps.json"),
         priority=list(cfg.gate.priority),
         normalizer=cfg.eval.normalizer,
         n_boot=cfg.eval.n_boot,
+        lexicon=load_lexicon(lexicons.pop()),
     )
+    c["lexicon"] = before.get("lexicon", "core")
     (out_dir / "compare.json").write_text(json.dumps(c, indent=2))
     (out_dir / "compare.md").write_text(compare_markdown(c))
-    before, after = (json.loads((d / "metrics.json").read_text()) for d in (before_dir, after_dir))
     write_html(out_dir / "compare.html", compare_html(c, before, after))
     return c
 

@@ -142,3 +142,16 @@ def test_compare_floors_p_and_refuses_other_references():
     other = [after[0], after[1] | {"text": "start heparin today"}, after[2]]
     with pytest.raises(ValueError, match=r"1 row\(s\) have a different reference.*\['r1'\]"):
         compare_rows(before, other, priority=["drug"], n_boot=50)
+
+
+def test_compare_uses_the_lexicon_the_evaluations_used(tmp_path):
+    """compare tags term occurrences with the lexicon recorded in both metrics.json (it always used the core one),
+    records it, and refuses evaluations scored with different lexicons."""
+    b, a = _demo_pair(tmp_path)
+    res = CliRunner().invoke(app, ["compare", str(b), str(a), "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "c/compare.json").read_text())["lexicon"] == "core"
+    m = json.loads((a / "metrics.json").read_text())
+    (a / "metrics.json").write_text(json.dumps(m | {"lexicon": "extended"}))
+    res = CliRunner().invoke(app, ["compare", str(b), str(a), "--out", str(tmp_path / "c2")])
+    assert res.exit_code == 2 and "different lexicons (core, extended)" in res.output

@@ -30,7 +30,8 @@ def _paired(before: np.ndarray, after: np.ndarray, den: np.ndarray, n_boot: int,
 
 
 def compare_rows(before_rows: list[dict], after_rows: list[dict], priority: list[str], normalizer: str = "whisper",
-                 n_boot: int = 1000, seed: int = 0, keep_rel_drop: float = 0.2) -> dict:
+                 n_boot: int = 1000, seed: int = 0, keep_rel_drop: float = 0.2, lexicon=None) -> dict:
+    """`lexicon`: the one both evaluations tagged term occurrences with (default: the core lexicon)."""
     key = lambda r: r.get("id") or r["audio_filepath"]  # noqa: E731
     after_by = {key(r): r for r in after_rows}
     pairs = [(r, after_by[key(r)]) for r in before_rows if key(r) in after_by]
@@ -40,9 +41,11 @@ def compare_rows(before_rows: list[dict], after_rows: list[dict], priority: list
     if differ:  # the same id scored against another reference is not a paired comparison
         raise ValueError(f"{len(differ)} row(s) have a different reference (text or term) in the two evaluations, "
                          f"e.g. {differ[:3]}: compare evaluations of the same test manifest")
-    from medasr.data.lexicon import core_lexicon
+    if lexicon is None:
+        from medasr.data.lexicon import core_lexicon
 
-    lex = core_lexicon()
+        lexicon = core_lexicon()
+    lex = lexicon
     sb = score_rows([b for b, _ in pairs], normalizer, lex)
     sa = score_rows([a for _, a in pairs], normalizer, lex)
     words = np.array([s.ref_words for s in sb], float)
