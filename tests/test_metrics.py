@@ -134,3 +134,13 @@ def test_parallel_scoring_matches_serial():
     finally:
         mm.PARALLEL_MIN_ROWS = old
     assert parallel == serial
+
+
+def test_curly_apostrophes_score_like_straight_ones():
+    """Issue 21 item 6 (part): the Whisper normaliser expands only straight-apostrophe contractions, so "don’t" vs
+    "don't" cost 2 word errors."""
+    from medasr.evaluate.metrics import score_row
+    from medasr.evaluate.normalize import normalize
+
+    assert normalize("I don\u2019t take warfarin") == normalize("I don't take warfarin") == "i do not take warfarin"
+    assert score_row("I don't take warfarin", "I don\u2019t take warfarin", "warfarin").word_edits == 0

@@ -27,9 +27,16 @@ def _strip_accents(text: str) -> str:
     return "".join(c for c in text if not unicodedata.combining(c))
 
 
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
+
+
+def unify_apostrophes(text: str) -> str:
+    return text.translate(_APOSTROPHES)
+
+
 def basic_normalize(text: str) -> str:
     """Lowercase, unify apostrophes, drop punctuation (hyphens/slashes become spaces), collapse whitespace."""
-    text = _strip_accents(text).lower().replace("\u2019", "'").replace("\u2018", "'")
+    text = unify_apostrophes(_strip_accents(text).lower())
     text = text.replace("-", " ").replace("/", " ")
     text = _PUNCT.sub(" ", text)
     text = text.replace("'", "")  # "don't" -> "dont" on both sides
@@ -48,14 +55,14 @@ def normalize(text: str, kind: str = "whisper") -> str:
         return _SPACES.sub(" ", text).strip()
     if kind == "basic":
         return basic_normalize(text)
-    if kind == "whisper":
-        return _SPACES.sub(" ", _whisper()(text)).strip()
+    if kind == "whisper":  # its contraction rules know only the straight apostrophe: "don’t" became "don t"
+        return _SPACES.sub(" ", _whisper()(unify_apostrophes(text))).strip()
     raise ValueError(f"unknown normalizer {kind!r}; choose one of {', '.join(NORMALIZERS)}")
 
 
 def term_tokens(text: str) -> tuple[str, ...]:
     """Tokens for keyword matching: NFKD, lowercase, possessive 's dropped, hyphen/slash split, punctuation removed."""
-    text = _strip_accents(text).lower().replace("\u2019", "'").replace("\u2018", "'")
+    text = unify_apostrophes(_strip_accents(text).lower())
     text = _POSSESSIVE.sub(r"\1", text)
     text = text.replace("-", " ").replace("/", " ")
     text = _PUNCT.sub(" ", text).replace("'", "")
