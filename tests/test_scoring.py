@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from medasr.cli import app
 from medasr.data.manifest import write_manifest
+from medasr.data.lexicon import core_lexicon
 from medasr.evaluate.metrics import compute_metrics, score_row
 
 SCORE_KEYS = {"n_rows", "wer", "wer_mean_utt", "cer", "ser", "substitutions", "deletions", "insertions", "ref_words",
@@ -155,3 +156,57 @@ def test_compare_uses_the_lexicon_the_evaluations_used(tmp_path):
     (a / "metrics.json").write_text(json.dumps(m | {"lexicon": "extended"}))
     res = CliRunner().invoke(app, ["compare", str(b), str(a), "--out", str(tmp_path / "c2")])
     assert res.exit_code == 2 and "different lexicons (core, extended)" in res.output
+
+
+# --- one normaliser for WER, KER and term error rate (issue 21 item 6) -------------------------------------------
+@pytest.mark.parametrize("said, written", [
+    ("type two diabetes", "type 2 diabetes"), ("HbA1c", "hba 1 c"), ("A1c", "a 1 c"), ("vitamin B12", "vitamin b 12"),
+    ("Crohn's disease", "crohns disease"), ("Crohn’s disease", "Crohn's disease"), ("x-ray", "X ray"),
+])
+def test_a_keyword_written_differently_but_scored_equal_by_wer_is_a_hit(said, written):
+    s = score_row(f"Known {said} noted.", f"known {written} noted", term=said)
+    assert s.word_edits == 0 and s.term_hit == 1 and s.term_in_ref
+    occ = score_row(f"Known {said} noted.", f"known {written} noted", lexicon=core_lexicon()).occurrences
+    assert all(hit for *_, hit in occ)
+
+
+def test_curly_apostrophes_cost_no_word_errors():
+    assert score_row("Don’t stop the warfarin.", "don't stop the warfarin").word_edits == 0
+
+
+def test_possessive_rule_is_symmetric():
+    """The apostrophe is not heard: "crohns" reproduces "Crohn's"; "crohn" (another word) does not, for WER and KER."""
+    same = score_row("Known Crohn's disease.", "known crohns disease", term="Crohn's disease")
+    other = score_row("Known Crohn's disease.", "known crohn disease", term="Crohn's disease")
+    assert (same.word_edits, same.term_hit) == (0, 1)
+    assert (other.word_edits, other.term_hit) == (1, 0)
+    assert score_row("Check the warfarin's dose.", "check the warfarins dose", term="warfarin").term_hit == 1
+
+
+_SLOTS = [  # each slot: surface forms a transcript may use for the same spoken words
+    ("Start", "start"), ("type two diabetes", "type 2 diabetes", "Type-2 diabetes"), ("HbA1c", "hba 1 c", "HBA1C"),
+    ("Crohn's disease", "crohns disease", "Crohn’s disease"), ("vitamin B12", "vitamin b 12"), ("x-ray", "X ray"),
+    ("don't", "don’t", "do not"), ("warfarin", "Warfarin,"), ("co-amoxiclav", "co amoxiclav"), ("today.", "today"),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(range(len(_SLOTS))), min_size=2, max_size=6), st.data())
+def test_zero_wer_edits_never_leave_a_keyword_missed(slots, data):
+    pick = lambda i: data.draw(st.sampled_from(_SLOTS[i]))  # noqa: E731
+    ref_words = [pick(i) for i in slots]
+    hyp_words = [pick(i) for i in slots]
+    term = ref_words[data.draw(st.integers(0, len(slots) - 1))].strip(".,")
+    s = score_row(" ".join(ref_words), " ".join(hyp_words), term=term, lexicon=core_lexicon())
+    assert s.term_in_ref
+    if s.word_edits == 0:
+        assert s.term_hit == 1, (ref_words, hyp_words, term)
+        assert all(hit for *_, hit in s.occurrences)
+
+
+def test_every_core_term_is_found_in_its_own_sentence():
+    lex = core_lexicon()
+    for t in lex.terms:
+        s = score_row(f"The {t.term} was noted.", f"the {t.term.upper()} was noted", term=t.term, lexicon=lex)
+        assert s.term_in_ref and s.term_hit == 1 and s.word_edits == 0, t.term
+        assert [o[0] for o in s.occurrences] == [t.term], t.term

@@ -2,7 +2,9 @@
 
 - WER/CER are corpus-level: total edits / total reference words (characters); `wer_mean_utt` (mean of per-row WER,
   what some leaderboards report) is given beside it, never instead of it.
-- KER (NVIDIA clinical-ASR-eval rule): a row whose `term` tokens do not occur contiguously in the hypothesis scores 1;
+- One normaliser (`medasr.evaluate.normalize`) makes the words of WER, KER and the term error rate, so a hypothesis
+  with no WER edit never misses a keyword.
+- KER (NVIDIA clinical-ASR-eval rule): a row whose `term` words do not occur contiguously in the hypothesis scores 1;
   aggregated per row, per entity category, per term, and for seen vs held-out terms (`term_seen`); WER and KER are
   also sliced by whether a training speaker said the row (`speaker_seen`), so a new voice is not read as a new term.
 - Term error rate needs no `term` column: the lexicon tags every medical term occurrence in each reference, and an
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 import jiwer
 import numpy as np
 
-from medasr.evaluate.normalize import normalize, term_tokens
+from medasr.evaluate.normalize import contains_term, normalize, term_tokens
 
 PARALLEL_MIN_ROWS = 4000  # below this, process start-up costs more than it saves
 
@@ -36,18 +38,11 @@ class RowScore:
     char_edits: int
     term_hit: int | None  # 1 = the row's `term` reproduced, 0 = missed, None = row has no term
     occurrences: list[tuple[str, str, int]] = field(default_factory=list)  # (term, category, reproduced 0/1)
+    term_in_ref: bool = True  # False: the row's `term` is not in its own reference (a data error, counted)
 
     @property
     def word_edits(self) -> int:
         return self.subs + self.dels + self.ins
-
-
-def contains(haystack: tuple[str, ...], needle: tuple[str, ...]) -> bool:
-    n = len(needle)
-    if n == 0:
-        return False
-    first = needle[0]
-    return any(haystack[i] == first and haystack[i : i + n] == needle for i in range(len(haystack) - n + 1))
 
 
 def aligned_equal_mask(ref_toks: tuple[str, ...], hyp_toks: tuple[str, ...]) -> list[bool]:
@@ -64,6 +59,7 @@ def aligned_equal_mask(ref_toks: tuple[str, ...], hyp_toks: tuple[str, ...]) -> 
 
 def score_row(ref: str, hyp: str, term: str | None = None, normalizer: str = "whisper", lexicon=None) -> RowScore:
     r, h = normalize(ref, normalizer), normalize(hyp or "", normalizer)
+    ref_toks, hyp_toks = tuple(r.split()), tuple(h.split())
     if r:
         w = jiwer.process_words(r, h) if h else None
         subs, dels, ins = (w.substitutions, w.deletions, w.insertions) if w else (0, len(r.split()), 0)
@@ -71,16 +67,17 @@ def score_row(ref: str, hyp: str, term: str | None = None, normalizer: str = "wh
     else:  # empty reference: every hypothesis word is an insertion
         subs, dels, ins = 0, 0, len(h.split())
         char_edits = len(h)
-    hyp_toks = term_tokens(hyp or "")
-    hit = None if not term else int(contains(hyp_toks, term_tokens(term)))
+    hit, in_ref = None, True
+    if term:
+        term_toks = term_tokens(term, normalizer)
+        hit, in_ref = int(contains_term(hyp_toks, term_toks)), contains_term(ref_toks, term_toks)
     occ: list[tuple[str, str, int]] = []
     if lexicon is not None:
-        ref_toks = term_tokens(ref)
-        matches = lexicon.tag_tokens(ref_toks)
+        matches = lexicon.scorer(normalizer).tag_tokens(ref_toks)
         if matches:
             mask = aligned_equal_mask(ref_toks, hyp_toks)
             occ = [(m.term.term, m.term.entity_category, int(all(mask[m.start : m.end]))) for m in matches]
-    return RowScore(len(r.split()), subs, dels, ins, len(r), char_edits, hit, occ)
+    return RowScore(len(ref_toks), subs, dels, ins, len(r), char_edits, hit, occ, in_ref)
 
 
 def _char_edits(r: str, h: str) -> int:
@@ -193,6 +190,8 @@ def compute_metrics(rows: list[dict], normalizer: str = "whisper", n_boot: int =
     termed = [(r, s) for r, s in zip(rows, scores) if s.term_hit is not None]
     miss = np.array([1 - s.term_hit for _, s in termed], float)
     out["ker"] = float(miss.mean()) if len(miss) else None
+    lost = [r.get("id") or r.get("audio_filepath") for r, s in termed if not s.term_in_ref]
+    out["term_not_in_reference"] = {"rows": len(lost), "examples": lost[:5]}  # rows whose KER cannot be earned
     by_cat: dict[str, list[int]] = defaultdict(list)
     by_term: dict[str, list[int]] = defaultdict(list)
     seen: dict[bool, list[int]] = {True: [], False: []}

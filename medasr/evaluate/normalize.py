@@ -1,12 +1,22 @@
-"""Text normalisation for scoring.
+"""Text normalisation for scoring: one normaliser for WER, CER, KER and the term error rate.
 
-Two jobs, kept apart on purpose:
-- `normalize` prepares reference/hypothesis text for WER/CER (Whisper English normaliser by default, the convention
-  of the Open ASR Leaderboard and of published medical ASR leaderboards).
-- `term_tokens` prepares text for keyword matching (KER). It follows the NVIDIA clinical-ASR-eval rule (NFKD,
-  lowercase, strip punctuation, collapse spaces) with two deliberate departures: hyphens and slashes split words
-  ("piperacillin-tazobactam" == "piperacillin tazobactam") and a possessive "'s" is dropped ("warfarin's" contains
-  "warfarin"), so a keyword is not counted as missed for punctuation the listener cannot hear.
+`normalize(text, kind)` prepares reference and hypothesis text; `term_tokens(text, kind)` is the same text split into
+words, so a keyword is looked for in exactly the words WER aligned. A hypothesis with no WER edit therefore never
+misses a keyword its reference holds (property-tested in tests/test_scoring.py), and a number, a hyphen, a curly
+apostrophe or a possessive can never be a KER miss that WER forgives (or the other way round).
+
+- `whisper` (default): the Whisper English normaliser (the convention of the Open ASR Leaderboard and of published
+  medical ASR leaderboards): numbers as digits ("type two diabetes" = "type 2 diabetes"), letters and digits split
+  ("HbA1c" = "hba 1 c"), British spellings Americanised, contractions expanded, hyphens and slashes split. Two steps run
+  before it: curly apostrophes become straight (its contraction rules know only "'"), and a possessive "'s" is joined
+  to its word ("Crohn's" = "Crohns", which sounds the same; Whisper alone reads it as "crohn is"); pronoun
+  contractions ("it's", "that's") are left for Whisper to expand.
+- `basic`: lower case, accents stripped, apostrophes dropped, hyphens and slashes split, letters and digits split,
+  other punctuation removed.
+- `none`: whitespace collapsed only.
+
+Keyword matching (`contains_term`) allows one thing more: the last word of a term may carry a plural or possessive
+"s" ("warfarin's dose" holds "warfarin"), on the reference and the hypothesis alike.
 """
 
 from __future__ import annotations
@@ -17,9 +27,14 @@ from functools import lru_cache
 
 NORMALIZERS = ("whisper", "basic", "none")
 
-_PUNCT = re.compile(r"[^\w\s']")
+_PUNCT = re.compile(r"[^\w\s]")
 _SPACES = re.compile(r"\s+")
-_POSSESSIVE = re.compile(r"(\w)'s\b")
+_LETTER_DIGIT = re.compile(r"(?<=[^\W\d_])(?=\d)|(?<=\d)(?=[^\W\d_])")
+_POSSESSIVE = re.compile(r"\b([^\W\d_]+)'s\b")
+# "'s" after these is a contraction ("it's" = "it is"), which Whisper expands; after any other word it is a possessive
+_CONTRACTING = frozenset("""it he she that there what who where here how let when why this everyone everybody someone
+somebody nobody everything something nothing""".split())
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 
 
 def _strip_accents(text: str) -> str:
@@ -27,20 +42,20 @@ def _strip_accents(text: str) -> str:
     return "".join(c for c in text if not unicodedata.combining(c))
 
 
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
-
-
 def unify_apostrophes(text: str) -> str:
     return text.translate(_APOSTROPHES)
 
 
+def join_possessives(text: str) -> str:
+    """"Crohn's disease" → "Crohns disease"; "it's" is left alone."""
+    return _POSSESSIVE.sub(lambda m: m.group(0) if m.group(1).lower() in _CONTRACTING else m.group(1) + "s", text)
+
+
 def basic_normalize(text: str) -> str:
-    """Lowercase, unify apostrophes, drop punctuation (hyphens/slashes become spaces), collapse whitespace."""
-    text = unify_apostrophes(_strip_accents(text).lower())
-    text = text.replace("-", " ").replace("/", " ")
-    text = _PUNCT.sub(" ", text)
-    text = text.replace("'", "")  # "don't" -> "dont" on both sides
-    return _SPACES.sub(" ", text).strip()
+    """Lowercase, unify apostrophes, drop punctuation (hyphens/slashes become spaces), split letters from digits."""
+    text = unify_apostrophes(_strip_accents(text).lower()).replace("'", "")  # "don't" -> "dont" on both sides
+    text = _PUNCT.sub(" ", text.replace("_", " "))
+    return _SPACES.sub(" ", _LETTER_DIGIT.sub(" ", text)).strip()
 
 
 @lru_cache(maxsize=1)
@@ -50,20 +65,36 @@ def _whisper():
     return EnglishTextNormalizer()
 
 
+@lru_cache(maxsize=65536)
 def normalize(text: str, kind: str = "whisper") -> str:
     if kind == "none":
         return _SPACES.sub(" ", text).strip()
     if kind == "basic":
         return basic_normalize(text)
-    if kind == "whisper":  # its contraction rules know only the straight apostrophe: "don’t" became "don t"
-        return _SPACES.sub(" ", _whisper()(unify_apostrophes(text))).strip()
+    if kind == "whisper":
+        return _SPACES.sub(" ", _whisper()(join_possessives(unify_apostrophes(text)))).strip()
     raise ValueError(f"unknown normalizer {kind!r}; choose one of {', '.join(NORMALIZERS)}")
 
 
-def term_tokens(text: str) -> tuple[str, ...]:
-    """Tokens for keyword matching: NFKD, lowercase, possessive 's dropped, hyphen/slash split, punctuation removed."""
-    text = unify_apostrophes(_strip_accents(text).lower())
-    text = _POSSESSIVE.sub(r"\1", text)
-    text = text.replace("-", " ").replace("/", " ")
-    text = _PUNCT.sub(" ", text).replace("'", "")
-    return tuple(text.split())
+def term_tokens(text: str, kind: str = "whisper") -> tuple[str, ...]:
+    """The words WER scores, as a tuple: what keywords are matched against."""
+    return tuple(normalize(text, kind).split())
+
+
+def _word_matches(word: str, term_word: str, last: bool) -> bool:
+    return word == term_word or (last and word == term_word + "s")
+
+
+def find_term(haystack: tuple[str, ...], needle: tuple[str, ...]) -> int:
+    """Index of the first occurrence of `needle` in `haystack` (its last word may carry an "s"), or -1."""
+    n = len(needle)
+    if n == 0:
+        return -1
+    for i in range(len(haystack) - n + 1):
+        if all(_word_matches(haystack[i + k], needle[k], k == n - 1) for k in range(n)):
+            return i
+    return -1
+
+
+def contains_term(haystack: tuple[str, ...], needle: tuple[str, ...]) -> bool:
+    return find_term(haystack, needle) >= 0
