@@ -359,7 +359,9 @@ def score(manifest: Path, out: Path = typer.Option(..., "--out"),
 @app.command()
 def compare(before_dir: Path, after_dir: Path, out: Path = typer.Option(..., "--out"),
             priority: List[str] = typer.Option(["drug"]), preset: str = PresetOpt):
-    """Paired bootstrap before vs after on the same rows, and the decision (keep / grow_data / overfit / no_change)."""
+    """Paired bootstrap before vs after on the same rows, and the decision (keep / grow_data / overfit / no_change /
+    insufficient_evidence), resampling whole clusters (terms for KER; consultations, recordings or synthetic terms
+    for WER)."""
     from medasr.flywheel import run_compare
 
     cfg = _cfg(preset, None)

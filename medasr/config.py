@@ -168,6 +168,8 @@ class GateConfig:
     ker_threshold: float = 0.3
     min_rows: int = 100
     min_per_priority: int = 5
+    # compare: fewer priority terms than this (the KER bootstrap's independent units) → "insufficient_evidence"
+    min_clusters: int = 20
 
 
 @dataclass

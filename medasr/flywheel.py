@@ -74,6 +74,7 @@ def run_compare(cfg: Config, before_dir: Path, after_dir: Path, out_dir: Path) -
         normalizer=cfg.eval.normalizer,
         n_boot=cfg.eval.n_boot,
         lexicon=load_lexicon(lexicons.pop()),
+        min_clusters=cfg.gate.min_clusters,
     )
     c["lexicon"] = before.get("lexicon", "core")
     (out_dir / "compare.json").write_text(json.dumps(c, indent=2))

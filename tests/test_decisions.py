@@ -25,12 +25,14 @@ def test_gate_routes():
 
 
 def _rows(n, hit_before, hit_after):
+    """n rows, each its own made-up drug term (the KER bootstrap resamples terms)."""
     before, after = [], []
     for i in range(n):
-        base = {"id": f"r{i}", "audio_filepath": f"/x/{i}.wav", "text": "start metformin today", "term": "metformin",
+        t = "metfor" + "".join(chr(97 + int(c)) for c in str(i))
+        base = {"id": f"r{i}", "audio_filepath": f"/x/{i}.wav", "text": f"start {t} today", "term": t,
                 "entity_category": "drug", "term_seen": True}
-        before.append(base | {"pred_text": "start metformin today" if hit_before(i) else "start met for men today"})
-        after.append(base | {"pred_text": "start metformin today" if hit_after(i) else "start met for men today"})
+        before.append(base | {"pred_text": f"start {t} today" if hit_before(i) else "start met for men today"})
+        after.append(base | {"pred_text": f"start {t} today" if hit_after(i) else "start met for men today"})
     return before, after
 
 

@@ -77,9 +77,9 @@ def _screenshot(page, png):
 
 def _demo_pair(tmp_path):
     before, after = [], []
-    drugs = ["metformin", "warfarin", "lisinopril", "apixaban", "heparin"]
+    drugs = [t.term for t in core_lexicon().terms if t.entity_category == "drug" and t.term.isalpha() and len(t.term) > 5]
     for i in range(60):
-        d = drugs[i % 5]
+        d = drugs[i // 2]  # 30 drug terms (the KER bootstrap's clusters), each spoken once as "drug", once as "lab"
         base = {"id": f"r{i}", "audio_filepath": f"/x/{i}.wav", "duration": 2, "text": f"Start {d} today.", "term": d,
                 "entity_category": "drug" if i % 2 == 0 else "lab", "term_seen": i % 3 > 0, "speaker_seen": i < 30}
         # 30 drug rows (even i): before, only i % 8 == 0 right (8 of 30: KER 22/30); after, only i % 10 == 0 wrong (6/30)
@@ -138,8 +138,10 @@ def test_compare_floors_p_and_refuses_other_references():
     before = [{"id": f"r{i}", "text": "start warfarin today", "term": "warfarin", "entity_category": "drug",
                "pred_text": "start war far in today"} for i in range(3)]
     after = [r | {"pred_text": "start warfarin today"} for r in before]
-    d = compare_rows(before, after, priority=["drug"], n_boot=200)["deltas"]["ker[priority]"]
+    c = compare_rows(before, after, priority=["drug"], n_boot=200)
+    d = c["deltas"]["ker[priority]"]
     assert d["delta"] == -1.0 and d["p_value"] == pytest.approx(2 / 201)
+    assert d["n_clusters"] == 1 and c["decision"] == "insufficient_evidence"  # one term, however many rows: not evidence
     other = [after[0], after[1] | {"text": "start heparin today"}, after[2]]
     with pytest.raises(ValueError, match=r"1 row\(s\) have a different reference.*\['r1'\]"):
         compare_rows(before, other, priority=["drug"], n_boot=50)
@@ -210,3 +212,66 @@ def test_every_core_term_is_found_in_its_own_sentence():
         s = score_row(f"The {t.term} was noted.", f"the {t.term.upper()} was noted", term=t.term, lexicon=lex)
         assert s.term_in_ref and s.term_hit == 1 and s.word_edits == 0, t.term
         assert [o[0] for o in s.occurrences] == [t.term], t.term
+
+
+# --- clustered confidence intervals (issue 21 item 5) --------------------------------------------------------------
+def _clustered_rows(copies: int = 1):
+    """40 terms, each said twice (correlated: the same term), by the same model; `copies` duplicates every row."""
+    rows = []
+    drugs = [t.term for t in core_lexicon().terms if t.entity_category == "drug" and t.term.isalpha()][:40]
+    for i, d in enumerate(drugs):
+        for k in range(2):
+            hyp = f"start {d} today" if (i * 7) % 5 < 2 else f"start {d[:3]} {d[3:]} today"
+            row = {"id": f"r{i}-{k}", "text": f"Start {d} today.", "pred_text": hyp, "term": d, "entity_category": "drug",
+                   "cluster": f"term:{d}"}
+            rows += [row | {"id": f"{row['id']}-c{c}"} for c in range(copies)]
+    return rows
+
+
+def test_duplicating_rows_leaves_the_confidence_intervals_unchanged():
+    one, two = (compute_metrics(_clustered_rows(c), n_boot=400) for c in (1, 2))
+    for key in ("wer", "ker", "term_error_rate"):
+        assert one["ci95"][key] == pytest.approx(two["ci95"][key]), key
+        assert one["ci95"][key][1] > one["ci95"][key][0]
+    assert one["ci_clusters"] == two["ci_clusters"] == {"wer": {"key": "cluster", "n": 40},
+                                                         "term_error_rate": {"key": "cluster", "n": 40},
+                                                         "ker": {"key": "term", "n": 40}}
+    from medasr.evaluate.compare import compare_rows
+
+    c1, c2 = (compare_rows(_clustered_rows(c), [r | {"pred_text": r["text"]} for r in _clustered_rows(c)],
+                           priority=["drug"], n_boot=400) for c in (1, 2))
+    for key in ("wer", "ker[priority]"):
+        assert c1["deltas"][key]["ci95"] == pytest.approx(c2["deltas"][key]["ci95"]), key
+    assert c1["deltas"]["ker[priority]"]["n_clusters"] == 40 and c1["decision"] == "keep"
+
+
+def test_row_resampling_would_narrow_the_interval():
+    """Without the cluster key every row is its own unit: duplicated rows then narrow the interval by about 1/sqrt(2),
+    the overconfidence the cluster key removes."""
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "cluster"} for r in rows]  # noqa: E731
+    one, two = (compute_metrics(strip(_clustered_rows(c)), n_boot=400) for c in (1, 2))
+    w1, w2 = (m["ci95"]["wer"][1] - m["ci95"]["wer"][0] for m in (one, two))
+    assert one["ci_clusters"]["wer"] == {"key": "row", "n": 80} and 0.6 < w2 / w1 < 0.8
+
+
+def test_seen_flags_are_read_one_way():
+    from medasr.evaluate.metrics import flag
+
+    assert flag({"term_seen": "false"}, "term_seen") is False and flag({"term_seen": True}, "term_seen") is True
+    assert flag({}, "term_seen") is None
+    with pytest.raises(ValueError, match="row r7: term_seen='yes' is not true/false"):
+        flag({"id": "r7", "term_seen": "yes"}, "term_seen")
+    rows = [{"id": "a", "text": "start warfarin", "pred_text": "start warfarin", "term": "warfarin", "term_seen": "false"}]
+    assert compute_metrics(rows, n_boot=10)["ker_unseen"] == 0.0  # bool("false") would have made it a seen term
+
+
+def test_build_gives_every_row_its_unit_of_independence():
+    from medasr.data.select import cluster_of
+
+    assert cluster_of({"source": "primock57", "consultation": "day1_consultation01", "speaker": "day1_consultation01_doctor"}) \
+        == "consultation:day1_consultation01"  # both channels of a consultation: one unit
+    assert cluster_of({"source": "synthetic-espeak", "term": "Warfarin", "voice_id": "espeak-ng:en-us:rate150"}) == "term:warfarin"
+    assert cluster_of({"source": "generic-espeak", "text": "The oceans are teeming."}) == "sentence:the oceans are teeming."
+    assert cluster_of({"source": "osce", "speaker": "RES0001"}) == "speaker:RES0001"
+    assert cluster_of({"source": "folder:x", "speaker": None, "recording": "a/b.wav"}) == "recording:a/b.wav"
+    assert cluster_of({"source": "hf:x", "id": "r1"}) == "row:r1"

@@ -21,7 +21,7 @@ from medasr.console import console
 from medasr.data.contamination import decontaminate
 from medasr.data.lexicon import core_lexicon
 from medasr.data.manifest import read_manifest, write_manifest
-from medasr.data.select import speaker_of, speakers, split_train_val, stratified_take
+from medasr.data.select import cluster_of, speaker_of, speakers, split_train_val, stratified_take
 from medasr.data.synth import plan_corpus, synthesize
 
 SPLITS = ("train", "val", "test")
@@ -60,6 +60,9 @@ def _summary(rows: list[dict]) -> dict:
             "seen_terms_rows": sum(bool(r.get("term_seen")) for r in rows if r.get("term")),
             "unseen_terms_rows": sum(not r.get("term_seen") for r in rows if r.get("term")),
         }
+    if any("cluster" in r for r in rows):
+        keys = {r["cluster"] for r in rows if r.get("cluster")}
+        out["clusters"] = {"n": len(keys), "by_kind": dict(sorted(Counter(k.split(":", 1)[0] for k in keys).items()))}
     if any("speaker_seen" in r for r in rows):
         out["speaker_seen_rows"] = sum(r.get("speaker_seen") is True for r in rows)
         out["speaker_new_rows"] = sum(r.get("speaker_seen") is False for r in rows)
@@ -187,6 +190,7 @@ def build(cfg: Config, run_dir: Path, force: bool = False) -> dict:
                 r["term_seen"] = r["term"] in train_terms
             if (who := speaker_of(r)) is not None:
                 r["speaker_seen"] = who in train_speakers
+            r.setdefault("cluster", cluster_of(r))  # what confidence intervals resample (a consultation, a term, …)
     for sp in SPLITS:
         write_manifest(data_dir / f"{sp}.json", by_split[sp])
     report |= {"fingerprint": fingerprint(cfg), "seed": cfg.data.seed, "splits": {sp: _summary(by_split[sp]) for sp in SPLITS}}

@@ -73,3 +73,21 @@ def speaker_of(row: dict) -> str | None:
         return None
     parts = str(vid).split(":")
     return ":".join(parts[:2]) if len(parts) >= 2 else str(vid)
+
+
+def cluster_of(row: dict) -> str:
+    """The unit of independence a row belongs to, for confidence intervals (medasr.evaluate.metrics): a consultation
+    (PriMock57), a synthetic term (its sentences share the term), a generic sentence (spoken by two voices), a speaker,
+    a long recording its segments were cut from, else the row itself."""
+    src = str(row.get("source") or "")
+    if row.get("consultation"):
+        return f"consultation:{row['consultation']}"
+    if src.startswith("synthetic") and row.get("term"):
+        return f"term:{str(row['term']).lower()}"
+    if src.startswith("generic"):
+        return f"sentence:{str(row.get('text', '')).lower()}"
+    if row.get("speaker"):
+        return f"speaker:{row['speaker']}"
+    if row.get("recording"):
+        return f"recording:{row['recording']}"
+    return f"row:{row.get('id') or row.get('audio_filepath')}"

@@ -114,36 +114,92 @@ def _rate(num: float, den: float) -> float | None:
     return None if den == 0 else float(num / den)
 
 
-def bootstrap_ci(num: np.ndarray, den: np.ndarray, n_boot: int = 1000, seed: int = 0) -> list[float] | None:
-    """95 % percentile interval of sum(num)/sum(den) with rows resampled with replacement."""
+def flag(row: dict, key: str) -> bool | None:
+    """A row's true/false field (`term_seen`, `speaker_seen`, `carrier_seen`), read one way everywhere: JSON booleans,
+    or the strings "true"/"false" a spreadsheet writes; anything else is refused (bool("false") would be True)."""
+    v = row.get(key)
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in ("true", "false"):
+        return v.strip().lower() == "true"
+    raise ValueError(f"row {row.get('id') or row.get('audio_filepath')}: {key}={v!r} is not true/false; fix the manifest")
+
+
+# The unit of independence: rows of one cluster (a consultation, a speaker's recording, a synthetic term's sentences)
+# are correlated, so confidence intervals resample clusters, never rows. KER resamples terms.
+def wer_clusters(rows: list[dict]) -> tuple[np.ndarray, str]:
+    """Each row's WER cluster (its `cluster` field, set by `medasr build`) and the key's name; without the field every
+    row is its own cluster ("row"), which is what the interval then claims."""
+    if any(r.get("cluster") for r in rows):
+        return np.array([str(r.get("cluster") or f"row:{i}") for i, r in enumerate(rows)], dtype=object), "cluster"
+    return np.array([f"row:{i}" for i in range(len(rows))], dtype=object), "row"
+
+
+def term_clusters(rows: list[dict]) -> np.ndarray:
+    return np.array([str(r.get("term") or f"row:{i}").lower() for i, r in enumerate(rows)], dtype=object)
+
+
+def cluster_totals(clusters, *cols) -> list[np.ndarray]:
+    """Per-cluster sums of each column, clusters in sorted order."""
+    _, inv = np.unique(np.asarray(clusters, dtype=str), return_inverse=True)
+    n = int(inv.max()) + 1 if len(inv) else 0
+    return [np.bincount(inv, weights=np.asarray(c, float), minlength=n) for c in cols]
+
+
+def resampled_totals(cols: list[np.ndarray], n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, len(cols)) column totals over clusters drawn with replacement (multinomial counts: the same draw as
+    resampling indices, in blocks so 100k clusters stay within memory)."""
+    n = len(cols[0])
+    stacked = np.stack([np.asarray(c, float) for c in cols], axis=1)
+    rng = np.random.default_rng(seed)
+    out, block = [], max(1, 2_000_000 // max(1, n))
+    for start in range(0, n_boot, block):
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=min(block, n_boot - start))
+        out.append(counts @ stacked)
+    return np.concatenate(out)
+
+
+def bootstrap_ci(num, den, n_boot: int = 1000, seed: int = 0, clusters=None) -> list[float] | None:
+    """95 % percentile interval of sum(num)/sum(den), resampling `clusters` (default: every row its own)."""
     num, den = np.asarray(num, float), np.asarray(den, float)
     if len(num) == 0 or den.sum() == 0 or n_boot <= 0:
         return None
-    rng = np.random.default_rng(seed)
-    # resample in blocks to bound memory on 100k-row sets
-    ratios = []
-    block = max(1, 2_000_000 // max(1, len(num)))
-    for start in range(0, n_boot, block):
-        idx = rng.integers(0, len(num), size=(min(block, n_boot - start), len(num)))
-        d = den[idx].sum(axis=1)
-        ratios.append(np.where(d > 0, num[idx].sum(axis=1) / np.maximum(d, 1e-12), np.nan))
-    lo, hi = np.nanpercentile(np.concatenate(ratios), [2.5, 97.5])
+    if clusters is not None:
+        num, den = cluster_totals(clusters, num, den)
+    tot = resampled_totals([num, den], n_boot, seed)
+    ok = tot[:, 1] > 0
+    lo, hi = np.percentile(tot[ok, 0] / tot[ok, 1], [2.5, 97.5])
     return [float(lo), float(hi)]
 
 
+def n_clusters(clusters, den) -> int:
+    return len({c for c, d in zip(clusters, den) if d})
+
+
+def _ker(rows: list[dict], scores: list[RowScore], terms: np.ndarray, keep, n_boot: int, seed: int) -> dict:
+    idx = [i for i, (r, s) in enumerate(zip(rows, scores)) if s.term_hit is not None and keep(r)]
+    miss = np.array([1 - scores[i].term_hit for i in idx], float)
+    if not len(miss):
+        return {"ker": None, "n": 0, "n_terms": 0, "ci95": None}
+    return {"ker": float(miss.mean()), "n": len(miss), "n_terms": len(set(terms[idx])),
+            "ci95": bootstrap_ci(miss, np.ones_like(miss), n_boot, seed, terms[idx])}
+
+
 def _slice(scores: list[RowScore], mask: list[bool], rows: list[dict], n_boot: int, seed: int) -> dict:
-    """WER and KER (all / seen / held-out terms) of the rows where `mask` holds, with bootstrap CIs."""
-    sub = [(r, s) for r, s, m in zip(rows, scores, mask) if m]
-    edits = np.array([s.word_edits for _, s in sub], float)
-    words = np.array([s.ref_words for _, s in sub], float)
-    out: dict = {"n_rows": len(sub), "wer": _rate(edits.sum(), words.sum()),
-                 "wer_ci95": bootstrap_ci(edits, words, n_boot, seed) if len(sub) else None}
-    for key, keep in (("ker", lambda r: True), ("ker_seen", lambda r: r.get("term_seen") is True),
-                      ("ker_unseen", lambda r: r.get("term_seen") is False)):
-        miss = np.array([1 - s.term_hit for r, s in sub if s.term_hit is not None and keep(r)], float)
-        out[key] = float(miss.mean()) if len(miss) else None
-        out[f"n_{key}"] = len(miss)
-        out[f"{key}_ci95"] = bootstrap_ci(miss, np.ones_like(miss), n_boot, seed) if len(miss) else None
+    """WER (resampling WER clusters) and KER (all / seen / held-out terms, resampling terms) where `mask` holds."""
+    idx = [i for i, m in enumerate(mask) if m]
+    sub_rows, sub_scores = [rows[i] for i in idx], [scores[i] for i in idx]
+    clusters, key = wer_clusters(sub_rows)
+    terms = term_clusters(sub_rows)
+    edits = np.array([s.word_edits for s in sub_scores], float)
+    words = np.array([s.ref_words for s in sub_scores], float)
+    out: dict = {"n_rows": len(idx), "wer": _rate(edits.sum(), words.sum()),
+                 "wer_ci95": bootstrap_ci(edits, words, n_boot, seed, clusters) if idx else None,
+                 "wer_clusters": {"key": key, "n": n_clusters(clusters, words)}}
+    for name, keep in (("ker", lambda r: True), ("ker_seen", lambda r: flag(r, "term_seen") is True),
+                       ("ker_unseen", lambda r: flag(r, "term_seen") is False)):
+        k = _ker(sub_rows, sub_scores, terms, keep, n_boot, seed)
+        out |= {name: k["ker"], f"n_{name}": k["n"], f"{name}_ci95": k["ci95"], f"{name}_terms": k["n_terms"]}
     return out
 
 
@@ -186,36 +242,30 @@ def compute_metrics(rows: list[dict], normalizer: str = "whisper", n_boot: int =
         "insertions": sum(s.ins for s in scores),
         "ref_words": ref_words,
     }
-    # KER on rows with a `term`
+    clusters, cluster_key = wer_clusters(rows)
+    terms = term_clusters(rows)
+    # KER on rows with a `term` (clusters: terms)
     termed = [(r, s) for r, s in zip(rows, scores) if s.term_hit is not None]
-    miss = np.array([1 - s.term_hit for _, s in termed], float)
-    out["ker"] = float(miss.mean()) if len(miss) else None
+    all_ker = _ker(rows, scores, terms, lambda r: True, n_boot, seed)
+    out["ker"] = all_ker["ker"]
     lost = [r.get("id") or r.get("audio_filepath") for r, s in termed if not s.term_in_ref]
     out["term_not_in_reference"] = {"rows": len(lost), "examples": lost[:5]}  # rows whose KER cannot be earned
-    by_cat: dict[str, list[int]] = defaultdict(list)
     by_term: dict[str, list[int]] = defaultdict(list)
-    seen: dict[bool, list[int]] = {True: [], False: []}
     term_cat: dict[str, str] = {}
     for r, s in termed:
-        m = 1 - s.term_hit
-        cat = r.get("entity_category") or "unknown"
-        by_cat[cat].append(m)
-        by_term[r["term"]].append(m)
-        term_cat[r["term"]] = cat
-        if "term_seen" in r:
-            seen[bool(r["term_seen"])].append(m)
-    out["ker_by_category"] = {
-        c: {"ker": float(np.mean(v)), "n": len(v), "ci95": bootstrap_ci(np.array(v, float), np.ones(len(v)), n_boot, seed)}
-        for c, v in sorted(by_cat.items())
-    }
-    out["ker_seen"] = float(np.mean(seen[True])) if seen[True] else None
-    out["ker_unseen"] = float(np.mean(seen[False])) if seen[False] else None
-    out["n_seen"], out["n_unseen"] = len(seen[True]), len(seen[False])
+        by_term[r["term"]].append(1 - s.term_hit)
+        term_cat[r["term"]] = r.get("entity_category") or "unknown"
+    cats = sorted({r.get("entity_category") or "unknown" for r, _ in termed})
+    out["ker_by_category"] = {c: _ker(rows, scores, terms, lambda r, c=c: (r.get("entity_category") or "unknown") == c,
+                                      n_boot, seed) for c in cats}
+    seen = {f: _ker(rows, scores, terms, lambda r, f=f: flag(r, "term_seen") is f, n_boot, seed) for f in (True, False)}
+    out["ker_seen"], out["ker_unseen"] = seen[True]["ker"], seen[False]["ker"]
+    out["n_seen"], out["n_unseen"] = seen[True]["n"], seen[False]["n"]
     out["per_term"] = {
         t: {"ker": float(np.mean(v)), "n": len(v), "entity_category": term_cat[t]}
         for t, v in sorted(by_term.items(), key=lambda kv: (-np.mean(kv[1]), kv[0]))
     }
-    # lexicon-tagged term occurrences in the references
+    # lexicon-tagged term occurrences in the references (clusters: the WER clusters, e.g. consultations)
     occ_err = np.array([sum(1 - o[2] for o in s.occurrences) for s in scores], float)
     occ_n = np.array([len(s.occurrences) for s in scores], float)
     out["term_error_rate"] = _rate(occ_err.sum(), occ_n.sum())
@@ -231,14 +281,40 @@ def compute_metrics(rows: list[dict], normalizer: str = "whisper", n_boot: int =
     }
     if any("speaker_seen" in r for r in rows):
         out["by_speaker"] = {
-            name: _slice(scores, [r.get("speaker_seen") is flag for r in rows], rows, n_boot, seed)
-            for name, flag in (("seen", True), ("new", False))
+            name: _slice(scores, [flag(r, "speaker_seen") is f for r in rows], rows, n_boot, seed)
+            for name, f in (("seen", True), ("new", False))
         }
+    if design := design_cells(rows):
+        out["by_design"] = {name: _slice(scores, mask, rows, n_boot, seed) for name, mask in design.items()}
+    sources = sorted({str(r.get("source")) for r in rows if r.get("source")})
+    if len(sources) > 1:  # e.g. the generic (non-medical) slice that measures forgetting
+        out["by_source"] = {src: _slice(scores, [str(r.get("source")) == src for r in rows], rows, n_boot, seed)
+                            for src in sources}
     out["style"] = {"hypotheses": output_style([r.get("pred_text") or "" for r in rows]),
                     "references": output_style([r.get("text") or "" for r in rows])}
     out["ci95"] = {
-        "wer": bootstrap_ci(edits, words, n_boot, seed),
-        "ker": bootstrap_ci(miss, np.ones_like(miss), n_boot, seed) if len(miss) else None,
-        "term_error_rate": bootstrap_ci(occ_err, occ_n, n_boot, seed),
+        "wer": bootstrap_ci(edits, words, n_boot, seed, clusters),
+        "ker": all_ker["ci95"],
+        "term_error_rate": bootstrap_ci(occ_err, occ_n, n_boot, seed, clusters),
     }
+    out["ci_clusters"] = {"wer": {"key": cluster_key, "n": n_clusters(clusters, words)},
+                          "term_error_rate": {"key": cluster_key, "n": n_clusters(clusters, occ_n)},
+                          "ker": {"key": "term", "n": all_ker["n_terms"]}}
     return out
+
+
+DESIGN_FACTORS = (("term_seen", "term"), ("speaker_seen", "voice"), ("carrier_seen", "carrier"))
+
+
+def design_cells(rows: list[dict]) -> dict[str, list[bool]]:
+    """The held-out design's cells, e.g. "term seen · voice new · carrier new": term rows split by every seen/new
+    factor they carry (a new term, a new voice and a new sentence are different failures, each reported apart)."""
+    present = [(k, name) for k, name in DESIGN_FACTORS if any(r.get("term") and k in r for r in rows)]
+    if not present:
+        return {}
+    cells: dict[str, list[bool]] = {}
+    keys = [tuple(flag(r, k) for k, _ in present) if r.get("term") else None for r in rows]
+    for combo in sorted({k for k in keys if k is not None and None not in k}, key=lambda c: [not v for v in c]):
+        name = " · ".join(f"{n} {'seen' if v else 'new'}" for (_, n), v in zip(present, combo))
+        cells[name] = [k == combo for k in keys]
+    return cells

@@ -24,7 +24,8 @@ def metrics_markdown(m: dict, title: str) -> str:
     lines = [
         f"# {title}",
         "",
-        f"Rows: {m['n_rows']} · normaliser: `{m['normalizer']}`",
+        f"Rows: {m['n_rows']} · normaliser: `{m['normalizer']}` · lexicon: `{m.get('lexicon', 'core')}`"
+        + "".join(f" · {k} CI resamples {v['n']} {v['key']}s" for k, v in m.get("ci_clusters", {}).items()),
         "",
         "| metric | value |",
         "|---|---|",
@@ -50,6 +51,14 @@ def metrics_markdown(m: dict, title: str) -> str:
             lines.append(f"| {'training speaker' if name == 'seen' else 'new speaker'} | {v['n_rows']} | {_pct(v['wer'])}"
                          f"{_ci(v['wer_ci95'])} | {_pct(v['ker'])} | {_pct(v['ker_seen'])} ({v['n_ker_seen']}) | "
                          f"{_pct(v['ker_unseen'])} ({v['n_ker_unseen']}) |")
+    if m.get("by_design"):
+        lines += ["", "## Held-out design (term × voice × carrier sentence, each seen in fine-tuning or new)", "",
+                  "| cell | rows | terms | WER | KER |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {v['n_rows']} | {v['ker_terms']} | {_pct(v['wer'])}{_ci(v['wer_ci95'])} | "
+                  f"{_pct(v['ker'])}{_ci(v['ker_ci95'])} |" for name, v in m["by_design"].items()]
+    if m.get("by_source"):
+        lines += ["", "## By source (generic speech measures forgetting)", "", "| source | rows | WER |", "|---|---|---|"]
+        lines += [f"| {name} | {v['n_rows']} | {_pct(v['wer'])}{_ci(v['wer_ci95'])} |" for name, v in m["by_source"].items()]
     worst = [(t, v) for t, v in m["per_term"].items() if v["ker"] > 0][:15]
     if worst:
         lines += ["", "## Most-missed terms", "", "| term | category | KER | rows |", "|---|---|---|---|"]
@@ -63,14 +72,18 @@ def compare_markdown(c: dict) -> str:
         "",
         f"**Decision: {c['decision']}** — {c['reason']}",
         "",
-        f"Paired bootstrap over {c['n_rows']} shared rows ({c['n_boot']} resamples, seed {c['seed']}).",
+        f"Paired bootstrap over {c['n_rows']} shared rows ({c['n_boot']} resamples, seed {c['seed']}), resampling whole "
+        f"clusters: {c.get('clusters', {}).get('wer', 'row')}s for WER, terms for KER.",
         "",
-        "| metric | before | after | Δ (after − before) | 95% CI | p |",
-        "|---|---|---|---|---|---|",
+        "| metric | before | after | Δ (after − before) | 95% CI | p | clusters |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, d in c["deltas"].items():
         ci = d["ci95"]
         ci_s = "n/a" if ci is None else f"{100 * ci[0]:+.1f} … {100 * ci[1]:+.1f} pt"
         p = fmt_p(d["p_value"])
-        lines.append(f"| {name} | {_pct(d['before'])} | {_pct(d['after'])} | {100 * d['delta']:+.1f} pt | {ci_s} | {p} |")
+        if d["delta"] is None:
+            continue
+        lines.append(f"| {name} | {_pct(d['before'])} | {_pct(d['after'])} | {100 * d['delta']:+.1f} pt | {ci_s} | {p} "
+                     f"| {d.get('n_clusters', '')} |")
     return "\n".join(lines) + "\n"

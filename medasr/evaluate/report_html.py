@@ -169,14 +169,14 @@ def compare_html(cmp: dict, before: dict, after: dict) -> str:
     if cats:
         body += ["<h2>KER by entity category, before vs after</h2>", bar_chart(cats, series)]
     body.append("<h2>Paired deltas</h2><table><tr><th>metric</th><th class=num>before</th><th class=num>after</th>"
-                "<th class=num>Δ</th><th class=num>95 % CI (pt)</th><th class=num>p</th></tr>")
+                "<th class=num>Δ</th><th class=num>95 % CI (pt)</th><th class=num>p</th><th class=num>clusters</th></tr>")
     for name, d in cmp["deltas"].items():
         if d["delta"] is None:
             continue
         ci = d["ci95"]
         body.append(f"<tr><td>{html.escape(name)}</td><td class=num>{_pct(d['before'])}</td><td class=num>{_pct(d['after'])}</td>"
                     f"<td class=num>{100 * d['delta']:+.1f} pt</td><td class=num>{100 * ci[0]:+.1f} … {100 * ci[1]:+.1f}</td>"
-                    f"<td class=num>{fmt_p(d['p_value'])}</td></tr>")
+                    f"<td class=num>{fmt_p(d['p_value'])}</td><td class=num>{d.get('n_clusters', '')}</td></tr>")
     body.append("</table>")
     return _page("Before vs after", "".join(body))
 

@@ -101,7 +101,8 @@ def load_folder(root: Path, out_dir: Path) -> SourceResult:
                                   f"recording ({len(audio) / SAMPLE_RATE:.2f} s): fix the times")
             audio = audio[int(round(start * SAMPLE_RATE)) : int(round(end * SAMPLE_RATE))]
             rel += f"-{start:.2f}-{end:.2f}"
-            extra = {"source_start": start, "source_end": end}
+            extra = {"source_start": start, "source_end": end,
+                     "recording": str(audio_path.relative_to(root))}  # segments of one recording: one CI cluster
         if writer.add(split, f"folder-{rel}", audio, {"text": " ".join(text.split()), "speaker": speaker,
                                                       "source": f"folder:{root.name}"} | extra) is None \
                 and len(audio) / SAMPLE_RATE > MAX_SECONDS:
