@@ -120,12 +120,11 @@ def eval_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Op
     """Transcribe a manifest and score it (WER, CER, KER by category, seen vs unseen terms)."""
     from medasr.evaluate.stage import evaluate
     from medasr.flywheel import resolve_base
-    from medasr.transcribe import load_model
 
     cfg = _cfg(preset, set_)
     rd = _run_dir(cfg, run_dir)
-    loader = lambda: load_model(adapter or resolve_base(cfg, rd), kind=cfg.model.kind)  # noqa: E731
-    m = evaluate(cfg, manifest or rd / "data" / "test.json", rd / "eval" / f"cycle{cycle}", loader, f"Cycle {cycle}", rd)
+    m = evaluate(cfg, manifest or rd / "data" / "test.json", rd / "eval" / f"cycle{cycle}",
+                 adapter or resolve_base(cfg, rd), f"Cycle {cycle}", rd)
     console.print((rd / "eval" / f"cycle{cycle}" / "report.md").read_text())
     return m
 
@@ -179,12 +178,16 @@ def preflight(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_
 def train_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt):
     """Fine-tune: SALM LoRA or ASR full SFT, per the preset (resumes from RUN/train/checkpoints/last.ckpt)."""
     from medasr.flywheel import mark_failed, resolve_base
+    from medasr.train.inputs import ensure_current
     from medasr.train.trainer import TrainingWatchdogError, is_rank_zero, train
 
     cfg = _cfg(preset, set_)
     rd = _run_dir(cfg, run_dir)
+    base = resolve_base(cfg, rd)
+    if is_rank_zero():  # other DDP ranks re-run this command after rank zero has checked
+        ensure_current(cfg, rd, base, say=console.print)
     try:
-        console.print(train(cfg, rd, resolve_base(cfg, rd)))
+        console.print(train(cfg, rd, base))
     except TrainingWatchdogError as e:  # the run cannot succeed as configured: the supervisor must not relaunch it
         if is_rank_zero():
             mark_failed(rd, "train", e)
@@ -263,7 +266,10 @@ def export(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: O
     if not done.exists():
         console.print(f"[red]{done} not found[/]: finish training first (`medasr train`), or pass --ckpt")
         raise typer.Exit(2)
-    sel = export_selected(cfg, rd, resolve_base(cfg, rd), json.loads(done.read_text())["global_step"])
+    from medasr.train.inputs import recorded
+
+    sel = export_selected(cfg, rd, resolve_base(cfg, rd), json.loads(done.read_text())["global_step"],
+                          (recorded(rd) or {}).get("fingerprint"))
     console.print(f"{export_path(cfg, rd)} ← {sel['chosen']['name']} ({Path(sel['chosen']['path']).name})", highlight=False)
 
 

@@ -80,13 +80,20 @@ class ModelConfig:
 @dataclass
 class SynthConfig:
     train_voices: list[str] = field(default_factory=lambda: ["en-us", "en-gb", "en-us+f3", "en-gb-x-rp+m3"])
-    test_voices: list[str] = field(default_factory=lambda: ["en-gb-scotland+f2"])
+    # test-only: a speaker and an accent (espeak language variant) used by no training or pretraining voice
+    # (tests/test_data.py checks its phonemes against every training and pretraining voice)
+    test_voices: list[str] = field(default_factory=lambda: ["en-us-nyc+f2"])
     unseen_fraction: float = 0.2
     train_per_term: int = 3
     val_per_term: int = 1
     # test rows per term, alternating test-only voice / training voice (so both term kinds see the same speaker mix)
     test_per_term: int = 2
     unseen_test_per_term: int = 2
+    # extra test rows per term in a *training* carrier sentence (carrier_seen: true): what memorised patterns are worth
+    test_seen_carrier_per_term: int = 1
+    # non-medical test rows (held-out generic sentences of the mini base's pretraining, half by the test voice): does
+    # the fine-tune make the model forget general speech?
+    generic_test_rows: int = 24
     rate_min: int = 140
     rate_max: int = 190
     noise_levels: list[str] = field(default_factory=lambda: ["clean", "snr15", "snr5"])
@@ -190,7 +197,7 @@ class PretrainConfig:
     voices: list[str] = field(default_factory=lambda: [
         "en-us", "en-gb", "en-us+f3", "en-gb-x-rp+m3", "en-gb-scotland", "en-gb-scotland+m3", "en-029+f4",
         "en-gb-x-gbclan+m1", "en-us+f1", "en-gb+f4", "en-gb-x-gbcwmd+m2", "en-us+m4"])
-    heldout_voice: str = "en-gb-scotland+f2"  # also the medical corpus's test voice: never heard in pretraining
+    heldout_voice: str = "en-gb-scotland+f2"  # never heard in pretraining (the medical test voice is another accent)
     rate_min: int = 140
     rate_max: int = 190
     noise_levels: list[str] = field(default_factory=lambda: ["clean", "clean", "snr15", "snr5"])

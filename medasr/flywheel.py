@@ -54,12 +54,6 @@ def export_path(cfg: Config, run_dir: Path) -> Path:
     return run_dir / (NEMO_EXPORT if cfg.model.kind == "asr" else EXPORT_NAME)
 
 
-def _loader(cfg: Config, spec: str | Path):
-    from medasr.transcribe import load_model
-
-    return lambda: load_model(spec, kind=cfg.model.kind)
-
-
 def run_compare(cfg: Config, before_dir: Path, after_dir: Path, out_dir: Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     before, after = (json.loads((d / "metrics.json").read_text()) for d in (before_dir, after_dir))
@@ -120,12 +114,13 @@ class PreflightError(RuntimeError):
 def preflight_manifests(cfg: Config, run_dir: Path) -> dict:
     """Validate every manifest before any model time; stop with the report unless data.skip_bad is set."""
     from medasr.data.manifest import write_manifest
-    from medasr.data.validate import validate_manifest, write_report
+    from medasr.data.validate import MAX_SECONDS, validate_manifest, write_report
 
     out = {}
     for split in ("train", "val", "test"):
         m = run_dir / "data" / f"{split}.json"
-        rep = validate_manifest(m)
+        # test rows are only decoded, and decoding chunks long ones (whole consultations); training rows must fit
+        rep = validate_manifest(m, max_seconds=float("inf") if split == "test" else MAX_SECONDS)
         report_path = run_dir / "data" / "preflight" / f"{split}.json"
         write_report(rep, report_path)
         out[split] = {"accepted": rep.accepted, "rejected": len(rep.rejected), "report": str(report_path)}
@@ -166,11 +161,12 @@ def _export_meta(cfg: Config, run_dir: Path) -> dict:
     return read_nemo_meta(path) if cfg.model.kind == "asr" else read_meta(path)
 
 
-def _export_current(cfg: Config, run_dir: Path, selection: dict) -> bool:
-    """The export holds the selected checkpoint of this training run and passed its reload check."""
+def _export_current(cfg: Config, run_dir: Path, selection: dict, train_fp: str | None = None) -> bool:
+    """The export holds the selected checkpoint of this training run (same training inputs) and passed its reload
+    check."""
     try:
         meta = _export_meta(cfg, run_dir)
-        return (meta["selection"]["trained_steps"] == selection["trained_steps"]
+        return (meta.get("train_inputs") == train_fp and meta["selection"]["trained_steps"] == selection["trained_steps"]
                 and meta["checkpoint"] == Path(selection["chosen"]["path"]).name and meta["reload_check"]["ok"])
     except Exception:
         return False
@@ -184,14 +180,14 @@ def _selection_current(run_dir: Path, step: int) -> dict | None:
         return None
 
 
-def export_selected(cfg: Config, run_dir: Path, base: str, step: int) -> dict:
+def export_selected(cfg: Config, run_dir: Path, base: str, step: int, train_fp: str | None = None) -> dict:
     """Select (best by val WER, or the average if better) → export it → reload check; the export's meta records both."""
     from medasr.train.select import reload_check, select_checkpoint
 
     sel = _selection_current(run_dir, step)
     if sel is None:
         sel = select_checkpoint(cfg, run_dir, base, step)
-    if _export_current(cfg, run_dir, sel):
+    if _export_current(cfg, run_dir, sel, train_fp):
         return sel
     exporter = export_nemo if cfg.model.kind == "asr" else export_adapter
     out = exporter(cfg, run_dir, base, Path(sel["chosen"]["path"]))
@@ -202,6 +198,7 @@ def export_selected(cfg: Config, run_dir: Path, base: str, step: int) -> dict:
         raise
     mf = meta_path(out)
     meta = json.loads(mf.read_text()) | {
+        "train_inputs": train_fp,  # RUN/train/inputs.json's fingerprint: the training run this export came from
         "selection": {"trained_steps": step, "rows": sel["rows"], "metric": sel["metric"],
                       "candidates": [{k: c[k] for k in ("name", "val_wer")} | {"checkpoint": Path(c["path"]).name}
                                      for c in sel["candidates"]], "chosen": sel["chosen"]["name"]},
@@ -233,7 +230,7 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
     summary_preflight = stage("preflight (validate manifests)", lambda: preflight_manifests(cfg, run_dir))
     base = stage("base model", lambda: resolve_base(cfg, run_dir))
     test = run_dir / "data" / "test.json"
-    before = stage("eval cycle0 (base)", lambda: evaluate(cfg, test, run_dir / "eval" / "cycle0", _loader(cfg, base), "Cycle 0 — base model", run_dir))
+    before = stage("eval cycle0 (base)", lambda: evaluate(cfg, test, run_dir / "eval" / "cycle0", base, "Cycle 0 — base model", run_dir))
     gate = decide(before, cfg.gate)
     (run_dir / "eval" / "gate.json").write_text(json.dumps(gate.to_dict() | {"forced": force_train and not gate.train}, indent=2))
     console.print(f"gate: {gate.reason}")
@@ -247,6 +244,9 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
         from medasr.train.preflight import ModelPreflightError, model_preflight
         from medasr.train.smoke import SmokeRunError, smoke_current, smoke_run
 
+        from medasr.train.inputs import ensure_current
+
+        train_fp = ensure_current(cfg, run_dir, base, say=console.print)  # other inputs: train afresh, not resume
         try:
             fresh = not is_done(run_dir / "train", cfg.train.max_steps)
             if fresh and not _preflight_current(run_dir, base):
@@ -258,11 +258,11 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
         except (ModelPreflightError, SmokeRunError, TrainingWatchdogError) as e:
             mark_failed(run_dir, {ModelPreflightError: "preflight", SmokeRunError: "smoke"}.get(type(e), "train"), e)
             raise
-        selection = stage("select + export", lambda: export_selected(cfg, run_dir, base, done["global_step"]))
+        selection = stage("select + export", lambda: export_selected(cfg, run_dir, base, done["global_step"], train_fp))
         adapter = export_path(cfg, run_dir)
         after = stage(
             "eval cycle1 (fine-tuned)",
-            lambda: evaluate(cfg, test, run_dir / "eval" / "cycle1", _loader(cfg, adapter), "Cycle 1 — fine-tuned", run_dir),
+            lambda: evaluate(cfg, test, run_dir / "eval" / "cycle1", adapter, "Cycle 1 — fine-tuned", run_dir),
         )
         cmp = stage("compare", lambda: run_compare(cfg, run_dir / "eval" / "cycle0", run_dir / "eval" / "cycle1", run_dir / "eval" / "compare"))
         card = write_nemo_model_card if cfg.model.kind == "asr" else write_model_card
@@ -280,6 +280,7 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
                                                     "ker[unseen]", "ker[seen, seen speaker]", "ker[seen, new speaker]")
                        if k in cmp["deltas"]},
             "adapter": str(adapter),
+            "inputs": {"train": train_fp, "cycle0": before.get("inputs"), "cycle1": after.get("inputs")},
             "train_done": is_done(run_dir / "train", cfg.train.max_steps),
         }
     summary["timings_s"] = timings

@@ -59,7 +59,7 @@ def _plan(seed):
     return plan_corpus(
         core_lexicon(), seed=seed, train_voices=list(s.train_voices), test_voices=list(s.test_voices),
         unseen_fraction=0.2, train_per_term=3, val_per_term=1, test_per_term=2, unseen_test_per_term=2,
-        rates=(140, 190), noise_levels=["clean", "snr15", "snr5"],
+        rates=(140, 190), noise_levels=["clean", "snr15", "snr5"], test_seen_carrier_per_term=1,
     )
 
 
@@ -74,9 +74,9 @@ def test_plan_is_deterministic_and_split_is_honest():
     # every term, seen or held out, is tested once by a voice never used in training and once by a training voice:
     # both kinds of term meet the same speaker mix, so their KERs differ only by the term
     for seen in (True, False):
-        test = [u for u in a if u.split == "test" and u.term_seen is seen]
+        test = [u for u in a if u.split == "test" and u.term_seen is seen and not u.carrier_seen]
         new = [u for u in test if u.voice_id not in train_voices]
-        assert {u.voice_id for u in new} == {"en-gb-scotland+f2"}
+        assert {u.voice_id for u in new} == set(load_config("tiny").data.synth.test_voices)
         assert len(new) * 2 == len(test)
         by_term: dict = {}
         for u in test:
@@ -84,6 +84,44 @@ def test_plan_is_deterministic_and_split_is_honest():
         assert all(v == {True, False} for v in by_term.values())
     for u in a:  # every sentence really contains its term
         assert u.term.term.lower() in u.text.lower()
+
+
+def test_test_sentences_are_new_carriers():
+    """Issue 21 item 1: every test row's sentence pattern is one no training or validation row used, except the rows
+    that reuse a training carrier on purpose (carrier_seen), one per term, both voices across terms."""
+    a = _plan(7)
+    train, val = ({u.carrier for u in a if u.split == sp} for sp in ("train", "val"))
+    new = [u for u in a if u.split == "test" and not u.carrier_seen]
+    reused = [u for u in a if u.split == "test" and u.carrier_seen]
+    assert new and not {u.carrier for u in new} & (train | val) and not train & val
+    assert {u.carrier for u in reused} <= train
+    assert len(reused) == len({u.term.term for u in a if u.split == "test"})  # one per term
+    assert {u.voice_id in {v.voice_id for v in a if v.split == "train"} for u in reused} == {True, False}
+    for u in reused:  # reused pattern, never the term's own training sentence
+        assert u.text not in {t.text for t in a if t.split == "train" and t.term == u.term}
+
+
+def _ipa(voice: str, text: str) -> str:
+    import subprocess
+
+    return subprocess.run(["espeak-ng", "-q", "--ipa", "-v", voice, text], capture_output=True, text=True, check=True).stdout
+
+
+def test_test_voice_is_a_new_speaker_and_accent():
+    """Issue 21 item 2: the old test voice (en-gb-scotland+f2) was a pitch variant of two training voices, with
+    byte-identical phonemes. The test voice's language variant must be used by no training or pretraining voice, and
+    its phonemes must differ from every one of theirs."""
+    said = "The water in the car was hot. Bad dog, start the warfarin."
+    used = set()
+    for preset in ("tiny", "mini", "canary-qwen-2.5b"):
+        cfg = load_config(preset)
+        used |= set(cfg.data.synth.train_voices) | set(cfg.pretrain.voices) | {cfg.pretrain.heldout_voice}
+    accents = {v.split("+")[0] for v in used}
+    for preset in ("tiny", "mini", "canary-qwen-2.5b"):
+        for voice in load_config(preset).data.synth.test_voices:
+            assert voice not in used and voice.split("+")[0] not in accents, (preset, voice)
+            ipa = _ipa(voice, said)
+            assert all(ipa != _ipa(a, said) for a in accents), voice
 
 
 def test_noise_hits_the_requested_snr():

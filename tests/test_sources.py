@@ -4,6 +4,7 @@ import io
 import json
 import subprocess
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -156,6 +157,37 @@ def test_primock57_adapter_on_the_real_textgrids(tmp_path):
     assert "offset" not in r0 and r0["source_end"] > r0["source_start"]
     assert r0["duration"] == pytest.approx(r0["source_end"] - r0["source_start"], abs=0.01)
     assert clean_text("<UNSURE>Come</UNSURE> and go <UNIN/> <INAUDIBLE_SPEECH/>") == "Come and go"
+
+
+def test_primock57_consultations_are_the_leaderboards_long_form_unit(tmp_path):
+    """Issue 21 item 8: one row per consultation, the two channels mixed (sox -m: each scaled by 1/2) up to the end of
+    the last annotated utterance, the reference byte-identical to the leaderboard's own (Omi-Health/medical-STT-eval
+    c0e6c11 data/cleaned_transcripts/*_pure_text.txt, MIT, vendored in tests/data/omi_medical_stt_eval), and its two
+    excluded consultations left out and counted."""
+    import shutil
+
+    from medasr.data.sources.primock57 import consultation_reference
+    from medasr.evaluate.metrics import compute_metrics
+    from medasr.rehearse.datasets import PRIMOCK57_SAMPLE, primock57_replica
+
+    root = primock57_replica(tmp_path / "primock57", ["day3_consultation06"])
+    for role in ("doctor", "patient"):  # an excluded consultation: transcripts only, it must never be opened
+        shutil.copy(PRIMOCK57_SAMPLE / f"day1_consultation07_{role}.TextGrid", root / "transcripts")
+    omi = Path(__file__).parent / "data" / "omi_medical_stt_eval"
+    for c in ("day1_consultation01", "day1_consultation07", "day3_consultation06"):
+        ref, _ = consultation_reference(*(PRIMOCK57_SAMPLE / f"{c}_{r}.TextGrid" for r in ("doctor", "patient")))
+        assert ref == (omi / f"{c}_pure_text.txt").read_text(), c
+    res = load_source("primock57-consultations", tmp_path / "out", local=root)
+    [row] = res.splits["test"]
+    assert res.dropped["excluded by the leaderboard"] == 1
+    assert row["text"] == (omi / "day3_consultation06_pure_text.txt").read_text()
+    assert row["duration"] == pytest.approx(225.7304, abs=1e-3) and row["unit"] == "consultation"
+    mixed, sr = sf.read(row["audio_filepath"], dtype="float32")
+    doctor, patient = (sf.read(root / "audio" / f"day3_consultation06_{r}.wav", dtype="float32")[0][: len(mixed)]
+                       for r in ("doctor", "patient"))
+    assert sr == 16000 and np.abs(mixed - (doctor + patient) / 2).max() < 2 / 32767
+    m = compute_metrics([row | {"pred_text": row["text"]}, row | {"id": "b", "pred_text": ""}], n_boot=10)
+    assert m["unit"] == "consultation" and m["wer_mean_utt"] == 0.5  # the leaderboard's WER: the mean over files
 
 
 def test_primock57_refuses_git_lfs_pointers(tmp_path, monkeypatch):

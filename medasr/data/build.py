@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -148,6 +149,7 @@ def _build_synthetic(cfg: Config, data_dir: Path) -> tuple[dict[str, list[dict]]
         unseen_test_per_term=s.unseen_test_per_term,
         rates=(s.rate_min, s.rate_max),
         noise_levels=list(s.noise_levels),
+        test_seen_carrier_per_term=s.test_seen_carrier_per_term,
     )
     caps = {"train": cfg.data.max_train, "val": cfg.data.max_val, "test": None}
     dropped, kept = {}, []
@@ -164,7 +166,31 @@ def _build_synthetic(cfg: Config, data_dir: Path) -> tuple[dict[str, list[dict]]
     by_split = {sp: [r for r in rows if r["id"].startswith(sp + "-")] for sp in SPLITS}
     report = {"source": "synthetic-espeak", "lexicon_terms": len(lexicon), "dropped_by_cap": dropped,
               "voices": {"train": list(s.train_voices), "test_only": list(s.test_voices)}}
+    if s.generic_test_rows > 0:
+        by_split["test"] += _generic_test_rows(cfg, data_dir)
+        report["generic_test_rows"] = s.generic_test_rows
     return by_split, report
+
+
+def _generic_test_rows(cfg: Config, data_dir: Path) -> list[dict]:
+    """Non-medical test rows: generic WordNet sentences longer than pretraining's `max_words`, so neither trained on
+    nor used to select the mini base (its held-out set was), spoken alternately by the test voice and a training
+    voice, clean."""
+    from medasr.data.generic_speech import GenericUtterance, synthesize_generic
+    from medasr.data.generic_text import generic_sentences
+
+    s = cfg.data.synth
+    unused = sorted(x for x in generic_sentences().sentences if len(x.split()) > cfg.pretrain.max_words)
+    rng = random.Random(cfg.data.seed)
+    rng.shuffle(unused)
+    if len(unused) < s.generic_test_rows:
+        raise ValueError(f"data.synth.generic_test_rows={s.generic_test_rows}: only {len(unused)} generic sentences "
+                         f"longer than pretrain.max_words={cfg.pretrain.max_words}")
+    plan = [GenericUtterance(f"test-generic{i:04d}", "test", text,
+                             rng.choice(list(s.test_voices) if i % 2 == 0 else list(s.train_voices)),
+                             rng.randint(s.rate_min, s.rate_max), "clean", rng.randrange(2**31))
+            for i, text in enumerate(unused[: s.generic_test_rows])]
+    return synthesize_generic(plan, data_dir / "audio")
 
 
 def build(cfg: Config, run_dir: Path, force: bool = False) -> dict:

@@ -1,11 +1,15 @@
 """Term-targeted synthetic speech: lexicon → sentences → espeak-ng voices → noise → 16 kHz mono WAV + manifest rows.
 
-Split design (what makes the test set honest):
-- a seeded share of every category's terms is held out: those terms appear **only** in test (`term_seen: false`);
-- seen terms get train rows (training voices), validation rows (training voices, other sentences) and test rows;
-- every term's test rows, seen or held out, are spoken half by a test-only voice (never in training) and half by a
-  training voice, so seen vs held-out terms are compared on the same mix of speakers, and the speaker effect is
-  reported on its own (`speaker_seen`, set by the build) instead of hiding inside the term effect.
+Split design (what makes the test set honest; three factors, each reported apart by the evaluation):
+- terms: a seeded share of every category's terms is held out: those terms appear **only** in test (`term_seen: false`);
+- carriers: training, validation and test rows draw their sentences from three disjoint pools (medasr.data.templates),
+  so the test measures the term in a sentence the model never heard (`carrier_seen: false`); `test_seen_carrier_per_term`
+  extra test rows per term reuse a training carrier (`carrier_seen: true`) to measure what memorised patterns are worth;
+- voices: every term's test rows are spoken alternately by a test-only voice (a speaker *and* an accent never used in
+  pretraining or fine-tuning) and by a training voice, so seen vs held-out terms see the same mix of speakers and the
+  speaker effect (`speaker_seen`, set by the build) does not hide inside the term effect.
+Validation rows (seen terms, training voices) use the validation carriers, so every recipe choice made on them
+(checkpoint, steps, data mix) rewards generalising to new sentences, not remembering the training ones.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import soundfile as sf
 
 from medasr.audio import SAMPLE_RATE, to_mono_rate
 from medasr.data.lexicon import Lexicon, Term
-from medasr.data.templates import CONTEXT_TYPES, TEMPLATES, render
+from medasr.data.templates import TEMPLATES, TEST_TEMPLATES, VAL_TEMPLATES, pool, render
 
 NOISE_LEVELS = {"clean": None, "snr15": 15.0, "snr5": 5.0}
 
@@ -44,6 +48,8 @@ class Utterance:
     noise_level: str
     context_type: str
     seed: int
+    carrier_seen: bool = True  # the sentence pattern is one of the training carriers
+    carrier: str = ""  # the template ("{t}" for the term)
 
 
 def espeak_available() -> str:
@@ -97,15 +103,24 @@ def plan_corpus(
     unseen_test_per_term: int,
     rates: tuple[int, int],
     noise_levels: list[str],
+    test_seen_carrier_per_term: int = 0,
 ) -> list[Utterance]:
     """Deterministic plan of every utterance (text, voice, noise) before any audio is made."""
+    if set(test_voices) & set(train_voices):
+        raise ValueError(f"test voices {sorted(set(test_voices) & set(train_voices))} are also training voices")
     rng = random.Random(seed)
     plan: list[Utterance] = []
     counters: dict[str, int] = {"train": 0, "val": 0, "test": 0}
+    carriers = {"train": TEMPLATES, "val": VAL_TEMPLATES, "test": TEST_TEMPLATES}
 
-    def add(split: str, term: Term, seen: bool, voices: list[str], used: set) -> None:
-        options = [(c, tpl) for c in CONTEXT_TYPES for tpl in TEMPLATES[c][term.entity_category] if (c, tpl) not in used]
-        ctx, tpl = rng.choice(options or [(c, tpl) for c in CONTEXT_TYPES for tpl in TEMPLATES[c][term.entity_category]])
+    def add(split: str, term: Term, seen: bool, voices: list[str], used: set, carrier: str | None = None) -> None:
+        carrier = carrier or split
+        full = pool(carriers[carrier], term.entity_category)
+        options = [o for o in full if o not in used]
+        if not options:
+            raise ValueError(f"{term.term}: more {carrier} rows per term than the {len(full)} {carrier} carriers of "
+                             f"category {term.entity_category} (medasr/data/templates.py); lower the per-term count")
+        ctx, tpl = rng.choice(options)
         used.add((ctx, tpl))
         counters[split] += 1
         plan.append(
@@ -120,6 +135,8 @@ def plan_corpus(
                 noise_level=rng.choice(noise_levels),
                 context_type=ctx,
                 seed=rng.randrange(2**31),
+                carrier_seen=carrier == "train",
+                carrier=tpl,
             )
         )
 
@@ -129,16 +146,16 @@ def plan_corpus(
         n_unseen = max(1, round(len(terms) * unseen_fraction)) if terms and unseen_fraction > 0 else 0
         for i, term in enumerate(terms):
             used: set = set()  # no sentence repeated across a term's splits
-            if i < n_unseen:
-                for k in range(unseen_test_per_term):
-                    add("test", term, False, test_voices if k % 2 == 0 else train_voices, used)
-                continue
-            for _ in range(train_per_term):
-                add("train", term, True, train_voices, used)
-            for _ in range(val_per_term):
-                add("val", term, True, train_voices, used)
-            for k in range(test_per_term):
-                add("test", term, True, test_voices if k % 2 == 0 else train_voices, used)
+            seen = i >= n_unseen
+            if seen:
+                for _ in range(train_per_term):
+                    add("train", term, True, train_voices, used)
+                for _ in range(val_per_term):
+                    add("val", term, True, train_voices, used)
+            for k in range(test_per_term if seen else unseen_test_per_term):
+                add("test", term, seen, test_voices if k % 2 == 0 else train_voices, used)
+            for k in range(test_seen_carrier_per_term):  # the voice alternates across terms as well as rows
+                add("test", term, seen, test_voices if (k + i) % 2 == 0 else train_voices, used, carrier="train")
     return plan
 
 
@@ -158,6 +175,8 @@ def render_utterance(u: Utterance, audio_dir: Path) -> dict:
         "voice_id": f"espeak-ng:{u.voice_id}:rate{u.rate}",
         "noise_level": u.noise_level,
         "context_type": u.context_type,
+        "carrier_seen": u.carrier_seen,
+        "carrier": u.carrier,
         "source": "synthetic-espeak",
         "id": u.id,
     }

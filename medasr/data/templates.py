@@ -1,4 +1,11 @@
-"""Sentence templates per context type and entity category. `{t}` is the term; numbers are spelled out as spoken."""
+"""Carrier sentences per context type and entity category. `{t}` is the term; numbers are spelled out as spoken.
+
+Three disjoint pools, so a test sentence is never one the model was trained or selected on:
+- `TEMPLATES`: training carriers (12 per category, shared by all its terms);
+- `VAL_TEMPLATES`: validation carriers (4 per category), never in training;
+- `TEST_TEMPLATES`: test carriers (8 per category), in neither. A few test rows per term reuse a training carrier on
+  purpose (`carrier_seen: true`), so memorised sentence patterns are measured apart instead of inflating the headline.
+"""
 
 CONTEXT_TYPES = ("dictation", "handoff", "chart_note", "history")
 
@@ -112,6 +119,74 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
         ],
     },
 }
+
+
+VAL_TEMPLATES: dict[str, dict[str, list[str]]] = {
+    "dictation": {
+        "drug": ["Increase the {t} to twice daily."],
+        "condition": ["Working diagnosis is {t}."],
+        "procedure": ["A {t} is indicated at this stage."],
+        "anatomy": ["Bruising is seen across the {t}."],
+        "lab": ["The {t} is slightly low today."],
+    },
+    "handoff": {
+        "drug": ["The night team started {t} for her."],
+        "condition": ["Room six is being treated for {t}."],
+        "procedure": ["He is nil by mouth for the {t}."],
+        "anatomy": ["She keeps rubbing her {t}."],
+        "lab": ["We are still waiting on the {t}."],
+    },
+    "chart_note": {
+        "drug": ["Home medication: {t}."],
+        "condition": ["Known history of {t}."],
+        "procedure": ["Completed {t} without incident."],
+        "anatomy": ["Scar over the {t} is well healed."],
+        "lab": ["Latest {t} attached."],
+    },
+    "history": {
+        "drug": ["The pharmacist said {t} was safe for me."],
+        "condition": ["My brother has {t} as well."],
+        "procedure": ["Nobody explained the {t} to me."],
+        "anatomy": ["My {t} aches when it rains."],
+        "lab": ["Was my {t} normal this time?"],
+    },
+}
+
+TEST_TEMPLATES: dict[str, dict[str, list[str]]] = {
+    "dictation": {
+        "drug": ["Prescribed {t} for the next ten days.", "We will taper the {t} over a month."],
+        "condition": ["Differential includes {t}.", "Presentation is typical of {t}."],
+        "procedure": ["Arrange an urgent {t}.", "The {t} was postponed until Friday."],
+        "anatomy": ["Reduced movement of the {t} on examination.", "No deformity of the {t}."],
+        "lab": ["Send a {t} with the next bloods.", "The {t} has improved since admission."],
+    },
+    "handoff": {
+        "drug": ["Her {t} was given late tonight.", "Do not restart the {t} without the registrar."],
+        "condition": ["The new patient in bay two has {t}.", "He was transferred with suspected {t}."],
+        "procedure": ["The {t} went ahead this afternoon.", "They cancelled his {t} again."],
+        "anatomy": ["There is a drain near the {t}.", "Check the {t} every hour."],
+        "lab": ["The lab rang about the {t}.", "Her {t} needs repeating at ten."],
+    },
+    "chart_note": {
+        "drug": ["Currently on {t}.", "Intolerant of {t}."],
+        "condition": ["Admitted for {t}.", "Longstanding {t}, well controlled."],
+        "procedure": ["Awaiting {t}.", "Previous {t} in another hospital."],
+        "anatomy": ["Swelling of the {t} resolved.", "Pain localised to the {t}."],
+        "lab": ["Pending: {t}.", "Raised {t} noted on review."],
+    },
+    "history": {
+        "drug": ["I ran out of my {t} on Sunday.", "Can I take {t} with my other tablets?"],
+        "condition": ["Nobody in my family has had {t}.", "I think I might have {t}."],
+        "procedure": ["I was scared before the {t}.", "How long does a {t} take?"],
+        "anatomy": ["There is a lump near my {t}.", "My {t} feels stiff in the morning."],
+        "lab": ["The nurse took blood for a {t}.", "My {t} was high last year."],
+    },
+}
+
+
+def pool(templates: dict[str, dict[str, list[str]]], category: str) -> list[tuple[str, str]]:
+    """(context type, template) pairs of one pool for one entity category."""
+    return [(c, tpl) for c in CONTEXT_TYPES for tpl in templates[c][category]]
 
 
 def render(template: str, term: str) -> str:

@@ -232,6 +232,9 @@ def compute_metrics(rows: list[dict], normalizer: str = "whisper", n_boot: int =
     with_ref = words > 0
     out: dict = {
         "n_rows": len(rows),
+        # what a row is: an utterance, or a whole consultation (PriMock57 leaderboard's long-form unit, whose WER is
+        # wer_mean_utt: the mean over consultations)
+        "unit": "/".join(sorted({str(r.get("unit") or "utterance") for r in rows})) or "utterance",
         "normalizer": normalizer,
         "wer": _rate(edits.sum(), ref_words),
         "wer_mean_utt": float(np.mean(edits[with_ref] / words[with_ref])) if with_ref.any() else None,

@@ -24,7 +24,7 @@ def metrics_markdown(m: dict, title: str) -> str:
     lines = [
         f"# {title}",
         "",
-        f"Rows: {m['n_rows']} · normaliser: `{m['normalizer']}` · lexicon: `{m.get('lexicon', 'core')}`"
+        f"Rows: {m['n_rows']} ({m.get('unit', 'utterance')}s) · normaliser: `{m['normalizer']}` · lexicon: `{m.get('lexicon', 'core')}`"
         + "".join(f" · {k} CI resamples {v['n']} {v['key']}s" for k, v in m.get("ci_clusters", {}).items()),
         "",
         "| metric | value |",

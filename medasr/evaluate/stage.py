@@ -13,6 +13,7 @@ from medasr.data.manifest import read_manifest, write_manifest
 from medasr.evaluate.metrics import compute_metrics
 from medasr.evaluate.report import metrics_markdown
 from medasr.evaluate.report_html import eval_html, write
+from medasr.fingerprint import digest, file_sha256, model_digest
 
 
 def load_lexicon(name: str):
@@ -27,14 +28,37 @@ def load_lexicon(name: str):
     raise ValueError(f"eval.lexicon={name!r}: use core or extended")
 
 
-def eval_is_done(out_dir: Path, n_rows: int) -> bool:
+def decode_inputs(cfg: Config, manifest: Path, model_spec: str | Path) -> dict:
+    """What the transcripts depend on: the model's files, the manifest's bytes, the prompts and decoding settings."""
+    return {"model": str(model_spec), "model_sha256": model_digest(model_spec), "manifest": str(manifest),
+            "manifest_sha256": file_sha256(manifest),
+            "decoding": {"kind": cfg.model.kind, "prompt": cfg.model.prompt, "prompts_by_source": dict(cfg.model.prompts_by_source),
+                         "max_new_tokens": cfg.eval.max_new_tokens}}
+
+
+def score_inputs(cfg: Config) -> dict:
+    """What the numbers depend on beyond the transcripts."""
+    return {"normalizer": cfg.eval.normalizer, "lexicon": cfg.eval.lexicon, "n_boot": cfg.eval.n_boot}
+
+
+def eval_state(out_dir: Path, decode: dict, score: dict) -> str:
+    """"done" (same transcripts, same scoring), "rescore" (same transcripts, other scoring settings: no model needed)
+    or "decode" (anything else: another model, manifest or prompt)."""
     m = out_dir / "metrics.json"
-    return m.exists() and (out_dir / "hyps.json").exists() and json.loads(m.read_text()).get("n_rows") == n_rows
+    if not (m.exists() and (out_dir / "hyps.json").exists()):
+        return "decode"
+    inputs = json.loads(m.read_text()).get("inputs", {})
+    if inputs.get("decode_fingerprint") != digest(decode):
+        return "decode"
+    return "done" if inputs.get("score_fingerprint") == digest(score) else "rescore"
 
 
-def score_manifest(rows: list[dict], out_dir: Path, cfg: Config, title: str) -> dict:
+def score_manifest(rows: list[dict], out_dir: Path, cfg: Config, title: str, decode: dict | None = None) -> dict:
     metrics = compute_metrics(rows, normalizer=cfg.eval.normalizer, n_boot=cfg.eval.n_boot, lexicon=load_lexicon(cfg.eval.lexicon))
     metrics["lexicon"] = cfg.eval.lexicon
+    score = score_inputs(cfg)
+    metrics["inputs"] = {"score": score, "score_fingerprint": digest(score)} | (
+        {"decode": decode, "decode_fingerprint": digest(decode)} if decode else {})
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "report.md").write_text(metrics_markdown(metrics, title))
@@ -42,27 +66,34 @@ def score_manifest(rows: list[dict], out_dir: Path, cfg: Config, title: str) -> 
     return metrics
 
 
-def evaluate(cfg: Config, manifest: Path, out_dir: Path, load_model, title: str, run_dir: Path | None = None) -> dict:
-    """`load_model() -> medasr.transcribe.Loaded` is called only when work is needed, so a finished evaluation costs
-    no model load. Rows longer than the model's single-pass limit are chunked and merged (medasr.transcribe)."""
-    from medasr.transcribe import POLICIES, model_decoder, stamp_prompts, transcribe_rows
+def evaluate(cfg: Config, manifest: Path, out_dir: Path, model_spec: str | Path, title: str,
+             run_dir: Path | None = None) -> dict:
+    """Transcribe `manifest` with `model_spec` (medasr.transcribe.load_model: export, base folder, .nemo or Hub id) and
+    score it. A finished evaluation of the same inputs costs no model load; other scoring settings re-score the saved
+    transcripts; another model, manifest or prompt decodes again. Rows longer than the model's single-pass limit are
+    chunked and merged (medasr.transcribe)."""
+    from medasr.transcribe import POLICIES, load_model, model_decoder, stamp_prompts, transcribe_rows
 
-    rows = read_manifest(manifest)
-    if eval_is_done(out_dir, len(rows)):
+    decode = decode_inputs(cfg, manifest, model_spec)
+    state = eval_state(out_dir, decode, score_inputs(cfg))
+    if state == "done":
         return json.loads((out_dir / "metrics.json").read_text()) | {"skipped": True}
+    if state == "rescore":
+        return score_manifest(read_manifest(out_dir / "hyps.json"), out_dir, cfg, title, decode) | {"rescored": True}
+    rows = read_manifest(manifest)
     torch.set_num_threads(cfg.train.threads)
-    loaded = load_model()
-    decode = model_decoder(loaded, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.model.prompt,
-                           cfg.eval.static_cache)
+    loaded = load_model(model_spec, kind=cfg.model.kind)
+    decode_fn = model_decoder(loaded, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.model.prompt,
+                              cfg.eval.static_cache)
     rows = stamp_prompts(rows, loaded, cfg.model.prompt, cfg.model.prompts_by_source)  # the training prompts
     with Progress() as progress:
-        results = transcribe_rows(rows, decode, POLICIES[loaded.kind], cfg.eval.batch_size, progress,
+        results = transcribe_rows(rows, decode_fn, POLICIES[loaded.kind], cfg.eval.batch_size, progress,
                                   f"transcribing {manifest.name}")
     scored = [r | {"pred_text": res.text} | ({"chunks": len(res.chunks)} if len(res.chunks) > 1 else {})
               for r, res in zip(rows, results)]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(out_dir / "hyps.json", scored)
-    metrics = score_manifest(scored, out_dir, cfg, title)
+    metrics = score_manifest(scored, out_dir, cfg, title, decode)
     if run_dir is not None:
         from medasr.ops.tracking import log_eval
 

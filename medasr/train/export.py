@@ -235,6 +235,15 @@ def _results_section(build_report: dict, before: dict, after: dict, compare: dic
             rows += [(f"WER, {label} ({a['n_rows']} rows)", b["wer"], a["wer"]),
                      (f"KER, seen terms, {label}", b["ker_seen"], a["ker_seen"]),
                      (f"KER, held-out terms, {label}", b["ker_unseen"], a["ker_unseen"])]
+    for name, a in (after.get("by_design") or {}).items():
+        if b := (before.get("by_design") or {}).get(name):
+            rows.append((f"KER, {name} ({a['n_rows']} rows, {a['ker_terms']} terms)", b["ker"], a["ker"]))
+    for name, a in (after.get("by_source") or {}).items():
+        if b := (before.get("by_source") or {}).get(name):
+            rows.append((f"WER, source {name} ({a['n_rows']} rows)", b["wer"], a["wer"]))
+    made = (after.get("inputs") or {}).get("decode") or {}
+    provenance = (f"\nScored on manifest sha256 `{made['manifest_sha256'][:16]}…`, model sha256 "
+                  f"`{made['model_sha256'][:16]}…` (metrics.json `inputs`).\n" if made else "")
     return f"""## Training data
 Source `{build_report.get('source')}`: {build_report['splits']['train']['rows']} training rows
 ({build_report['splits']['train']['terms']} terms), {build_report['splits']['val']['rows']} validation rows.
@@ -249,7 +258,7 @@ the speaker rows below separate a new voice from a new term.
 """ + "\n".join(f"| {n} | {pct(b)} | {pct(a)} |" for n, b, a in rows) + f"""
 
 Decision: **{compare['decision']}** — {compare['reason']}
-"""
+""" + provenance
 
 
 def _steps(meta: dict) -> str:

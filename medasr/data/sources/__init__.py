@@ -14,7 +14,7 @@ from medasr.data.sources.common import SourceError, SourceResult
 
 
 def available() -> list[str]:
-    return ["osce", "primock57", "united-syn-med", "kaggle-medical", "eka", "folder:<path>", "hf:<dataset id>"]
+    return ["osce", "primock57", "primock57-consultations", "united-syn-med", "kaggle-medical", "eka", "folder:<path>", "hf:<dataset id>"]
 
 
 def load_source(name: str, out_dir: Path, local: Path | None = None, **opts) -> SourceResult:
@@ -27,6 +27,10 @@ def load_source(name: str, out_dir: Path, local: Path | None = None, **opts) -> 
         from medasr.data.sources.primock57 import load_primock57
 
         return load_primock57(out_dir, local)
+    if name == "primock57-consultations":  # the leaderboard's long-form unit: whole consultations, channels mixed
+        from medasr.data.sources.primock57 import load_primock57_consultations
+
+        return load_primock57_consultations(out_dir, local)
     if name == "united-syn-med":
         from medasr.data.sources.united_syn_med import load_united_syn_med
 

@@ -10,6 +10,14 @@ PriMock57 leaderboard (Omi-Health medical-STT-eval) excludes are flagged `leader
 
 Each utterance is cut into its own WAV, which is the row's whole audio: rows carry no `offset` (NeMo's reader would
 apply it to the cut file). The position in the consultation is kept as `source_start`/`source_end`.
+
+`primock57-consultations` is the leaderboard's unit instead (Omi-Health/medical-STT-eval, "long-form"): one row per
+consultation, its two channels mixed to one (as babylonhealth/primock57's `scripts/mix_audio.sh`, `sox -m`: each
+input scaled by 1/2) and cut at the end of the last annotated utterance; the reference is both speakers' utterances
+ordered by start time, tags stripped as Babylon's `textgrid_to_transcript.py` does, joined by spaces (byte-identical to
+the leaderboard's `data/cleaned_transcripts/*_pure_text.txt`, tested on vendored files); its two excluded
+consultations are left out and counted. The leaderboard's WER is the mean of per-consultation WERs: `wer_mean_utt`
+of such a manifest (`wer` pools the words).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from rich.progress import track
 
 from medasr.data.sources.common import SAMPLE_RATE, SegmentWriter, SourceError, SourceResult, decode, tag_terms
@@ -31,7 +40,8 @@ LFS_POINTER = b"version https://git-lfs"
 
 
 def clean_text(text: str) -> str:
-    return " ".join(_TAGS.sub(" ", text).split())
+    """Babylon's `strip_transcript_tags`: tags deleted (not replaced by a space), whitespace collapsed."""
+    return " ".join(_TAGS.sub("", text).split())
 
 
 def _clone() -> Path:
@@ -52,6 +62,57 @@ def _clone() -> Path:
     return dest
 
 
+def _utterances(grid: Path) -> list[tuple[float, float, str]]:
+    from praatio import textgrid
+
+    tg = textgrid.openTextgrid(str(grid), includeEmptyIntervals=False)
+    return [(start, end, label) for name in tg.tierNames for start, end, label in tg.getTier(name).entries]
+
+
+def _check_audio(wav: Path, root: Path) -> None:
+    with open(wav, "rb") as f:
+        if f.read(len(LFS_POINTER)) == LFS_POINTER:
+            raise SourceError(f"primock57: {wav} is a Git LFS pointer, not audio: run `git lfs pull` in {root} "
+                              "(git-lfs installed), then build again")
+
+
+def consultation_reference(doctor: Path, patient: Path) -> tuple[str, float]:
+    """The leaderboard's reference for one consultation and where its audio ends: both speakers' utterances by start
+    time (stable: the doctor's first on a tie), tags stripped, empty ones dropped, joined by single spaces."""
+    utts = sorted(_utterances(doctor) + _utterances(patient), key=lambda u: u[0])
+    return " ".join(t for t in (clean_text(label) for _, _, label in utts) if t), max((e for _, e, _ in utts), default=0.0)
+
+
+def load_primock57_consultations(out_dir: Path, local: Path | None = None) -> SourceResult:
+    root = Path(local) if local else _clone()
+    consultations = sorted({g.stem.rsplit("_", 1)[0] for g in (root / "transcripts").glob("*.TextGrid")})
+    if not consultations:
+        raise SourceError(f"primock57: no transcripts/*.TextGrid under {root}")
+    res = SourceResult()
+    writer = SegmentWriter(out_dir / "primock57-consultations", res, max_seconds=float("inf"))
+    for c in track(consultations, description="primock57: mixing consultations"):
+        if c in LEADERBOARD_EXCLUDED:
+            res.dropped["excluded by the leaderboard"] += 1
+            continue
+        files = {role: (root / "transcripts" / f"{c}_{role}.TextGrid", root / "audio" / f"{c}_{role}.wav")
+                 for role in ("doctor", "patient")}
+        if not all(g.exists() and w.exists() for g, w in files.values()):
+            res.dropped["a channel's audio or transcript missing"] += 1
+            continue
+        for _, wav in files.values():
+            _check_audio(wav, root)
+        text, end = consultation_reference(files["doctor"][0], files["patient"][0])
+        n = int(round(end * SAMPLE_RATE))
+        doctor, patient = (np.pad(a[:n], (0, max(0, n - len(a)))) for a in (decode(files[r][1]) for r in ("doctor", "patient")))
+        writer.add("test", f"primock57-{c}", (doctor + patient) / 2,
+                   {"text": text, "consultation": c, "source": "primock57-consultation", "unit": "consultation"})
+    for rows in res.splits.values():
+        tag_terms(rows)
+    res.notes.append(f"long-form: one row per consultation, channels mixed; excluded as the leaderboard does: "
+                     f"{', '.join(sorted(LEADERBOARD_EXCLUDED))}")
+    return res
+
+
 def load_primock57(out_dir: Path, local: Path | None = None) -> SourceResult:
     from praatio import textgrid
 
@@ -68,10 +129,7 @@ def load_primock57(out_dir: Path, local: Path | None = None) -> SourceResult:
         if not wav.exists():
             res.dropped["audio file missing"] += 1
             continue
-        with open(wav, "rb") as f:
-            if f.read(len(LFS_POINTER)) == LFS_POINTER:
-                raise SourceError(f"primock57: {wav} is a Git LFS pointer, not audio: run `git lfs pull` in {root} "
-                                  "(git-lfs installed), then build again")
+        _check_audio(wav, root)
         audio = decode(wav)
         tg = textgrid.openTextgrid(str(grid), includeEmptyIntervals=False)
         for tier_name in tg.tierNames:
