@@ -163,7 +163,10 @@ class EvalConfig:
     batch_size: int = 16
     max_new_tokens: int = 64
     normalizer: str = "whisper"
-    lexicon: str = "core"  # core | extended: the lexicon that tags term occurrences for term_error_rate
+    # the lexicon that tags term occurrences for term_error_rate: core | extended | auto (core when every test row is
+    # synthetic, whose terms come from the core list; extended for real speech: on real conversations the core list's
+    # term error rate tracks the PriMock57 leaderboard's medical WER worse, bench/lexicon_fit.py)
+    lexicon: str = "auto"
     redact_transcripts: bool = False  # W&B tables get SHA-256 prefixes instead of text (PHI)
     static_cache: bool = False  # fixed-size KV cache in generate (transformers compiles the decode step on a GPU)
     n_boot: int = 1000

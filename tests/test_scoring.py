@@ -81,6 +81,7 @@ def _demo_pair(tmp_path):
     for i in range(60):
         d = drugs[i // 2]  # 30 drug terms (the KER bootstrap's clusters), each spoken once as "drug", once as "lab"
         base = {"id": f"r{i}", "audio_filepath": f"/x/{i}.wav", "duration": 2, "text": f"Start {d} today.", "term": d,
+                "source": "synthetic-espeak",
                 "entity_category": "drug" if i % 2 == 0 else "lab", "term_seen": i % 3 > 0, "speaker_seen": i < 30}
         # 30 drug rows (even i): before, only i % 8 == 0 right (8 of 30: KER 22/30); after, only i % 10 == 0 wrong (6/30)
         before.append(base | {"pred_text": f"start {d[:3]} {d[3:]} today" if i % 8 else f"start {d} today"})
@@ -275,3 +276,23 @@ def test_build_gives_every_row_its_unit_of_independence():
     assert cluster_of({"source": "osce", "speaker": "RES0001"}) == "speaker:RES0001"
     assert cluster_of({"source": "folder:x", "speaker": None, "recording": "a/b.wav"}) == "recording:a/b.wav"
     assert cluster_of({"source": "hf:x", "id": "r1"}) == "row:r1"
+
+
+def test_the_default_lexicon_fits_the_source():
+    """eval.lexicon=auto: the core list for synthetic test sets (their terms come from it), the extended one for real
+    speech, where the core list's term error rate tracks the PriMock57 leaderboard's medical WER worse
+    (bench/lexicon_fit.py); the choice is recorded in metrics.json."""
+    import tempfile
+    from pathlib import Path
+
+    from medasr.config import load_config
+    from medasr.evaluate.stage import score_manifest
+
+    cfg = load_config("tiny")
+    synthetic = [{"id": "a", "text": "start warfarin", "pred_text": "start warfarin", "source": "synthetic-espeak"},
+                 {"id": "g", "text": "the sea is calm", "pred_text": "the sea is calm", "source": "generic-espeak"}]
+    real = synthetic + [{"id": "p", "text": "any ibuprofen", "pred_text": "any", "source": "primock57"}]
+    with tempfile.TemporaryDirectory() as d:
+        assert score_manifest(synthetic, Path(d), cfg, "t")["lexicon"] == "core"
+        m = score_manifest(real, Path(d), cfg, "t")
+    assert (m["lexicon"], m["lexicon_setting"]) == ("extended", "auto") and m["term_error_rate"] == 0.5

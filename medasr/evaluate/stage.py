@@ -16,6 +16,14 @@ from medasr.evaluate.report_html import eval_html, write
 from medasr.fingerprint import digest, file_sha256, model_digest
 
 
+def resolve_lexicon(name: str, rows: list[dict]) -> str:
+    """`auto`: the core list for an all-synthetic test set (its terms come from it), the extended one otherwise."""
+    if name != "auto":
+        return name
+    synthetic = all(str(r.get("source") or "").startswith(("synthetic", "generic")) for r in rows)
+    return "core" if rows and synthetic else "extended"
+
+
 def load_lexicon(name: str):
     from medasr.data.lexicon import core_lexicon
 
@@ -25,7 +33,7 @@ def load_lexicon(name: str):
         from medasr.data.lexicon_sources import extended_lexicon
 
         return extended_lexicon()
-    raise ValueError(f"eval.lexicon={name!r}: use core or extended")
+    raise ValueError(f"eval.lexicon={name!r}: use core, extended or auto")
 
 
 def decode_inputs(cfg: Config, manifest: Path, model_spec: str | Path) -> dict:
@@ -54,8 +62,9 @@ def eval_state(out_dir: Path, decode: dict, score: dict) -> str:
 
 
 def score_manifest(rows: list[dict], out_dir: Path, cfg: Config, title: str, decode: dict | None = None) -> dict:
-    metrics = compute_metrics(rows, normalizer=cfg.eval.normalizer, n_boot=cfg.eval.n_boot, lexicon=load_lexicon(cfg.eval.lexicon))
-    metrics["lexicon"] = cfg.eval.lexicon
+    lexicon = resolve_lexicon(cfg.eval.lexicon, rows)
+    metrics = compute_metrics(rows, normalizer=cfg.eval.normalizer, n_boot=cfg.eval.n_boot, lexicon=load_lexicon(lexicon))
+    metrics["lexicon"], metrics["lexicon_setting"] = lexicon, cfg.eval.lexicon
     score = score_inputs(cfg)
     metrics["inputs"] = {"score": score, "score_fingerprint": digest(score)} | (
         {"decode": decode, "decode_fingerprint": digest(decode)} if decode else {})
