@@ -105,10 +105,13 @@ its identity init for the fine-tune. Prompt: `{r['prompt']}`.
 
 ## Held-out generic speech ({r['heldout_rows']} sentences never trained on, clean audio)
 
+These sentences steered the pretraining (when to continue, with which settings): read them as a validation set, not
+a test set. medasr's medical test set measures general speech on other sentences (longer than any pretraining one).
+
 | voice | WER (whisper-normalised) |
 |---|---|
 | pretraining voices (new sentences) | {r['heldout_wer_seen_voice']:.1%} |
-| {r['heldout_voice']} (never heard in pretraining; also the medical test voice) | {r['heldout_wer_new_voice']:.1%} |
+| {r['heldout_voice']} (never heard in pretraining) | {r['heldout_wer_new_voice']:.1%} |
 
 ## Training curve (held-out WER on {p['eval_rows']} sentences, pretraining voices)
 
