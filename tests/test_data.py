@@ -139,18 +139,25 @@ def test_built_corpus(tiny_run):
     train = read_manifest(run_dir / "data" / "train.json")
     test = read_manifest(run_dir / "data" / "test.json")
     assert rep["splits"]["train"]["rows"] == len(train) > 300
-    for r in train[:20] + test[:20]:
+    generic = [r for r in test if r["source"] == "generic-espeak"]  # the forgetting slice: no term, clean
+    assert len(generic) == cfg.data.synth.generic_test_rows and not any("term" in r for r in generic)
+    test = [r for r in test if r["source"] == "synthetic-espeak"]
+    assert all(r["cluster"] == f"term:{r['term'].lower()}" for r in test)
+    for r in train[:20] + test[:20] + generic[:3]:
         info = sf.info(r["audio_filepath"])
         assert info.samplerate == 16000 and info.channels == 1
         assert r["duration"] == pytest.approx(info.frames / 16000, abs=1e-3)
-        assert {"term", "entity_category", "voice_id", "noise_level", "context_type"} <= r.keys()
+    for r in train[:20] + test[:20]:
+        assert {"term", "entity_category", "voice_id", "noise_level", "context_type", "carrier_seen"} <= r.keys()
     assert any(not r["term_seen"] for r in test) and any(r["term_seen"] for r in test)
     train_terms = {r["term"] for r in train}
     assert all(r["term_seen"] == (r["term"] in train_terms) for r in test)
     val = read_manifest(run_dir / "data" / "val.json")
     train_voices = {r["voice_id"].split(":")[1] for r in train}
-    assert all(r["speaker_seen"] == (r["voice_id"].split(":")[1] in train_voices) for r in test + val)
+    assert all(r["speaker_seen"] == (r["voice_id"].split(":")[1] in train_voices) for r in test + generic + val)
     assert all(r["speaker_seen"] for r in val)
+    assert all(not r["carrier_seen"] for r in val)  # validation carriers: selection rewards new sentences
+    test += generic
     # synthetic rows have no `speaker` column: the report counts their voices (it said 0)
     assert rep["splits"]["train"]["speakers"] == len(train_voices) == len(cfg.data.synth.train_voices)
     assert rep["splits"]["test"]["speakers"] == len({r["voice_id"].split(":")[1] for r in test}) == len(train_voices) + 1
