@@ -34,7 +34,10 @@ def test_train_and_eval_use_the_same_per_source_prompt(tiny_run):
     assert {r["context"] for r in trained_on} == {want}
     assert json.loads((run_dir / "train/preflight.json").read_text())["prompt"]["context"] == want
     for cycle in ("cycle0", "cycle1"):
-        assert {r["context"] for r in read_manifest(run_dir / f"eval/{cycle}/hyps.json")} == {want}
+        rows = read_manifest(run_dir / f"eval/{cycle}/hyps.json")
+        assert {r["context"] for r in rows if r["source"].startswith("synthetic")} == {want}
+        # the generic forgetting rows are not dictation: the default prompt, the same in both cycles
+        assert {r["context"] for r in rows if r["source"] == "generic-espeak"} == {"Transcribe the following:"}
     meta = json.loads((run_dir / "canary-qwen-medical-lora/medasr_adapter.json").read_text())
     assert meta["prompts_by_source"] == {"synthetic": want + " <|audioplaceholder|>"}
     card = (run_dir / "canary-qwen-medical-lora/README.md").read_text()

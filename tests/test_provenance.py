@@ -85,4 +85,5 @@ def test_more_steps_re_export_and_re_evaluate(tiny_run, tmp_path):
     assert json.loads((export / "medasr_adapter.json").read_text())["selection"]["trained_steps"] == 320
     assert summary["after"]["wer"] == new["wer"] and summary["inputs"]["cycle1"] == new["inputs"]
     assert (run / "eval/cycle0/metrics.json").stat().st_mtime == cycle0  # the base did not change: not re-decoded
+    assert not list(run.glob("train.stale-*"))  # the copied run is the same run: training resumed, not restarted
     assert "Trained steps: 320" in (export / "README.md").read_text()

@@ -49,6 +49,11 @@ def score_inputs(cfg: Config) -> dict:
     return {"normalizer": cfg.eval.normalizer, "lexicon": cfg.eval.lexicon, "n_boot": cfg.eval.n_boot}
 
 
+def decode_fingerprint(decode: dict) -> str:
+    """Content only: a run dir moved or copied elsewhere holds the same evaluation."""
+    return digest({k: v for k, v in decode.items() if k not in ("model", "manifest")})
+
+
 def eval_state(out_dir: Path, decode: dict, score: dict) -> str:
     """"done" (same transcripts, same scoring), "rescore" (same transcripts, other scoring settings: no model needed)
     or "decode" (anything else: another model, manifest or prompt)."""
@@ -56,7 +61,7 @@ def eval_state(out_dir: Path, decode: dict, score: dict) -> str:
     if not (m.exists() and (out_dir / "hyps.json").exists()):
         return "decode"
     inputs = json.loads(m.read_text()).get("inputs", {})
-    if inputs.get("decode_fingerprint") != digest(decode):
+    if inputs.get("decode_fingerprint") != decode_fingerprint(decode):
         return "decode"
     return "done" if inputs.get("score_fingerprint") == digest(score) else "rescore"
 
@@ -67,7 +72,7 @@ def score_manifest(rows: list[dict], out_dir: Path, cfg: Config, title: str, dec
     metrics["lexicon"], metrics["lexicon_setting"] = lexicon, cfg.eval.lexicon
     score = score_inputs(cfg)
     metrics["inputs"] = {"score": score, "score_fingerprint": digest(score)} | (
-        {"decode": decode, "decode_fingerprint": digest(decode)} if decode else {})
+        {"decode": decode, "decode_fingerprint": decode_fingerprint(decode)} if decode else {})
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out_dir / "report.md").write_text(metrics_markdown(metrics, title))

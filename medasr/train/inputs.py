@@ -24,7 +24,7 @@ OPERATIONAL = {"max_steps", "smoke_steps", "ckpt_every_n_steps", "keep_last", "v
 def train_inputs(cfg: Config, run_dir: Path, base: str | Path) -> dict:
     data = run_dir / "data"
     return {"train_manifest_sha256": file_sha256(data / "train.json"), "val_manifest_sha256": file_sha256(data / "val.json"),
-            "base": str(base), "base_sha256": model_digest(base),
+            "base_sha256": model_digest(base),  # content, not path: a copied or moved run dir is the same run
             "recipe": {k: v for k, v in asdict(cfg.train).items() if k not in OPERATIONAL},
             "model": asdict(cfg.model) | {"base": None}}  # the base is its hash above, not its path
 
