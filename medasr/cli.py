@@ -432,9 +432,10 @@ def supervise(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_
               max_restarts: int = typer.Option(20, help="give up after this many restarts"),
               backoff: float = typer.Option(5.0, help="first restart delay in seconds (doubles each time, max 300)"),
               retry_failed: bool = typer.Option(False, help="clear RUN/FAILED (after fixing the cause) and try again")):
-    """Keep the flywheel alive until the run is done (decided from files, never from exit codes); restart on any
-    crash with backoff; forward SIGTERM; state in RUN/supervisor.json. The pod's continuous command. A run marked
-    RUN/FAILED (preflight refusal, diverged loss, blind validation) is not relaunched."""
+    """Keep the flywheel alive until the run is done (decided from files, never from exit codes); restart transient
+    crashes with backoff; forward SIGTERM; state in RUN/supervisor.json. The pod's continuous command. A run marked
+    RUN/FAILED (any permanent error: a bad dataset, a preflight refusal, diverged loss) is not relaunched; on a pod,
+    MEDASR_PRICE_PER_HOUR and MEDASR_MAX_USD make it stop at its budget (exit 3)."""
     from medasr.ops.supervisor import Supervisor
 
     cfg = _cfg(preset, set_)
@@ -510,20 +511,32 @@ def runpod_up(preset: str = typer.Option("canary-qwen-2.5b", "--preset", "-p"), 
               volume_gb: int = 200, network_volume: Optional[str] = typer.Option(None, help="network volume id (survives the pod)"),
               data_center: Optional[str] = None,
               repo: str = typer.Option(..., "--repo", help="git URL the pod clones (this project)"),
-              max_usd: float = typer.Option(25.0, "--max-usd", help="budget cap: the watcher stops the pod here"),
+              max_usd: float = typer.Option(25.0, "--max-usd", help="budget cap: the pod stops itself here (and the watcher "
+                                            "stops it too)"),
+              set_: Optional[List[str]] = SetOpt,
+              torch_index: Optional[str] = typer.Option(None, "--torch-index", help="pip index for torch on the pod "
+                                                        "(MEDASR_TORCH_INDEX), e.g. a CUDA-specific wheel index"),
+              ssh: bool = typer.Option(False, "--ssh", help="also start the image's SSH service (/start.sh)"),
               yes: bool = typer.Option(False, "--yes", help="really create the pod (it costs money)"),
               watch_: bool = typer.Option(False, "--watch", help="then watch it until done or over budget")):
-    """Show the price and the estimated cost, then (with --yes) create the pod running run.sh."""
+    """Show the price and the estimated cost, then (with --yes) create the pod running run.sh. --set overrides are
+    checked here and passed to the pod's supervise command."""
     from medasr.ops.pods import PodError, create, estimate_hours, hourly_price, save_state
 
-    cfg = _cfg(preset, None)
+    cfg = _cfg(preset, set_)  # unknown keys are refused here, not on the pod
     spec = _spec(preset, run_name, gpu, gpu_count, cloud, image, volume_gb, network_volume, data_center, repo)
+    spec.ssh = ssh
+    if set_:
+        spec.env["MEDASR_SET"] = "\n".join(set_)  # run.sh passes each line as --set
+    if torch_index:
+        spec.env["MEDASR_TORCH_INDEX"] = torch_index
     try:
         price = hourly_price(spec)
     except PodError as e:
         console.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2)
-    est = estimate_hours(cfg.train.max_steps, cfg.train.batch_size, batch_tokens=cfg.train.batch_tokens)
+    est = estimate_hours(cfg.train.max_steps, cfg.train.batch_size, batch_tokens=cfg.train.batch_tokens,
+                         kind=cfg.model.kind)
     cost = price * est["total_hours"]
     console.print(f"{gpu} x{gpu_count} ({cloud.lower()} cloud): ${price:.2f}/h")
     console.print(f"estimate: {est['total_hours']:.1f} h ({est['train_hours']:.1f} h training + {est['overhead_hours']} h "
@@ -533,10 +546,12 @@ def runpod_up(preset: str = typer.Option("canary-qwen-2.5b", "--preset", "-p"), 
     if not yes:
         console.print("nothing created: add --yes to create the pod")
         raise typer.Exit(1)
-    spec.env["MEDASR_PRICE_PER_HOUR"] = f"{price:.4f}"  # the pod logs its cost so far to W&B
+    # the pod logs its cost so far to W&B, and stops itself at the cap even when no watcher runs (ops/spend.py)
+    spec.env |= {"MEDASR_PRICE_PER_HOUR": f"{price:.4f}", "MEDASR_MAX_USD": f"{max_usd:.2f}"}
     pod = create(spec)
+    public_env = {k: v for k, v in spec.env.items() if k.startswith("MEDASR_")}  # no secrets in the local state
     save_state({"pod_id": pod["id"], "preset": preset, "run_name": run_name, "max_usd": max_usd, "price_per_hour": price,
-                "spec": spec.__dict__ | {"env": {}}})
+                "overrides": list(set_ or []), "spec": spec.__dict__ | {"env": public_env}})
     console.print(f"pod {pod['id']} created; state in .medasr-pod.json")
     if watch_:
         runpod_watch(pod_id=None, max_usd=max_usd, interval=60, max_iterations=None)
@@ -560,12 +575,12 @@ def runpod_status(pod_id: Optional[str] = typer.Option(None, "--pod-id")):
 
 @runpod_app.command("cost")
 def runpod_cost(pod_id: Optional[str] = typer.Option(None, "--pod-id")):
-    """Money spent on this run so far (all pods of the run, recreations included)."""
-    from medasr.ops.pods import load_state, spent_usd, status
+    """Money spent on this run so far: every session of every pod of the run (the watcher's .medasr-spend.json)."""
+    from medasr.ops.pods import status
+    from medasr.ops.spend import WatchLedger
 
     pid = _pod_id(pod_id)
-    before = load_state().get("spent_before_usd", 0.0) if not pod_id else 0.0
-    console.print(f"${spent_usd(status(pid), before):.2f} spent")
+    console.print(f"${WatchLedger().observe(pid, status(pid)):.2f} spent")
 
 
 @runpod_app.command("down")
@@ -607,22 +622,24 @@ def runpod_logs(s3: Optional[str] = typer.Option(None, "--s3", help="the run's S
 def runpod_watch(pod_id: Optional[str] = typer.Option(None, "--pod-id"), max_usd: Optional[float] = typer.Option(None, "--max-usd"),
                  interval: float = typer.Option(60.0, help="seconds between checks"),
                  max_iterations: Optional[int] = typer.Option(None, help="stop watching after this many checks")):
-    """Resume an EXITED pod that is not done, recreate one that lost its GPU, stop at the budget cap or when done."""
+    """Resume an EXITED pod that is not done (never one marked FAILED or BUDGET on S3), recreate one whose host has no
+    GPU when its work is safe, stop at the budget cap (spend over every session, .medasr-spend.json) or when done."""
     from medasr.config import load_config
     from medasr.ops.pods import PodSpec, load_state, watch
-    from medasr.ops.storage import remote_run_is_done
+    from medasr.ops.storage import remote_checkpoint_verified, remote_run_state
 
     state = load_state()
     if pod_id:
         state["pod_id"] = pod_id
     spec = PodSpec(**{k: v for k, v in state["spec"].items() if k in PodSpec.__dataclass_fields__})
-    cfg = load_config(state["preset"])
+    cfg = load_config(state["preset"], state.get("overrides") or [])
     uri = os.environ.get("MEDASR_S3_URI")
     if not uri:
         console.print("[red]watch needs MEDASR_S3_URI: 'done' is read from the run's markers synced to S3")
         raise typer.Exit(2)
-    why = watch(spec, state, lambda: remote_run_is_done(uri, cfg.train.max_steps), max_usd or state["max_usd"],
-                interval_s=interval, max_iterations=max_iterations)
+    why = watch(spec, state, lambda: remote_run_state(uri, cfg.train.max_steps), max_usd or state["max_usd"],
+                interval_s=interval, max_iterations=max_iterations,
+                work_is_safe=lambda: bool(spec.network_volume_id) or remote_checkpoint_verified(uri))
     console.print(f"watch ended: {why}")
 
 

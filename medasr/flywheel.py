@@ -143,7 +143,9 @@ def mark_failed(run_dir: Path, stage_name: str, err: Exception) -> None:
     relaunching it; fix the config and run `medasr supervise --retry-failed` (or delete the file)."""
     from medasr.atomic import write_text_atomic
 
+    run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / FAILED, json.dumps({"stage": stage_name, "error": type(err).__name__, "reason": str(err),
+                                                    "kind": "permanent",
                                                     "time": dt.datetime.now(dt.timezone.utc).isoformat()}, indent=2))
 
 
@@ -208,6 +210,21 @@ def export_selected(cfg: Config, run_dir: Path, base: str, step: int, train_fp: 
 
 
 def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
+    """The whole flywheel. An exception that will fail the same way on a retry (medasr.ops.failures) marks the run
+    FAILED with the stage it came from, so the supervisor stops (and the pod with it) instead of retrying; a transient
+    one (network, hub 5xx) is left to the supervisor's bounded retries."""
+    from medasr.ops.failures import is_transient
+
+    current = ["start"]
+    try:
+        return _run_flywheel(cfg, run_dir, force_train, current)
+    except Exception as e:
+        if not is_transient(e) and not (run_dir / FAILED).exists():
+            mark_failed(run_dir, current[0], e)
+        raise
+
+
+def _run_flywheel(cfg: Config, run_dir: Path, force_train: bool, current: list) -> dict:
     if cfg.model.kind == "asr":
         from medasr.models.asr import check_base
 
@@ -218,6 +235,7 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
     timings: dict[str, float] = {}
 
     def stage(name: str, fn):
+        current[0] = name
         console.rule(f"[bold]{name}")
         t = time.time()
         try:

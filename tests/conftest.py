@@ -83,3 +83,25 @@ def tiny_parakeet_run(tiny_run, tmp_path_factory):
     cfg = load_config("tiny-parakeet", ["train.max_steps=60", "train.ckpt_every_n_steps=20", "train.val_every_n_steps=20"])
     summary = run_flywheel(cfg, run_dir)
     return cfg, run_dir, summary
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """S3 on loopback (moto server), a bucket `medasr-test`; the AWS_* environment points boto3 (and curl) at it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    old = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ENDPOINT_URL_S3=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="testing",
+                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    boto3.client("s3").create_bucket(Bucket="medasr-test")
+    yield f"http://{host}:{port}"
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -2,6 +2,15 @@
 
 It parses GraphQL literals for real (strings with escapes, objects, lists), so a client that fails to escape a quote
 gets the same kind of syntax error the real API returns.
+
+Where our code depends on the API's behaviour, the server follows what the SDK and docs say, not what is convenient:
+- `podResume` answers only the fields the SDK's mutation selects (runpod 1.12.0,
+  runpod/api/mutations/pods.py `generate_pod_resume_mutation`: id, desiredStatus, imageName, env, machineId,
+  machine.podHostId): no gpuCount, which only `pod(...)` reports (runpod/api/queries/pods.py).
+- `uptimeSeconds` is per pod session: RunPod's docs do not say whether it survives a stop/resume, so by default a
+  resume starts it again (`uptime_resets_on_resume`), the case that would hide earlier sessions' spend.
+- `podStop` of an EXITED pod is accepted; a stopped pod keeps its volume (docs.runpod.io: "Stop a Pod": volume disk is
+  still billed while stopped).
 """
 
 import json
@@ -81,7 +90,10 @@ class RunPodAPI:
         self.api_key = api_key
         self.pods, self.calls, self.created = {}, [], []
         self.resume_gpus = None  # None: resume gives the requested GPUs; 0: no GPU free on the host
-        self.uptime_s = 3600
+        self.uptime_s = 3600  # the current session's uptime of every pod (tests set it)
+        self.uptime_resets_on_resume = True
+        self.fail_resume = 0  # the next N podResume calls fail (e.g. no capacity, a network error)
+        self.fail_create = 0
         self.volumes = [{"id": "vol-1", "dataCenterId": "EU-RO-1"}]
         self._n = 0
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -136,6 +148,10 @@ class RunPodAPI:
             return {"myself": {"id": "user-1", "pubKey": "", "networkVolumes": self.volumes}}
         if "podFindAndDeployOnDemand" in q:
             inp = parse_args(q, "podFindAndDeployOnDemand")["input"]
+            if self.fail_create > 0:
+                self.fail_create -= 1
+                self.calls.append(("create-failed", None))
+                raise GraphQLSyntaxError("There are no longer any instances available with the requested specifications.")
             self._n += 1
             pod = {"id": f"pod-{self._n}", "desiredStatus": "RUNNING", "costPerHr": GPUS[inp["gpuTypeId"]]["securePrice"]
                    * inp.get("gpuCount", 1), "env": inp.get("env", []), "dockerArgs": inp.get("dockerArgs"), **inp}
@@ -157,9 +173,14 @@ class RunPodAPI:
                 if op == "podTerminate":
                     del self.pods[pod["id"]]
                     return {"podTerminate": None}
+                if self.fail_resume > 0:
+                    self.fail_resume -= 1
+                    raise GraphQLSyntaxError("Something went wrong. Please try again later or contact support.")
                 gpus = inp["gpuCount"] if self.resume_gpus is None else self.resume_gpus
                 pod["gpuCount"], pod["desiredStatus"] = gpus, "RUNNING"
-                return {"podResume": {"id": pod["id"], "desiredStatus": "RUNNING", "gpuCount": gpus, "imageName": pod["imageName"],
+                if self.uptime_resets_on_resume:
+                    self.uptime_s = 0
+                return {"podResume": {"id": pod["id"], "desiredStatus": "RUNNING", "imageName": pod["imageName"],
                                       "env": [], "machineId": "m1", "machine": {"podHostId": "h1"}}}
         if "pod(input" in q:
             pid = parse_args(q, "pod")["input"]["podId"]

@@ -225,12 +225,20 @@ class BackgroundSync:
 
 def remote_run_is_done(uri: str, max_steps: int, endpoint_url: str | None = None) -> bool:
     """Is the run under this S3 prefix finished? Reads the same markers the supervisor uses."""
+    return remote_run_state(uri, max_steps, endpoint_url) == "done"
+
+
+def remote_run_state(uri: str, max_steps: int, endpoint_url: str | None = None) -> str:
+    """"done", "failed" (RUN/FAILED: a permanent error), "budget" (RUN/BUDGET: the pod stopped itself at its cap) or
+    "running", from the markers synced under this S3 prefix."""
     import tempfile
 
     from medasr.ops.supervisor import EXPORT_MARKERS, run_is_done
 
     bucket, prefix = parse_uri(uri)
     s3 = client(endpoint_url)
+    if _remote(s3, bucket, f"{prefix}/FAILED") is not None:
+        return "failed"
     with tempfile.TemporaryDirectory() as tmp:
         rd = Path(tmp)
         for rel in ("summary.json", "train/DONE", *EXPORT_MARKERS):
@@ -242,4 +250,14 @@ def remote_run_is_done(uri: str, max_steps: int, endpoint_url: str | None = None
                 (rd / rel).write_bytes(b"present")  # existence is all run_is_done checks
             else:
                 s3.download_file(bucket, f"{prefix}/{rel}", str(rd / rel))
-        return run_is_done(rd, max_steps)[0]
+        if run_is_done(rd, max_steps)[0]:
+            return "done"
+    return "budget" if _remote(s3, bucket, f"{prefix}/BUDGET") is not None else "running"
+
+
+def remote_checkpoint_verified(uri: str, endpoint_url: str | None = None) -> bool:
+    """Does S3 hold the run's last.ckpt, uploaded and verified by `sync_up` (its MD5 recorded)? Then losing the pod's
+    volume loses no training."""
+    bucket, prefix = parse_uri(uri)
+    head = _remote(client(endpoint_url), bucket, f"{prefix}/train/checkpoints/last.ckpt")
+    return bool(head and head.get("Metadata", {}).get("medasr-md5"))

@@ -4,9 +4,15 @@
   that group (the trainer then writes `last.ckpt`), and the supervisor exits without restarting.
 - "Done" is decided only from files — `summary.json` status done + `train/DONE` at max_steps + the exported adapter,
   or a flywheel that stopped at the gate — never from an exit code (Lightning exits 0 on SIGTERM).
-- Any other exit is restarted with exponential backoff, up to `max_restarts`.
+- A permanent error (RUN/FAILED, written by the flywheel for anything that would fail the same way again) is never
+  relaunched: the marker is synced to S3 first (so `runpod watch` sees it), then the supervisor exits and run.sh stops
+  the pod. Any other exit is transient (a killed or preempted child, a network error) and is restarted with
+  exponential backoff, up to `max_restarts`; `supervisor.json` says which kind it saw.
 - Before each launch, unfinished checkpoint writes are removed and an unreadable `last.ckpt` is replaced by the
   newest readable step checkpoint.
+- Budget: on a pod (`runpod up` passes MEDASR_PRICE_PER_HOUR and MEDASR_MAX_USD) the supervisor counts the pod's own
+  wall time (medasr.ops.spend.PodLedger, RUN/spend.json); at the cap it stops the child (which saves last.ckpt), writes
+  RUN/BUDGET, syncs it and exits 3, and run.sh stops the pod, with or without a watcher. A raised cap lets it go on.
 - On a fresh machine whose run dir is empty, the run is first restored from S3 (when an S3 URI is configured).
 - `supervisor.json` = {"state": running|backoff|done|failed|stopped, "restarts", "last_exit", "heartbeat", ...}.
 """
@@ -109,6 +115,14 @@ class Supervisor:
                       "started": now(), "reason": None, "cleanups": []}
         self.child: subprocess.Popen | None = None
         self._stop = threading.Event()
+        self._budget = threading.Event()
+        self.ledger = None
+        price, cap = (float(os.environ.get(k) or 0) for k in ("MEDASR_PRICE_PER_HOUR", "MEDASR_MAX_USD"))
+        if price > 0 and cap > 0:
+            from medasr.ops.spend import PodLedger
+
+            self.ledger = PodLedger(run_dir / "spend.json", price, cap,
+                                    os.environ.get("MEDASR_CONTAINER_START") or f"{time.time():.0f}")
 
     def _write(self, **kw) -> None:
         self.state.update(kw, heartbeat=now())
@@ -118,11 +132,53 @@ class Supervisor:
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             self._write()
+            self._check_budget()
+
+    def _check_budget(self) -> bool:
+        """True when the pod has spent its cap: the child is stopped (it saves last.ckpt) and RUN/BUDGET written."""
+        if self.ledger is None:
+            return False
+        spent = self.ledger.tick()
+        if self.ledger.over() and not self._budget.is_set():
+            self._budget.set()
+            write_text_atomic(self.run_dir / "BUDGET", json.dumps(
+                {"spent_usd": round(spent, 2), "max_usd": self.ledger.max_usd, "time": now()}, indent=2))
+            if self.child and self.child.poll() is None:
+                os.killpg(self.child.pid, signal.SIGTERM)
+        return self._budget.is_set()
+
+    def _over_budget(self) -> int:
+        self._write(state="budget", child_pid=None, reason=f"budget cap ${self.ledger.max_usd:.2f} reached "
+                    f"(${self.ledger.spent():.2f} spent on this pod); raise MEDASR_MAX_USD to go on")
+        self._sync_marker()
+        return 3
 
     def _forward(self, signum, frame) -> None:
         self._stop.set()
         if self.child and self.child.poll() is None:
             os.killpg(self.child.pid, signal.SIGTERM)  # the trainer saves last.ckpt on SIGTERM
+
+    def _sync_marker(self) -> None:
+        """Push the run's markers (FAILED, supervisor.json, summary) to S3 before the pod stops: the watcher reads them
+        there, and a stopped pod cannot be asked."""
+        from medasr.config import s3_uri
+
+        if uri := s3_uri(self.cfg):
+            from medasr.ops.storage import sync_up
+
+            try:
+                markers = [self.run_dir / n for n in ("FAILED", "supervisor.json", "BUDGET") if (self.run_dir / n).exists()]
+                sync_up(self.run_dir, uri, only=markers)  # the markers first: they decide what the watcher does
+                sync_up(self.run_dir, uri, include_audio=self.cfg.ops.s3_include_audio)  # then whatever is left
+            except Exception as e:  # noqa: BLE001 - the pod still stops; the watcher then sees a stopped, undone run
+                console.print(f"[red]could not sync the run's markers to {uri}: {e}")
+
+    def _failed(self, failed: dict, prefix: str) -> int:
+        self._write(state="failed", child_pid=None,
+                    reason=f"{prefix}: permanent error in {failed.get('stage', '?')}: {failed['reason']}; "
+                           "fix it, then supervise --retry-failed")
+        self._sync_marker()
+        return 1
 
     def _maybe_restore(self) -> None:
         from medasr.config import s3_uri
@@ -150,18 +206,24 @@ class Supervisor:
         if self.retry_failed:
             (self.run_dir / "FAILED").unlink(missing_ok=True)
         elif failed := read_failed(self.run_dir):  # e.g. a pod restart after a doomed run: do not pay for it again
-            self._write(state="failed", reason=f"run marked FAILED ({failed['reason']}); fix it, then --retry-failed")
-            return 1
+            return self._failed(failed, "run marked FAILED")
+        if self.ledger is not None:
+            if self._check_budget():
+                return self._over_budget()
+            (self.run_dir / "BUDGET").unlink(missing_ok=True)  # the cap was raised: go on
         while True:
             done, why = run_is_done(self.run_dir, self.cfg.train.max_steps)
             if done:
                 self._write(state="done", reason=why, child_pid=None)
                 return 0
+            if self._budget.is_set():
+                return self._over_budget()
             if self._stop.is_set():
                 self._write(state="stopped", reason="stop signal received", child_pid=None)
                 return 143
             if self.state["restarts"] > self.max_restarts:
                 self._write(state="failed", reason=f"gave up after {self.max_restarts} restarts ({why})", child_pid=None)
+                self._sync_marker()
                 return 1
             cleaned = clean_checkpoints(self.run_dir / "train" / "checkpoints")
             if cleaned:
@@ -172,15 +234,15 @@ class Supervisor:
             rc = self.child.wait()
             self._write(last_exit=rc, child_pid=None)
             if failed := read_failed(self.run_dir):
-                self._write(state="failed", reason=f"run failed and will not be relaunched: {failed['reason']}")
-                return 1
+                return self._failed(failed, "not relaunched")
             done, why = run_is_done(self.run_dir, self.cfg.train.max_steps)
-            if done or self._stop.is_set():
+            if done or self._stop.is_set() or self._budget.is_set():
                 continue
             # a child that ran for a while made progress: start the backoff again from the bottom
             failures = 1 if time.time() - started > 600 else failures + 1
             delay = min(self.backoff_max, self.backoff_base * 2 ** (failures - 1))
             self.state["restarts"] += 1
-            self._write(state="backoff", reason=f"exit {rc}; not done ({why}); retry in {delay:.0f}s")
-            console.print(f"[yellow]flywheel exited {rc} ({why}); restart {self.state['restarts']} in {delay:.0f}s")
+            kind = f"killed by signal {-rc}" if rc < 0 else f"exit {rc}"
+            self._write(state="backoff", reason=f"transient: {kind}; not done ({why}); retry in {delay:.0f}s")
+            console.print(f"[yellow]flywheel {kind} (transient; {why}); restart {self.state['restarts']} in {delay:.0f}s")
             self._stop.wait(delay)
