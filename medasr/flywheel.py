@@ -143,7 +143,6 @@ def mark_failed(run_dir: Path, stage_name: str, err: Exception) -> None:
     relaunching it; fix the config and run `medasr supervise --retry-failed` (or delete the file)."""
     from medasr.atomic import write_text_atomic
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / FAILED, json.dumps({"stage": stage_name, "error": type(err).__name__, "reason": str(err),
                                                     "kind": "permanent",
                                                     "time": dt.datetime.now(dt.timezone.utc).isoformat()}, indent=2))
@@ -219,7 +218,8 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
     try:
         return _run_flywheel(cfg, run_dir, force_train, current)
     except Exception as e:
-        if not is_transient(e) and not (run_dir / FAILED).exists():
+        # (a base refused before the run dir exists leaves nothing behind; on a pod run.sh has made the dir)
+        if not is_transient(e) and run_dir.exists() and not (run_dir / FAILED).exists():
             mark_failed(run_dir, current[0], e)
         raise
 
