@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import csv
 import re
-import unicodedata
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from medasr.evaluate.normalize import find_term, term_tokens, unify_apostrophes
+from medasr.evaluate.normalize import find_term, strip_accents, term_tokens, unify_apostrophes
 
 CATEGORIES = ("drug", "condition", "procedure", "anatomy", "lab")
 
@@ -27,8 +26,7 @@ _POSSESSIVE = re.compile(r"(\w)'s\b")
 
 def lexicon_tokens(text: str) -> tuple[str, ...]:
     """Data-side tokens: NFKD, lowercase, possessive 's dropped, hyphen/slash split, punctuation removed."""
-    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).lower()
-    text = _POSSESSIVE.sub(r"\1", unify_apostrophes(text))
+    text = _POSSESSIVE.sub(r"\1", unify_apostrophes(strip_accents(text).lower()))
     text = _PUNCT.sub(" ", text.replace("-", " ").replace("/", " ")).replace("'", "")
     return tuple(text.split())
 

@@ -62,7 +62,12 @@ def compare_rows(before_rows: list[dict], after_rows: list[dict], priority: list
     out = {"n_rows": len(pairs), "n_boot": n_boot, "seed": seed, "priority": list(priority), "min_clusters": min_clusters,
            "clusters": {"wer": cluster_key, "ker": "term"}, "deltas": {}}
     edits_b, edits_a = np.array([s.word_edits for s in sb], float), np.array([s.word_edits for s in sa], float)
-    out["deltas"]["wer"] = _paired(edits_b, edits_a, words, clusters, n_boot, seed)
+
+    def wer(mask) -> dict:
+        m = np.asarray(mask, float)
+        return _paired(edits_b * m, edits_a * m, words * m, clusters, n_boot, seed)
+
+    out["deltas"]["wer"] = wer(np.ones(len(rows)))
     occ = np.array([len(s.occurrences) for s in sb], float)
     out["deltas"]["term_error_rate"] = _paired(
         np.array([sum(1 - o[2] for o in s.occurrences) for s in sb], float),
@@ -87,20 +92,18 @@ def compare_rows(before_rows: list[dict], after_rows: list[dict], priority: list
             sm = np.array([flag(r, "speaker_seen") is spk for r in rows], float)
             if not sm.sum():
                 continue
-            out["deltas"][f"wer[{name}]"] = _paired(edits_b * sm, edits_a * sm, words * sm, clusters, n_boot, seed)
+            out["deltas"][f"wer[{name}]"] = wer(sm)
             for seen in (True, False):
                 m = sm * np.array([flag(r, "term_seen") is seen for r in rows], float)
                 if m.sum():
                     out["deltas"][f"ker[{'seen' if seen else 'unseen'}, {name}]"] = ker(m)
     for name, mask in design_cells(rows).items():
         out["deltas"][f"ker[{name}]"] = ker(mask)
-        sm = np.array(mask, float)
-        out["deltas"][f"wer[{name}]"] = _paired(edits_b * sm, edits_a * sm, words * sm, clusters, n_boot, seed)
+        out["deltas"][f"wer[{name}]"] = wer(mask)
     sources = sorted({str(r.get("source")) for r in rows if r.get("source")})
     if len(sources) > 1:  # e.g. generic speech: did the fine-tune make the model forget it?
         for src in sources:
-            sm = np.array([str(r.get("source")) == src for r in rows], float)
-            out["deltas"][f"wer[{src}]"] = _paired(edits_b * sm, edits_a * sm, words * sm, clusters, n_boot, seed)
+            out["deltas"][f"wer[{src}]"] = wer([str(r.get("source")) == src for r in rows])
     target = ker([bool(r.get("term")) and r.get("entity_category") in priority for r in rows])
     out["deltas"]["ker[priority]"] = target
     out["decision"], out["reason"] = _decide(target, keep_rel_drop, min_clusters)

@@ -37,7 +37,7 @@ somebody nobody everything something nothing""".split())
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 
 
-def _strip_accents(text: str) -> str:
+def strip_accents(text: str) -> str:
     text = unicodedata.normalize("NFKD", text)
     return "".join(c for c in text if not unicodedata.combining(c))
 
@@ -53,7 +53,7 @@ def join_possessives(text: str) -> str:
 
 def basic_normalize(text: str) -> str:
     """Lowercase, unify apostrophes, drop punctuation (hyphens/slashes become spaces), split letters from digits."""
-    text = unify_apostrophes(_strip_accents(text).lower()).replace("'", "")  # "don't" -> "dont" on both sides
+    text = unify_apostrophes(strip_accents(text).lower()).replace("'", "")  # "don't" -> "dont" on both sides
     text = _PUNCT.sub(" ", text.replace("_", " "))
     return _SPACES.sub(" ", _LETTER_DIGIT.sub(" ", text)).strip()
 

@@ -109,9 +109,9 @@ def status(pod_id: str) -> dict:
     return pod
 
 
-def spent_usd(pod: dict, previous_usd: float = 0.0) -> float:
-    """This pod session's spend (plus `previous_usd`); the run's total over sessions is medasr.ops.spend.WatchLedger."""
-    return previous_usd + float(pod.get("costPerHr") or 0) * float(pod.get("uptimeSeconds") or 0) / 3600
+def spent_usd(pod: dict) -> float:
+    """This pod session's spend; the run's total over sessions and pods is medasr.ops.spend.WatchLedger."""
+    return float(pod.get("costPerHr") or 0) * float(pod.get("uptimeSeconds") or 0) / 3600
 
 
 def stop(pod_id: str) -> dict:
@@ -141,9 +141,9 @@ def watch(spec: PodSpec, state: dict, run_state: Callable[[], str], max_usd: flo
           work_is_safe: Callable[[], bool] = lambda: False, ledger=None, resume_attempts: int = 3) -> str:
     """Keep the run going until done, failed or over budget. `run_state()` → done | failed | budget | running (from the
     markers on S3). Returns the reason it stopped watching."""
-    from medasr.ops.spend import WatchLedger
+    from medasr.ops.spend import LEDGER_FILE, WatchLedger
 
-    ledger = ledger or WatchLedger(state_path.with_name(".medasr-spend.json"))
+    ledger = ledger or WatchLedger(state_path.with_name(LEDGER_FILE.name))
     it = 0
     while max_iterations is None or it < max_iterations:
         it += 1

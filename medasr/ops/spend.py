@@ -57,13 +57,13 @@ class WatchLedger:
 
 class PodLedger:
     def __init__(self, path: Path, price_per_hour: float, max_usd: float, session: str):
+        """`session`: the container's start time in epoch seconds (run.sh's MEDASR_CONTAINER_START)."""
         self.path, self.price, self.max_usd, self.session = path, price_per_hour, max_usd, session
         self.data = json.loads(path.read_text()) if path.exists() else {"sessions": {}}
 
     def tick(self, now: float | None = None) -> float:
         now = time.time() if now is None else now
-        s = self.data["sessions"].setdefault(self.session, {"start": float(self.session) if self.session.replace(".", "", 1).isdigit() else now,
-                                                            "last": now})
+        s = self.data["sessions"].setdefault(self.session, {"start": float(self.session), "last": now})
         s["last"] = max(s["last"], now)
         self.data |= {"price_per_hour": self.price, "max_usd": self.max_usd, "spent_usd": round(self.spent(), 4)}
         write_text_atomic(self.path, json.dumps(self.data, indent=2))

@@ -223,11 +223,6 @@ class BackgroundSync:
             self._thread.join(timeout)
 
 
-def remote_run_is_done(uri: str, max_steps: int, endpoint_url: str | None = None) -> bool:
-    """Is the run under this S3 prefix finished? Reads the same markers the supervisor uses."""
-    return remote_run_state(uri, max_steps, endpoint_url) == "done"
-
-
 def remote_run_state(uri: str, max_steps: int, endpoint_url: str | None = None) -> str:
     """"done", "failed" (RUN/FAILED: a permanent error), "budget" (RUN/BUDGET: the pod stopped itself at its cap) or
     "running", from the markers synced under this S3 prefix."""

@@ -159,8 +159,8 @@ class Supervisor:
             os.killpg(self.child.pid, signal.SIGTERM)  # the trainer saves last.ckpt on SIGTERM
 
     def _sync_marker(self) -> None:
-        """Push the run's markers (FAILED, supervisor.json, summary) to S3 before the pod stops: the watcher reads them
-        there, and a stopped pod cannot be asked."""
+        """Push the run's markers (FAILED, BUDGET, supervisor.json) to S3 before the pod stops, then the rest of the run:
+        the watcher reads them there, and a stopped pod cannot be asked."""
         from medasr.config import s3_uri
 
         if uri := s3_uri(self.cfg):
