@@ -515,7 +515,8 @@ def runpod_up(preset: str = typer.Option("canary-qwen-2.5b", "--preset", "-p"), 
                                             "stops it too)"),
               set_: Optional[List[str]] = SetOpt,
               torch_index: Optional[str] = typer.Option(None, "--torch-index", help="pip index for torch on the pod "
-                                                        "(MEDASR_TORCH_INDEX), e.g. a CUDA-specific wheel index"),
+                                                        "(MEDASR_TORCH_INDEX), e.g. https://download.pytorch.org/whl/cu128 "
+                                                        "for hosts older than CUDA 13 (PyPI's torch 2.13.0 needs 13)"),
               ssh: bool = typer.Option(False, "--ssh", help="also start the image's SSH service (/start.sh)"),
               yes: bool = typer.Option(False, "--yes", help="really create the pod (it costs money)"),
               watch_: bool = typer.Option(False, "--watch", help="then watch it until done or over budget")):
@@ -531,14 +532,16 @@ def runpod_up(preset: str = typer.Option("canary-qwen-2.5b", "--preset", "-p"), 
     if torch_index:
         spec.env["MEDASR_TORCH_INDEX"] = torch_index
     try:
+        cuda = spec.allowed_cuda()
         price = hourly_price(spec)
-    except PodError as e:
+    except (PodError, ValueError) as e:
         console.print(f"[red]{escape(str(e))}[/]")
         raise typer.Exit(2)
     est = estimate_hours(cfg.train.max_steps, cfg.train.batch_size, batch_tokens=cfg.train.batch_tokens,
                          kind=cfg.model.kind)
     cost = price * est["total_hours"]
-    console.print(f"{gpu} x{gpu_count} ({cloud.lower()} cloud): ${price:.2f}/h")
+    console.print(f"{gpu} x{gpu_count} ({cloud.lower()} cloud): ${price:.2f}/h, on hosts whose driver runs CUDA "
+                  f"{', '.join(cuda)} (the image's and torch's CUDA)")
     console.print(f"estimate: {est['total_hours']:.1f} h ({est['train_hours']:.1f} h training + {est['overhead_hours']} h "
                   f"overhead) ≈ ${cost:.2f}; budget cap ${max_usd:.2f}")
     if cost > max_usd:

@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+PY=${PYTHON:-python3.11}
+# On a GPU host, first make sure its driver can run the torch we are about to install (medasr/ops/cuda.py): a torch
+# that cannot see the GPU would train on the CPU while the GPU bills. Standard library only, before any download.
+$PY -m medasr.ops.cuda check "${MEDASR_TORCH_INDEX:-}"
 pkgs=(espeak-ng sox libsndfile1 ffmpeg wordnet-base git git-lfs)
 [ "${1:-}" = "--test" ] && pkgs+=(chromium)
 need=()
@@ -12,17 +16,26 @@ for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
 if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-PY=${PYTHON:-python3.11}
 [ -x .venv/bin/python ] || $PY -m venv .venv
 stamp=.venv/.medasr-installed
-want=$(cat requirements.txt requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+want=$(cat requirements.txt requirements.lock pyproject.toml | sha256sum | cut -c1-16)${MEDASR_TORCH_INDEX:+-$MEDASR_TORCH_INDEX}
 if [ "$(cat $stamp 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q --upgrade pip
+  # requirements.lock is resolved for PyPI's CUDA build of torch (scripts/lock.sh); a torch from another index brings
+  # its own CUDA libraries and triton, so their pins are left to it.
+  lock=requirements.lock
+  if [ -n "${MEDASR_TORCH_INDEX:-}" ]; then
+    lock=.venv/constraints-other-torch.txt
+    grep -v -iE "^(nvidia-|cuda-(toolkit|bindings|pathfinder|python|core)==|triton==)" requirements.lock > $lock
+  fi
   # torch first, pinned: on this kind of machine pip finds the CPU build on disk; on a GPU pod PyPI serves the CUDA
-  # build of the same version (MEDASR_TORCH_INDEX picks another index, e.g. a specific CUDA wheel index).
-  .venv/bin/pip install -q ${MEDASR_TORCH_INDEX:+--index-url $MEDASR_TORCH_INDEX} "torch==2.13.0"
-  .venv/bin/pip install -q -r requirements.txt -c requirements.lock
+  # build of the same version (MEDASR_TORCH_INDEX picks another index, e.g. an older CUDA's wheel index).
+  .venv/bin/pip install -q ${MEDASR_TORCH_INDEX:+--index-url $MEDASR_TORCH_INDEX} "torch==2.13.0" -c $lock
+  .venv/bin/pip install -q -r requirements.txt -c $lock
   .venv/bin/pip install -q --no-deps -e .
   echo "$want" > $stamp
 fi
-echo "setup ok: $(.venv/bin/python -c 'import torch,nemo;print("torch",torch.__version__,"nemo",nemo.__version__)')"
+if command -v nvidia-smi >/dev/null; then  # a GPU host: the torch we installed must see it
+  .venv/bin/python -c 'import sys,torch; sys.exit(0 if torch.cuda.is_available() else f"torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use this GPU; nvidia-smi says the driver supports CUDA up to the version in its header")'
+fi
+echo "setup ok: $(.venv/bin/python -c 'import torch,nemo;print("torch",torch.__version__,"cuda",torch.version.cuda,"nemo",nemo.__version__)')"

@@ -18,6 +18,9 @@ import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+# allowedCudaVersions takes RunPod's CudaVersion values only (REST POST /pods, docs.runpod.io/api-reference/pods/POST/pods;
+# the runpod-sdk crate's CudaVersion enum): the CUDA version of the host's driver.
+CUDA_VERSIONS = {"11.8", "12.0", "12.1", "12.2", "12.3", "12.4", "12.5", "12.6", "12.7", "12.8", "12.9", "13.0"}
 GPUS = {"NVIDIA A100 80GB PCIe": {"securePrice": 1.64, "communityPrice": 1.19},
         "NVIDIA H100 80GB HBM3": {"securePrice": 2.99, "communityPrice": 2.39}}
 
@@ -148,6 +151,9 @@ class RunPodAPI:
             return {"myself": {"id": "user-1", "pubKey": "", "networkVolumes": self.volumes}}
         if "podFindAndDeployOnDemand" in q:
             inp = parse_args(q, "podFindAndDeployOnDemand")["input"]
+            bad = [v for v in inp.get("allowedCudaVersions", []) if v not in CUDA_VERSIONS]
+            if bad:
+                raise GraphQLSyntaxError(f"Variable allowedCudaVersions got invalid value {bad[0]!r}")
             if self.fail_create > 0:
                 self.fail_create -= 1
                 self.calls.append(("create-failed", None))

@@ -4,6 +4,7 @@ local RunPod API server (tests/runpod_api.py) and S3 on loopback (moto)."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -137,3 +138,40 @@ def test_pod_stops_itself_at_its_budget_with_no_watcher(pod_env, tmp_path):
     assert remote_run_state(f"{URI}/budget", 300) == "budget"
     spend = json.loads((run_dir / "spend.json").read_text())
     assert spend["spent_usd"] >= 3 and len(spend["sessions"]) == 1
+
+
+@pytest.mark.slow
+def test_pod_killed_mid_training_resumes_to_done_syncs_and_stops(pod_env, tiny_run, tmp_path):
+    """A transient failure (the flywheel SIGKILLed mid-training, as an OOM kill does) is retried by the supervisor,
+    resumes from the last checkpoint to done, is synced to S3, and the pod stops itself (the clean path's ending).
+    The finished tiny run is raised by 40 steps so the kill lands in training without a whole run's time."""
+    api, pod_id, env = pod_env
+    _, done_dir, _ = tiny_run
+    run_dir = tmp_path / "killed"
+    shutil.copytree(done_dir, run_dir, symlinks=True)
+    (run_dir / "supervisor.json").unlink(missing_ok=True)
+    old = json.loads((run_dir / "train/DONE").read_text())["global_step"]
+    env |= {"MEDASR_SET": f"train.max_steps={old + 40}\ntrain.smoke_steps=0\ntrain.ckpt_every_n_steps=10",
+            "MEDASR_S3_URI": f"{URI}/killed"}
+    killed, reasons = [], set()
+
+    def kill_once_then_done():
+        try:
+            sup = json.loads((run_dir / "supervisor.json").read_text())
+            progress = json.loads((run_dir / "train/progress.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+        reasons.add(sup.get("reason"))
+        if not killed and progress["pid"] == sup.get("child_pid") and progress["global_step"] >= old + 15:
+            killed.append(progress["global_step"])
+            os.killpg(sup["child_pid"], signal.SIGKILL)  # no chance to save
+        return sup.get("state") == "done"
+
+    _run_pod(api, pod_id, env, run_dir, kill_once_then_done, timeout=600)
+    sup = json.loads((run_dir / "supervisor.json").read_text())
+    assert killed and sup["state"] == "done" and sup["restarts"] == 1
+    assert any(r and r.startswith("transient: killed by signal 9") for r in reasons), reasons
+    starts = [json.loads(x)["start_step"] for x in (run_dir / "train/resume_log.jsonl").read_text().splitlines()]
+    assert killed[0] - 10 <= starts[-1] <= killed[0]  # resumed from the last checkpoint: at most 10 steps lost
+    assert json.loads((run_dir / "train/DONE").read_text())["global_step"] == old + 40
+    assert remote_run_state(f"{URI}/killed", old + 40) == "done"  # synced before the pod stopped

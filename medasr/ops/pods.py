@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from medasr.console import console
+from medasr.ops.cuda import allowed_cuda_versions
 
 
 STATE_FILE = Path(".medasr-pod.json")
@@ -77,6 +78,10 @@ class PodSpec:
                 env[name] = os.environ[name]
         return env | self.env
 
+    def allowed_cuda(self) -> list[str]:
+        """Host CUDA versions whose driver runs this image and the torch the pod installs (medasr.ops.cuda)."""
+        return allowed_cuda_versions(self.image, (self.env or {}).get("MEDASR_TORCH_INDEX"))
+
 
 def hourly_price(spec: PodSpec) -> float:
     gpu = _sdk().get_gpu(gql_escape(spec.gpu_type), spec.gpu_count)
@@ -98,6 +103,7 @@ def create(spec: PodSpec) -> dict:
         container_disk_in_gb=spec.container_disk_gb, volume_mount_path="/workspace", env=env,
         docker_args=gql_escape(spec.start_command()), network_volume_id=spec.network_volume_id,
         data_center_id=spec.data_center_id, support_public_ip=spec.ssh, start_ssh=spec.ssh,
+        allowed_cuda_versions=spec.allowed_cuda(),
     )
     return pod
 

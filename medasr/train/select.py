@@ -96,14 +96,20 @@ def val_wer_callback(cfg: Config, run_dir: Path):
 
 
 def checkpoint_callbacks(cfg: Config, ckpt_dir: Path) -> list:
-    """The last `train.keep_last` periodic checkpoints (plus last.ckpt) and the best by `val_wer_norm`."""
+    """The last `train.keep_last` periodic checkpoints (plus last.ckpt) and the best by `val_wer_norm`.
+
+    No version counter: in a run dir that moved (a copy, a restore from S3 to another path) Lightning does not restore
+    its callback state, finds last.ckpt already there and writes last-v1.ckpt beside it, so the next resume after a
+    kill would restart from the stale last.ckpt (caught by the pod's transient-kill rehearsal)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     periodic = ModelCheckpoint(dirpath=str(ckpt_dir), filename="step{step:06d}", auto_insert_metric_name=False,
                                every_n_train_steps=cfg.train.ckpt_every_n_steps, every_n_epochs=None, save_last=True,
-                               monitor="step", mode="max", save_top_k=cfg.train.keep_last)
+                               monitor="step", mode="max", save_top_k=cfg.train.keep_last,
+                               enable_version_counter=False)
     best = ModelCheckpoint(dirpath=str(ckpt_dir), filename="best-step{step:06d}", auto_insert_metric_name=False,
-                           monitor=METRIC, mode="min", save_top_k=1, save_on_train_epoch_end=False)
+                           monitor=METRIC, mode="min", save_top_k=1, save_on_train_epoch_end=False,
+                           enable_version_counter=False)
     return [periodic, best]
 
 
