@@ -13,6 +13,18 @@ from rich.console import Console
 from rich.markup import escape
 
 from medasr.console import console
+from medasr.data.lexicon import core_lexicon, lexicon_tsv
+from medasr.data.lexicon_sources import extended_lexicon
+from medasr.data.manifest import read_manifest, write_manifest
+from medasr.models.mini import MINI_DIR
+from medasr.ops.secrets import load_secrets
+from medasr.ops.storage import (StorageError, parse_uri, remote_checkpoint_verified, remote_run_state,
+                                restore as do_restore, sync_up)
+from medasr.runstate import mark_failed
+
+# The CLI is the lazy edge: modules that pull torch, NeMo or OmegaConf (config, the stages, ops that read a preset)
+# are imported inside the commands that need them, so `medasr --help` stays under 0.5 s (tests/test_structure.py);
+# every other module imports its dependencies at the top.
 
 # A fresh medasr process must not attach to a parent's wandb-core service (inherited WANDB_SERVICE): after a crash
 # that service still holds the killed run's id, and the relaunch would fail with "run ID is in use".
@@ -24,8 +36,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 @app.callback()
 def _main():
     """Load `.env` and redact secret values from every log line, before any command runs."""
-    from medasr.ops.secrets import load_secrets
-
     load_secrets()
 
 
@@ -177,7 +187,7 @@ def preflight(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_
 @app.command("train")
 def train_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt):
     """Fine-tune: SALM LoRA or ASR full SFT, per the preset (resumes from RUN/train/checkpoints/last.ckpt)."""
-    from medasr.flywheel import mark_failed, resolve_base
+    from medasr.flywheel import resolve_base
     from medasr.train.inputs import ensure_current
     from medasr.train.trainer import TrainingWatchdogError, is_rank_zero, train
 
@@ -206,7 +216,6 @@ def pretrain_mini(preset: str = typer.Option("mini", "--preset", "-p", help="pre
                                                            "raise pretrain.steps above its step count"),
                   set_: Optional[List[str]] = SetOpt):
     """Pretrain the `mini` base from scratch on generic (non-medical) espeak-ng speech, and ship it."""
-    from medasr.models.mini import MINI_DIR
     from medasr.train.pretrain_mini import PretrainError, pretrain
 
     cfg = _cfg(preset, set_)
@@ -308,8 +317,8 @@ def transcribe(inputs: List[Path] = typer.Argument(..., help="audio files, folde
 
     from rich.progress import Progress
 
-    from medasr.transcribe import (POLICIES, collect_inputs, load_model, model_decoder, stamp_prompts, transcribe_rows,
-                                   write_outputs)
+    from medasr.transcribe import POLICIES, collect_inputs, model_decoder, stamp_prompts, transcribe_rows, write_outputs
+    from medasr.models.load import load_model
 
     if not model:
         console.print("[red]give --model[/] (a SALM export folder, a SALM folder, a .nemo file or a Hub id)")
@@ -351,7 +360,6 @@ def score(manifest: Path, out: Path = typer.Option(..., "--out"),
           lexicon: str = typer.Option("core", help="core (174 curated terms) | extended (+ drugs, ICD-10-CM conditions)")):
     """Score a manifest that holds `text` and `pred_text` (and optionally `term`, `entity_category`)."""
     from medasr.config import Config
-    from medasr.data.manifest import read_manifest
     from medasr.evaluate.stage import score_manifest
 
     cfg = Config()
@@ -388,9 +396,6 @@ def lexicon_(extended: bool = typer.Option(False, help="add drugs and ICD-10-CM 
     """Show the medical lexicon (sizes per category), export it, or tag a sentence."""
     from collections import Counter
 
-    from medasr.data.lexicon import core_lexicon, lexicon_tsv
-    from medasr.data.lexicon_sources import extended_lexicon
-
     lex = extended_lexicon() if extended else core_lexicon()
     console.print(f"{len(lex)} terms: {dict(sorted(Counter(t.entity_category for t in lex.terms).items()))}")
     if out:
@@ -407,7 +412,6 @@ def validate(manifest: Path, report: Path = typer.Option(..., "--report", help="
              skip_bad: bool = typer.Option(False, help="write the accepted rows to --out and exit 0 (rejections still reported)"),
              out: Optional[Path] = typer.Option(None, help="clean manifest to write (default MANIFEST.valid.json)")):
     """Preflight a manifest: exit 1 if any row is rejected; R.json = {accepted, rejected: [{line, audio_filepath, reason}]}."""
-    from medasr.data.manifest import write_manifest
     from medasr.data.validate import validate_manifest, write_report
 
     if not manifest.exists():
@@ -465,8 +469,6 @@ def rehearse(preset: str = PresetOpt, work: Path = typer.Option(None, "--work", 
 def sync(run_dir: Path = typer.Option(..., "--run-dir", "-d"), to: str = typer.Option(..., "--to", help="s3://bucket/prefix"),
          include_audio: bool = typer.Option(False, help="also upload data/audio/")):
     """Upload a run dir to S3 (checkpoints, adapter, reports, manifests): idempotent, verified, resumable."""
-    from medasr.ops.storage import StorageError, sync_up
-
     try:
         r = sync_up(run_dir, to, include_audio=include_audio)
     except StorageError as e:
@@ -479,8 +481,6 @@ def sync(run_dir: Path = typer.Option(..., "--run-dir", "-d"), to: str = typer.O
 def restore(from_: str = typer.Option(..., "--from", help="s3://bucket/prefix"),
             run_dir: Path = typer.Option(..., "--run-dir", "-d")):
     """Pull a run dir back from S3 (only what is missing or different locally)."""
-    from medasr.ops.storage import StorageError, restore as do_restore
-
     try:
         pulled = do_restore(from_, run_dir)
     except StorageError as e:
@@ -606,8 +606,6 @@ def runpod_logs(s3: Optional[str] = typer.Option(None, "--s3", help="the run's S
     """The run's progress as synced to S3 (supervisor state, training heartbeat, summary)."""
     import boto3
 
-    from medasr.ops.storage import parse_uri
-
     uri = s3 or os.environ.get("MEDASR_S3_URI")
     if not uri:
         console.print("[red]no S3 prefix: pass --s3 or set MEDASR_S3_URI; RunPod's own container logs are in its web console")
@@ -629,7 +627,6 @@ def runpod_watch(pod_id: Optional[str] = typer.Option(None, "--pod-id"), max_usd
     GPU when its work is safe, stop at the budget cap (spend over every session, .medasr-spend.json) or when done."""
     from medasr.config import load_config
     from medasr.ops.pods import PodSpec, load_state, watch
-    from medasr.ops.storage import remote_checkpoint_verified, remote_run_state
 
     state = load_state()
     if pod_id:

@@ -13,6 +13,8 @@ from typing import Any, Optional
 import yaml
 from omegaconf import OmegaConf
 
+from medasr.prompts import check_prompts
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -277,7 +279,6 @@ def load_config(preset: str, overrides: Optional[list[str]] = None) -> Config:
         # wiring their sharding is not done (a first attempt hung in validation on CPU/gloo). SALM presets shard.
         raise ValueError("train.devices > 1 is supported for SALM presets (canary-qwen-2.5b, tiny, mini); the Parakeet "
                          "path trains on one device: set train.devices=1")
-    from medasr.prompts import check_prompts
 
     check_prompts(cfg.model.prompt, cfg.model.prompts_by_source)
     return cfg

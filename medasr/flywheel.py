@@ -18,15 +18,27 @@ from pathlib import Path
 from medasr.config import Config, s3_uri, save_config
 from medasr.console import console
 from medasr.data.build import build
+from medasr.data.manifest import read_manifest, write_manifest
+from medasr.data.validate import MAX_SECONDS, validate_manifest, write_report
 from medasr.evaluate.compare import compare_rows
 from medasr.evaluate.gate import decide
 from medasr.evaluate.report import compare_markdown
 from medasr.evaluate.report_html import compare_html
 from medasr.evaluate.report_html import write as write_html
 from medasr.evaluate.stage import evaluate, load_lexicon
-from medasr.data.manifest import read_manifest
-from medasr.train.export import (EXPORT_NAME, NEMO_EXPORT, export_adapter, export_nemo, meta_path, read_meta,
-                                 read_nemo_meta, write_model_card, write_nemo_model_card)
+from medasr.models.asr import check_base
+from medasr.models.load import EXPORT_NAME, NEMO_EXPORT, meta_path, read_meta, read_nemo_meta
+from medasr.models.mini import install_mini
+from medasr.models.tiny import build_tiny_base
+from medasr.models.tiny_asr import build_tiny_parakeet
+from medasr.ops.failures import is_transient
+from medasr.ops.storage import sync_up
+from medasr.runstate import clear_failed, mark_failed, read_failed
+from medasr.train.export import export_adapter, export_nemo, write_model_card, write_nemo_model_card
+from medasr.train.inputs import ensure_current
+from medasr.train.preflight import model_preflight
+from medasr.train.select import reload_check, select_checkpoint
+from medasr.train.smoke import smoke_current, smoke_run
 from medasr.train.trainer import TrainingWatchdogError, is_done, train
 
 SUMMARY_KEYS = ("wer", "cer", "ker", "ker_seen", "ker_unseen", "term_error_rate")
@@ -36,16 +48,11 @@ def resolve_base(cfg: Config, run_dir: Path) -> str:
     """The base model to fine-tune: the Hub id / local path from the preset, the shipped mini base installed into the run,
     or the tiny model built into the run."""
     if cfg.model.base == "mini" and cfg.model.kind == "salm":
-        from medasr.models.mini import install_mini
-
         return str(install_mini(run_dir / "model"))
     if cfg.model.base != "tiny":
         return cfg.model.base  # a refused ASR base is stopped by run_flywheel / asr.load_base
     if cfg.model.kind == "asr":
-        from medasr.models.tiny_asr import build_tiny_parakeet
-
         return str(build_tiny_parakeet(cfg, run_dir / "model", seed=cfg.train.seed))
-    from medasr.models.tiny import build_tiny_base
 
     return str(build_tiny_base(cfg, run_dir / "model", seed=cfg.train.seed))
 
@@ -90,8 +97,8 @@ def train_ddp(cfg: Config, run_dir: Path) -> dict:
         finally:
             for s, h in held.items():
                 signal.signal(s, h)
-        if (run_dir / FAILED).exists():  # the watchdog stopped it (`medasr train` marked the run)
-            raise TrainingWatchdogError(json.loads((run_dir / FAILED).read_text())["reason"])
+        if failed := read_failed(run_dir):  # the watchdog stopped it (`medasr train` marked the run)
+            raise TrainingWatchdogError(failed["reason"])
         if rc != 0 or not is_done(run_dir / "train", cfg.train.max_steps):
             raise RuntimeError(f"training on {cfg.train.devices} devices exited {rc} before max_steps; re-run to resume")
     return json.loads((run_dir / "train" / "DONE").read_text())
@@ -113,9 +120,6 @@ class PreflightError(RuntimeError):
 
 def preflight_manifests(cfg: Config, run_dir: Path) -> dict:
     """Validate every manifest before any model time; stop with the report unless data.skip_bad is set."""
-    from medasr.data.manifest import write_manifest
-    from medasr.data.validate import MAX_SECONDS, validate_manifest, write_report
-
     out = {}
     for split in ("train", "val", "test"):
         m = run_dir / "data" / f"{split}.json"
@@ -133,19 +137,6 @@ def preflight_manifests(cfg: Config, run_dir: Path) -> dict:
             m.replace(m.with_suffix(".with_rejected.json"))
             write_manifest(m, rep.accepted_rows)
     return out
-
-
-FAILED = "FAILED"
-
-
-def mark_failed(run_dir: Path, stage_name: str, err: Exception) -> None:
-    """RUN/FAILED: the run cannot succeed as configured. The supervisor stops (and the pod stops) instead of
-    relaunching it; fix the config and run `medasr supervise --retry-failed` (or delete the file)."""
-    from medasr.atomic import write_text_atomic
-
-    write_text_atomic(run_dir / FAILED, json.dumps({"stage": stage_name, "error": type(err).__name__, "reason": str(err),
-                                                    "kind": "permanent",
-                                                    "time": dt.datetime.now(dt.timezone.utc).isoformat()}, indent=2))
 
 
 def _preflight_current(run_dir: Path, base: str) -> bool:
@@ -183,8 +174,6 @@ def _selection_current(run_dir: Path, step: int) -> dict | None:
 
 def export_selected(cfg: Config, run_dir: Path, base: str, step: int, train_fp: str | None = None) -> dict:
     """Select (best by val WER, or the average if better) → export it → reload check; the export's meta records both."""
-    from medasr.train.select import reload_check, select_checkpoint
-
     sel = _selection_current(run_dir, step)
     if sel is None:
         sel = select_checkpoint(cfg, run_dir, base, step)
@@ -212,25 +201,21 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
     """The whole flywheel. An exception that will fail the same way on a retry (medasr.ops.failures) marks the run
     FAILED with the stage it came from, so the supervisor stops (and the pod with it) instead of retrying; a transient
     one (network, hub 5xx) is left to the supervisor's bounded retries."""
-    from medasr.ops.failures import is_transient
-
     current = ["start"]
     try:
         return _run_flywheel(cfg, run_dir, force_train, current)
     except Exception as e:
         # (a base refused before the run dir exists leaves nothing behind; on a pod run.sh has made the dir)
-        if not is_transient(e) and run_dir.exists() and not (run_dir / FAILED).exists():
-            mark_failed(run_dir, current[0], e)
+        if not is_transient(e) and run_dir.exists() and not read_failed(run_dir):
+            mark_failed(run_dir, current[0].split()[0], e)  # "preflight (model)" → preflight
         raise
 
 
 def _run_flywheel(cfg: Config, run_dir: Path, force_train: bool, current: list) -> dict:
     if cfg.model.kind == "asr":
-        from medasr.models.asr import check_base
-
         check_base(cfg.model.base)  # a refused base stops before any data or model time
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / FAILED).unlink(missing_ok=True)  # a new attempt (the supervisor decides whether to make one)
+    clear_failed(run_dir)  # a new attempt (the supervisor decides whether to make one)
     save_config(cfg, run_dir / "config.yaml")
     timings: dict[str, float] = {}
 
@@ -259,23 +244,15 @@ def _run_flywheel(cfg: Config, run_dir: Path, force_train: bool, current: list) 
     else:
         if not gate.train:
             console.print("[yellow]gate says no; training anyway because --force was given (logged in gate.json)")
-        from medasr.train.preflight import ModelPreflightError, model_preflight
-        from medasr.train.smoke import SmokeRunError, smoke_current, smoke_run
-
-        from medasr.train.inputs import ensure_current
 
         train_fp = ensure_current(cfg, run_dir, base, say=console.print)  # other inputs: train afresh, not resume
-        try:
-            fresh = not is_done(run_dir / "train", cfg.train.max_steps)
-            if fresh and not _preflight_current(run_dir, base):
-                stage("preflight (model)", lambda: model_preflight(cfg, run_dir, base))
-            started = (run_dir / "train" / "checkpoints" / "last.ckpt").exists()
-            if fresh and not started and cfg.train.smoke_steps > 0 and not smoke_current(run_dir, base):
-                stage("smoke run", lambda: smoke_run(cfg, run_dir, base))
-            done = stage("train", lambda: train(cfg, run_dir, base) if cfg.train.devices == 1 else train_ddp(cfg, run_dir))
-        except (ModelPreflightError, SmokeRunError, TrainingWatchdogError) as e:
-            mark_failed(run_dir, {ModelPreflightError: "preflight", SmokeRunError: "smoke"}.get(type(e), "train"), e)
-            raise
+        fresh = not is_done(run_dir / "train", cfg.train.max_steps)
+        if fresh and not _preflight_current(run_dir, base):
+            stage("preflight (model)", lambda: model_preflight(cfg, run_dir, base))
+        started = (run_dir / "train" / "checkpoints" / "last.ckpt").exists()
+        if fresh and not started and cfg.train.smoke_steps > 0 and not smoke_current(run_dir, base):
+            stage("smoke run", lambda: smoke_run(cfg, run_dir, base))
+        done = stage("train", lambda: train(cfg, run_dir, base) if cfg.train.devices == 1 else train_ddp(cfg, run_dir))
         selection = stage("select + export", lambda: export_selected(cfg, run_dir, base, done["global_step"], train_fp))
         adapter = export_path(cfg, run_dir)
         after = stage(
@@ -304,8 +281,6 @@ def _run_flywheel(cfg: Config, run_dir: Path, force_train: bool, current: list) 
     summary["timings_s"] = timings
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if uri := s3_uri(cfg):
-        from medasr.ops.storage import sync_up
-
         res = stage("sync to S3", lambda: sync_up(run_dir, uri, include_audio=cfg.ops.s3_include_audio))
         console.print(f"S3: {len(res.uploaded)} uploaded, {len(res.skipped)} already there → {uri}")
     console.rule("[bold]summary")

@@ -14,7 +14,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Optional
 
-from medasr.models.salm import split_prompt
+from medasr.data.manifest import read_manifest, write_manifest
+
+AUDIO_TAG = "<|audioplaceholder|>"  # SALM's audio locator tag (Canary-Qwen's config: audio_locator_tag)
+
+
+def split_prompt(prompt: str) -> str:
+    """The text before the audio tag. SALM's data pipeline joins consecutive user turns with a space, so training
+    with context=<this> renders the same tokens as the inference prompt `<this> <|audioplaceholder|>`."""
+    if not prompt.rstrip().endswith(AUDIO_TAG):
+        raise ValueError(f"model.prompt must end with {AUDIO_TAG!r} (got {prompt!r})")
+    return prompt.rstrip()[: -len(AUDIO_TAG)].rstrip()
 
 
 def check_prompts(prompt: str, by_source: Mapping[str, str]) -> None:
@@ -42,8 +52,6 @@ def with_contexts(rows: list[dict], prompt: str, by_source: Optional[Mapping[str
 def prompted_manifests(cfg, data_dir: Path, out: Path) -> Path:
     """out/{train,val}.json (RUN/train/data for a run): data_dir's manifests with each row's `context` stamped from the
     config, which is what SALM training reads. Rewritten on every launch so a changed prompt config takes effect."""
-    from medasr.data.manifest import read_manifest, write_manifest
-
     out.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val"):
         rows = with_contexts(read_manifest(data_dir / f"{split}.json"), cfg.model.prompt, cfg.model.prompts_by_source)

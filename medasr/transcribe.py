@@ -28,6 +28,10 @@ import numpy as np
 import soundfile as sf
 
 from medasr.audio import SAMPLE_RATE, read_audio
+from medasr.data.manifest import read_manifest, write_manifest
+from medasr.models import asr, salm
+from medasr.models.load import Loaded, salm_default_prompt
+from medasr.prompts import with_contexts
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".opus"}
 SRT_MAX_WORDS = 12
@@ -109,52 +113,9 @@ def merge_chunk_texts(chunks: list[tuple[float, float, str]]) -> tuple[list[list
     return kept, bounds
 
 
-@dataclass
-class Loaded:
-    model: object
-    kind: str  # salm | asr
-    source: str
-    prompt: Optional[str] = None
-    prompts_by_source: dict = field(default_factory=dict)
-
-
-def load_model(spec: str | Path, kind: Optional[str] = None, device: Optional[str] = None) -> Loaded:
-    """Resolve a model argument: SALM export dir, SALM base dir, .nemo file, or a Hub id (kind guessed from the id
-    unless given: canary-qwen → salm, anything else → asr). Moves the model to `device` (default: cuda if present)."""
-    import torch
-
-    from medasr.models import asr, salm
-    from medasr.train.export import load_adapted
-
-    p = Path(spec)
-    if (p / "medasr_adapter.json").exists():
-        model, meta = load_adapted(p)
-        loaded = Loaded(model, "salm", str(spec), meta["prompt"], meta.get("prompts_by_source") or {})
-    elif p.suffix == ".nemo" or kind == "asr" and not p.is_dir():
-        loaded = Loaded(asr.load_base(spec), "asr", str(spec))
-    elif (p / "config.json").exists() or kind == "salm" or (kind is None and "canary-qwen" in str(spec).lower()):
-        loaded = Loaded(salm.load_base(spec), "salm", str(spec), salm_default_prompt())
-    elif p.exists():
-        raise ValueError(f"{spec}: not a model (expected a medasr SALM export with medasr_adapter.json, a SALM folder "
-                         "with config.json, or a .nemo file)")
-    else:
-        loaded = Loaded(asr.load_base(spec), "asr", str(spec))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loaded.model = loaded.model.to(device)
-    return loaded
-
-
-def salm_default_prompt() -> str:
-    from medasr.config import ModelConfig
-
-    return ModelConfig().prompt
-
-
 def collect_inputs(inputs: list[Path]) -> list[dict]:
     """Files, folders (searched recursively for audio) and NeMo manifests (.json/.jsonl lines with audio_filepath)
     → rows {audio_filepath, ...manifest fields}. Missing paths are an error naming them."""
-    from medasr.data.manifest import read_manifest
-
     rows: list[dict] = []
     missing = [str(i) for i in inputs if not i.exists()]
     if missing:
@@ -182,8 +143,6 @@ def model_decoder(loaded: Loaded, batch_size: int, max_new_tokens: int, prompt: 
                   static_cache: bool = False) -> Decoder:
     """`static_cache` (eval.static_cache): a fixed-size KV cache, which lets transformers compile the decode step on a
     GPU (docs/PERFORMANCE.md); same tokens."""
-    from medasr.models import asr, salm
-
     if loaded.kind == "salm":
         p = prompt or loaded.prompt or salm_default_prompt()
         extra = {"cache_implementation": "static"} if static_cache else {}
@@ -197,7 +156,6 @@ def stamp_prompts(rows: list[dict], loaded: Loaded, prompt: Optional[str] = None
     """SALM rows get their `context` (medasr.prompts: the row's own, else by source, else the default prompt)."""
     if loaded.kind != "salm":
         return rows
-    from medasr.prompts import with_contexts
 
     by = loaded.prompts_by_source if by_source is None else by_source
     return with_contexts(rows, prompt or loaded.prompt or salm_default_prompt(), by)
@@ -285,8 +243,6 @@ def write_outputs(results: list[FileResult], rows: list[dict], out_dir: Path, fo
                   policy: ChunkPolicy) -> list[Path]:
     """Per file: <stem>.txt / .json / .srt (stems made unique); plus transcripts.json, a NeMo manifest with pred_text
     (the input rows' fields kept, so a manifest with `text` can go straight to `medasr score`)."""
-    from medasr.data.manifest import write_manifest
-
     bad = set(formats) - {"txt", "json", "srt"}
     if bad:
         raise ValueError(f"unknown output format(s) {sorted(bad)}: use txt, json, srt")

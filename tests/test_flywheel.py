@@ -15,8 +15,9 @@ from medasr.config import load_config
 from medasr.data.manifest import read_manifest
 from medasr.flywheel import run_flywheel
 from medasr.models.salm import load_base, transcribe_paths
-from medasr.train.export import AdapterError, export_keys, load_adapted
-from medasr.train.trainer import FreezePatternError, apply_freeze, load_training_checkpoint
+from medasr.train.export import export_keys
+from medasr.models.load import AdapterError, load_adapted
+from medasr.models.load import FreezePatternError, apply_freeze, load_training_checkpoint
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parent.parent

@@ -90,7 +90,7 @@ def test_tiny_parakeet_flywheel_end_to_end(tiny_parakeet_run):
         assert m["n_rows"] == len((run_dir / "data/test.json").read_text().splitlines())
     card = (run_dir / "adapted_model.md").read_text()
     assert "Trained steps: 60" in card and "ASRModel.restore_from" in card
-    from medasr.ops.supervisor import run_is_done
+    from medasr.runstate import run_is_done
 
     assert run_is_done(run_dir, 60) == (True, "done")  # the supervisor recognises a finished ASR run
 

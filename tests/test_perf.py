@@ -92,7 +92,7 @@ def test_train_flops_of_the_release_shape_at_24k_tokens():
 
 def test_speed_switches_change_speed_not_math(tmp_path):
     from medasr.models.speed import state_key
-    from medasr.train.trainer import missing_trainable
+    from medasr.models.load import missing_trainable
 
     plain_cfg = load_config("tiny", ["train.target_logits_only=false"])
     fast_cfg = load_config("tiny", ["train.encoder_sdpa=true", "train.activation_checkpointing=true"])
@@ -209,7 +209,8 @@ def test_static_kv_cache_decodes_the_same_transcripts(tiny_run):
     the fine-tuned tiny model's transcripts of test rows are identical either way."""
     from medasr.audio import read_audio
     from medasr.data.manifest import read_manifest
-    from medasr.transcribe import load_model, model_decoder
+    from medasr.transcribe import model_decoder
+    from medasr.models.load import load_model
 
     _, run_dir, _ = tiny_run
     loaded = load_model(run_dir / "canary-qwen-medical-lora")

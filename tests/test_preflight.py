@@ -86,7 +86,8 @@ def test_tied_embeddings_pass_preflight_and_stay_out_of_slim_checkpoints(tiny_da
     from medasr.models.tiny import build_tiny_base
     from medasr.models.salm import load_base
     from medasr.train.preflight import checkpoint_shapes
-    from medasr.train.trainer import apply_freeze, slim_checkpoint_callback
+    from medasr.train.trainer import slim_checkpoint_callback
+    from medasr.models.load import apply_freeze
 
     rd = tiny_data_and_base
     cfg = load_config("tiny", ["model.tiny.tie_word_embeddings=true"])

@@ -53,7 +53,8 @@ def test_average_of_two_checkpoints_is_the_elementwise_mean(tiny_run, tmp_path):
     from typer.testing import CliRunner
 
     from medasr.cli import app
-    from medasr.train.export import export_adapter, load_adapted
+    from medasr.train.export import export_adapter
+    from medasr.models.load import load_adapted
 
     cfg, run_dir, _ = tiny_run
     a, b = run_dir / "train/checkpoints/step000200.ckpt", run_dir / "train/checkpoints/step000250.ckpt"
@@ -83,8 +84,9 @@ def test_untrained_export_fails_the_non_zero_check(tiny_data_and_base, tmp_path)
     import torch
 
     from medasr.models.salm import load_base
-    from medasr.train.export import AdapterError, export_adapter
-    from medasr.train.trainer import apply_freeze
+    from medasr.train.export import export_adapter
+    from medasr.models.load import AdapterError
+    from medasr.models.load import apply_freeze
 
     rd = tiny_data_and_base
     cfg = load_config("tiny")
@@ -140,7 +142,7 @@ def test_reload_check_refuses_an_export_that_does_not_reproduce(tiny_run, tmp_pa
     import torch
     from safetensors.torch import load_file, save_file
 
-    from medasr.train.export import AdapterError
+    from medasr.models.load import AdapterError
     from medasr.train.select import reload_check
 
     cfg, run_dir, _ = tiny_run
@@ -194,7 +196,8 @@ def test_asr_export_equal_to_the_base_is_refused(tiny_parakeet_data_and_base, tm
     import torch
 
     from medasr.models.asr import load_base
-    from medasr.train.export import AdapterError, export_nemo
+    from medasr.train.export import export_nemo
+    from medasr.models.load import AdapterError
 
     rd = tiny_parakeet_data_and_base
     cfg = load_config("tiny-parakeet")

@@ -20,9 +20,12 @@ from rich.progress import Progress
 from medasr.config import Config
 from medasr.console import console
 from medasr.data.contamination import decontaminate
+from medasr.data.generic_speech import GenericUtterance, synthesize_generic
+from medasr.data.generic_text import generic_sentences
 from medasr.data.lexicon import core_lexicon
 from medasr.data.manifest import read_manifest, write_manifest
 from medasr.data.select import cluster_of, speaker_of, speakers, split_train_val, stratified_take
+from medasr.data.sources import load_source
 from medasr.data.synth import plan_corpus, synthesize
 
 SPLITS = ("train", "val", "test")
@@ -74,8 +77,6 @@ def _summary(rows: list[dict]) -> dict:
 
 
 def _build_real(cfg: Config, data_dir: Path, want: tuple[str, ...] = SPLITS) -> tuple[dict[str, list[dict]], dict]:
-    from medasr.data.sources import load_source
-
     d = cfg.data
     res = load_source(d.source, data_dir / "audio", Path(d.local) if d.local else None,
                       text_column=d.text_column, audio_column=d.audio_column, speaker_column=d.speaker_column)
@@ -176,9 +177,6 @@ def _generic_test_rows(cfg: Config, data_dir: Path) -> list[dict]:
     """Non-medical test rows: generic WordNet sentences longer than pretraining's `max_words`, so neither trained on
     nor used to select the mini base (its held-out set was), spoken alternately by the test voice and a training
     voice, clean."""
-    from medasr.data.generic_speech import GenericUtterance, synthesize_generic
-    from medasr.data.generic_text import generic_sentences
-
     s = cfg.data.synth
     unused = sorted(x for x in generic_sentences().sentences if len(x.split()) > cfg.pretrain.max_words)
     rng = random.Random(cfg.data.seed)

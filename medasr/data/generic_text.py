@@ -18,6 +18,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medasr.data.lexicon_sources import extended_lexicon
+
 WORDNET_DIR = Path("/usr/share/wordnet")
 WORDNET_LICENCE = "WordNet 3.0 licence (Princeton University); WordNet 3.0 Copyright 2006 by Princeton University"
 _QUOTED = re.compile(r'"([^"]+)"')
@@ -63,8 +65,6 @@ def clean(example: str, min_words: int = 4, max_words: int = 20) -> str | None:
 def generic_sentences(wordnet_dir: Path = WORDNET_DIR, lexicon=None, max_examples: int = 20) -> GenericText:
     """Cleaned, de-duplicated WordNet examples minus every sentence naming a medical lexicon term."""
     if lexicon is None:
-        from medasr.data.lexicon_sources import extended_lexicon
-
         lexicon = extended_lexicon()
     raw = wordnet_examples(wordnet_dir)
     seen: set[str] = set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from medasr.data.lexicon import core_lexicon
 from medasr.evaluate.metrics import (cluster_totals, design_cells, flag, resampled_totals, score_rows, term_clusters,
                                      wer_clusters)
 
@@ -50,8 +51,6 @@ def compare_rows(before_rows: list[dict], after_rows: list[dict], priority: list
         raise ValueError(f"{len(differ)} row(s) have a different reference (text or term) in the two evaluations, "
                          f"e.g. {differ[:3]}: compare evaluations of the same test manifest")
     if lexicon is None:
-        from medasr.data.lexicon import core_lexicon
-
         lexicon = core_lexicon()
     sb = score_rows([b for b, _ in pairs], normalizer, lexicon)
     sa = score_rows([a for _, a in pairs], normalizer, lexicon)

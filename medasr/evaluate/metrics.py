@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import jiwer
 import numpy as np
 
+from medasr.data.lexicon import core_lexicon
 from medasr.evaluate.normalize import contains_term, normalize, term_tokens
 
 PARALLEL_MIN_ROWS = 4000  # below this, process start-up costs more than it saves
@@ -222,8 +223,6 @@ def compute_metrics(rows: list[dict], normalizer: str = "whisper", n_boot: int =
     `speaker_seen`: then `by_speaker` repeats WER/KER for rows spoken by a training speaker and by a new one).
     `lexicon`: tag medical terms in references for the term error rate (default: the bundled core lexicon)."""
     if lexicon is None:
-        from medasr.data.lexicon import core_lexicon
-
         lexicon = core_lexicon()
     scores = score_rows(rows, normalizer, lexicon, workers)
     ref_words = sum(s.ref_words for s in scores)

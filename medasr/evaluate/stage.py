@@ -9,11 +9,16 @@ import torch
 from rich.progress import Progress
 
 from medasr.config import Config
+from medasr.data.lexicon import core_lexicon
+from medasr.data.lexicon_sources import extended_lexicon
 from medasr.data.manifest import read_manifest, write_manifest
 from medasr.evaluate.metrics import compute_metrics
 from medasr.evaluate.report import metrics_markdown
 from medasr.evaluate.report_html import eval_html, write
 from medasr.fingerprint import digest, file_sha256, model_digest
+from medasr.models.load import load_model
+from medasr.ops.tracking import log_eval
+from medasr.transcribe import POLICIES, model_decoder, stamp_prompts, transcribe_rows
 
 
 def resolve_lexicon(name: str, rows: list[dict]) -> str:
@@ -25,13 +30,9 @@ def resolve_lexicon(name: str, rows: list[dict]) -> str:
 
 
 def load_lexicon(name: str):
-    from medasr.data.lexicon import core_lexicon
-
     if name == "core":
         return core_lexicon()
     if name == "extended":
-        from medasr.data.lexicon_sources import extended_lexicon
-
         return extended_lexicon()
     raise ValueError(f"eval.lexicon={name!r}: use core, extended or auto")
 
@@ -86,8 +87,6 @@ def evaluate(cfg: Config, manifest: Path, out_dir: Path, model_spec: str | Path,
     score it. A finished evaluation of the same inputs costs no model load; other scoring settings re-score the saved
     transcripts; another model, manifest or prompt decodes again. Rows longer than the model's single-pass limit are
     chunked and merged (medasr.transcribe)."""
-    from medasr.transcribe import POLICIES, load_model, model_decoder, stamp_prompts, transcribe_rows
-
     decode = decode_inputs(cfg, manifest, model_spec)
     state = eval_state(out_dir, decode, score_inputs(cfg))
     if state == "done":
@@ -109,7 +108,5 @@ def evaluate(cfg: Config, manifest: Path, out_dir: Path, model_spec: str | Path,
     write_manifest(out_dir / "hyps.json", scored)
     metrics = score_manifest(scored, out_dir, cfg, title, decode)
     if run_dir is not None:
-        from medasr.ops.tracking import log_eval
-
         log_eval(cfg, run_dir, out_dir.name, metrics, scored)
     return metrics

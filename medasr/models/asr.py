@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from medasr.models.salm import hub_ref, quiet_nemo
+from medasr.models.tdt_loss import use_cpu_tdt_loss
 
 # Bases we refuse to fine-tune, with the reason shown to the user.
 REFUSED = {
@@ -95,8 +96,6 @@ def prepare_for_training(model, cfg) -> dict:
     """Full SFT: every parameter trains; optimizer = AdamW + cosine annealing with warmup (NeMo's own optim setup,
     called by ModelPT.configure_optimizers). Optionally switch tokenizer; on CPU swap in the CPU TDT loss."""
     from omegaconf import open_dict
-
-    from medasr.models.tdt_loss import use_cpu_tdt_loss
 
     switch_tokenizer(model, cfg.model.tokenizer_dir)
     if cfg.train.accelerator == "cpu":

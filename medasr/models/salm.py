@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-AUDIO_TAG = "<|audioplaceholder|>"
+from medasr.audio import read_audio
+from medasr.prompts import AUDIO_TAG, split_prompt
+
 
 # Parameter groups of the Canary-Qwen layout, used for the trainable-parameter table and the freeze check.
 GROUPS = (
@@ -30,14 +32,6 @@ def quiet_nemo() -> None:
     nemo_logging.setLevel(pylogging.WARNING)
     for name in ("transformers", "lhotse", "torchao", "lightning.pytorch.utilities.rank_zero"):
         pylogging.getLogger(name).setLevel(pylogging.ERROR)
-
-
-def split_prompt(prompt: str) -> str:
-    """The text before the audio tag. SALM's data pipeline joins consecutive user turns with a space, so training
-    with context=<this> renders the same tokens as the inference prompt `<this> <|audioplaceholder|>`."""
-    if not prompt.rstrip().endswith(AUDIO_TAG):
-        raise ValueError(f"model.prompt must end with {AUDIO_TAG!r} (got {prompt!r})")
-    return prompt.rstrip()[: -len(AUDIO_TAG)].rstrip()
 
 
 def group_of(name: str) -> str:
@@ -127,7 +121,5 @@ def transcribe_arrays(
 def transcribe_paths(model, paths: list[str], prompt: str, batch_size: int = 16, max_new_tokens: int = 128,
                      progress=None, **generation_kwargs) -> list[str]:
     """`transcribe_arrays` on audio files (each resampled to the model's rate, no chunking: see medasr.transcribe)."""
-    from medasr.audio import read_audio
-
     audios = [read_audio(p, model.sampling_rate) for p in paths]
     return transcribe_arrays(model, audios, prompt, batch_size, max_new_tokens, progress, **generation_kwargs)

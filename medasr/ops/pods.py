@@ -21,8 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from medasr.config import load_config
 from medasr.console import console
 from medasr.ops.cuda import allowed_cuda_versions
+from medasr.ops.spend import LEDGER_FILE, WatchLedger
+from medasr.perf.flops import StepShape, train_step_flops
 
 
 STATE_FILE = Path(".medasr-pod.json")
@@ -147,8 +150,6 @@ def watch(spec: PodSpec, state: dict, run_state: Callable[[], str], max_usd: flo
           work_is_safe: Callable[[], bool] = lambda: False, ledger=None, resume_attempts: int = 3) -> str:
     """Keep the run going until done, failed or over budget. `run_state()` → done | failed | budget | running (from the
     markers on S3). Returns the reason it stopped watching."""
-    from medasr.ops.spend import LEDGER_FILE, WatchLedger
-
     ledger = ledger or WatchLedger(state_path.with_name(LEDGER_FILE.name))
     it = 0
     while max_iterations is None or it < max_iterations:
@@ -244,9 +245,6 @@ def estimate_hours(max_steps: int, batch_size: int, avg_audio_s: float = 8.0, av
     20 % of an A100's 312 TFLOP/s peak: small batches of short clips rarely do better). `medasr bench train` on the
     GPU measures the real rate (docs/PERFORMANCE.md). `kind="asr"` (the Parakeet full fine-tune) counts its own model
     instead (`asr_step_flops`)."""
-    from medasr.config import load_config
-    from medasr.perf.flops import StepShape, train_step_flops
-
     sizes = load_config("canary-qwen-2.5b-shapes").model.tiny
     if batch_tokens > 0:  # token batches (train.batch_tokens): as many average rows as the budget holds
         per_row = StepShape(batch=1, audio_s=avg_audio_s, prompt_tokens=prompt_tokens, text_tokens=avg_text_tokens).batch_tokens

@@ -15,10 +15,12 @@ interval short (the pod's own cap, below, does not depend on it).
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 from medasr.atomic import write_text_atomic
+from medasr.config import Config
 
 LEDGER_FILE = Path(".medasr-spend.json")
 
@@ -74,3 +76,8 @@ class PodLedger:
 
     def over(self) -> bool:
         return self.max_usd > 0 and self.spent() >= self.max_usd
+
+
+def price_per_hour(cfg: Config) -> float:
+    """The GPU's hourly price: what `runpod up` saw (MEDASR_PRICE_PER_HOUR on the pod), else the preset's."""
+    return float(os.environ.get("MEDASR_PRICE_PER_HOUR") or cfg.train.price_per_hour)

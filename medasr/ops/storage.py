@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from medasr.atomic import write_text_atomic
+from medasr.runstate import BUDGET, EXPORT_MARKERS, FAILED, run_is_done
 
 PART_SIZE = 16 * 1024 * 1024
 STATE = ".medasr-s3-state.json"
@@ -228,11 +229,10 @@ def remote_run_state(uri: str, max_steps: int, endpoint_url: str | None = None) 
     "running", from the markers synced under this S3 prefix."""
     import tempfile
 
-    from medasr.ops.supervisor import EXPORT_MARKERS, run_is_done
 
     bucket, prefix = parse_uri(uri)
     s3 = client(endpoint_url)
-    if _remote(s3, bucket, f"{prefix}/FAILED") is not None:
+    if _remote(s3, bucket, f"{prefix}/{FAILED}") is not None:
         return "failed"
     with tempfile.TemporaryDirectory() as tmp:
         rd = Path(tmp)
@@ -247,7 +247,7 @@ def remote_run_state(uri: str, max_steps: int, endpoint_url: str | None = None) 
                 s3.download_file(bucket, f"{prefix}/{rel}", str(rd / rel))
         if run_is_done(rd, max_steps)[0]:
             return "done"
-    return "budget" if _remote(s3, bucket, f"{prefix}/BUDGET") is not None else "running"
+    return "budget" if _remote(s3, bucket, f"{prefix}/{BUDGET}") is not None else "running"
 
 
 def remote_checkpoint_verified(uri: str, endpoint_url: str | None = None) -> bool:

@@ -30,45 +30,16 @@ import time
 from pathlib import Path
 
 from medasr.atomic import write_text_atomic
+from medasr.config import load_config, s3_uri
 from medasr.console import console
+from medasr.ops.spend import PodLedger
+from medasr.ops.storage import restore, sync_up
+from medasr.runstate import BUDGET, FAILED, clear_failed, read_failed, run_is_done
 
 
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-# The export a finished run holds: the SALM adapter or the fine-tuned ASR .nemo (one per run, by model kind).
-EXPORT_MARKERS = ("canary-qwen-medical-lora/adapter.safetensors", "adapted_model.nemo")
-
-
-def run_is_done(run_dir: Path, max_steps: int) -> tuple[bool, str]:
-    s = run_dir / "summary.json"
-    if not s.exists():
-        return False, "no summary.json yet"
-    summary = json.loads(s.read_text())
-    status = summary.get("status", "")
-    if status.startswith("stopped at gate"):
-        return True, status
-    if status != "done":
-        return False, f"summary status {status!r}"
-    done = run_dir / "train" / "DONE"
-    if not done.exists() or json.loads(done.read_text()).get("global_step") != max_steps:
-        return False, "train/DONE missing or short of max_steps"
-    if not any((run_dir / rel).exists() for rel in EXPORT_MARKERS):
-        return False, "model not exported"
-    return True, "done"
-
-
-def read_failed(run_dir: Path) -> dict | None:
-    """RUN/FAILED (written by the flywheel when the run cannot succeed as configured), or None."""
-    p = run_dir / "FAILED"
-    try:
-        return json.loads(p.read_text())
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError:
-        return {"reason": f"{p} is unreadable"}
 
 
 def clean_checkpoints(ckpt_dir: Path) -> list[str]:
@@ -105,8 +76,6 @@ class Supervisor:
     def __init__(self, preset: str, run_dir: Path, overrides: list[str], max_restarts: int = 20,
                  backoff_base: float = 5.0, backoff_max: float = 300.0, heartbeat_s: float = 10.0,
                  retry_failed: bool = False):
-        from medasr.config import load_config
-
         self.cfg = load_config(preset, overrides)
         self.preset, self.run_dir, self.overrides = preset, run_dir, overrides
         self.max_restarts, self.backoff_base, self.backoff_max, self.heartbeat_s = max_restarts, backoff_base, backoff_max, heartbeat_s
@@ -119,8 +88,6 @@ class Supervisor:
         self.ledger = None
         price, cap = (float(os.environ.get(k) or 0) for k in ("MEDASR_PRICE_PER_HOUR", "MEDASR_MAX_USD"))
         if price > 0 and cap > 0:
-            from medasr.ops.spend import PodLedger
-
             self.ledger = PodLedger(run_dir / "spend.json", price, cap,
                                     os.environ.get("MEDASR_CONTAINER_START") or f"{time.time():.0f}")
 
@@ -161,13 +128,9 @@ class Supervisor:
     def _sync_marker(self) -> None:
         """Push the run's markers (FAILED, BUDGET, supervisor.json) to S3 before the pod stops, then the rest of the run:
         the watcher reads them there, and a stopped pod cannot be asked."""
-        from medasr.config import s3_uri
-
         if uri := s3_uri(self.cfg):
-            from medasr.ops.storage import sync_up
-
             try:
-                markers = [self.run_dir / n for n in ("FAILED", "supervisor.json", "BUDGET") if (self.run_dir / n).exists()]
+                markers = [self.run_dir / n for n in (FAILED, "supervisor.json", BUDGET) if (self.run_dir / n).exists()]
                 sync_up(self.run_dir, uri, only=markers)  # the markers first: they decide what the watcher does
                 sync_up(self.run_dir, uri, include_audio=self.cfg.ops.s3_include_audio)  # then whatever is left
             except Exception as e:  # noqa: BLE001 - the pod still stops; the watcher then sees a stopped, undone run
@@ -181,12 +144,8 @@ class Supervisor:
         return 1
 
     def _maybe_restore(self) -> None:
-        from medasr.config import s3_uri
-
         uri = s3_uri(self.cfg)
         if uri and not any(self.run_dir.glob("*")):
-            from medasr.ops.storage import restore
-
             pulled = restore(uri, self.run_dir)
             console.print(f"restored {len(pulled)} file(s) from {uri}")
 
@@ -204,7 +163,7 @@ class Supervisor:
         failures = 0
         env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
         if self.retry_failed:
-            (self.run_dir / "FAILED").unlink(missing_ok=True)
+            clear_failed(self.run_dir)
         elif failed := read_failed(self.run_dir):  # e.g. a pod restart after a doomed run: do not pay for it again
             return self._failed(failed, "run marked FAILED")
         if self.ledger is not None:

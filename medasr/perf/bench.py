@@ -22,7 +22,13 @@ import torch
 
 from medasr.atomic import write_text_atomic
 from medasr.config import Config
+from medasr.console import console as shared
+from medasr.models.load import apply_freeze
+from medasr.models.salm import quiet_nemo
+from medasr.models.speed import apply_speed, target_loss, train_inputs
+from medasr.models.tiny import build_llm_folder, new_salm
 from medasr.perf.flops import TOKEN_SECONDS, StepShape, generate_flops, train_step_flops
+from medasr.prompts import AUDIO_TAG, split_prompt
 
 # Transcript-like text: the synthetic targets are real tokens of the model's tokenizer, not random ids.
 _TEXT = ("the patient reports chest pain since yesterday evening and was started on five milligrams of the medication "
@@ -72,9 +78,6 @@ CPU_PARAM_LIMIT = 200_000_000  # beyond this a CPU step takes minutes and the op
 
 def _llm_folder(cfg: Config, work: Path) -> Path:
     """work/llm: the preset's LLM config + tokenizer (built once)."""
-    from medasr.models.salm import quiet_nemo
-    from medasr.models.tiny import build_llm_folder
-
     quiet_nemo()
     if not (work / "llm" / "config.json").exists():
         build_llm_folder(work / "llm", cfg.model.tiny)
@@ -83,8 +86,6 @@ def _llm_folder(cfg: Config, work: Path) -> Path:
 
 def count_params(cfg: Config, work: Path) -> int:
     """Parameters of the preset's model without allocating them (meta device)."""
-    from medasr.models.tiny import new_salm
-
     return sum(p.numel() for p in new_salm(_llm_folder(cfg, work), cfg.model.tiny, empty=True).parameters())
 
 
@@ -96,10 +97,6 @@ def check_device(cfg: Config, work: Path) -> None:
 
 def build_model(cfg: Config, work: Path, dev: torch.device, dtype: torch.dtype):
     """Random-init SALM of the preset's sizes on `dev`, frozen as the fine-tune freezes it, speed switches applied."""
-    from medasr.models.speed import apply_speed
-    from medasr.models.tiny import new_salm
-    from medasr.train.trainer import apply_freeze
-
     llm_dir = _llm_folder(cfg, work)
     torch.manual_seed(0)
     with torch.device(dev):  # initialise in place: a 2.5 B model initialised on the CPU takes minutes
@@ -115,8 +112,6 @@ def prompt_and_answer(model, prompt: str, n_text: int) -> tuple[torch.Tensor, to
     laid out by NeMo's prompt formatter as SALM training lays it out (the loss covers the assistant turn, header
     included). ids[:answer start] is the generation prompt (user turn + assistant header)."""
     from nemo.collections.common.prompts import PromptFormatter
-
-    from medasr.models.salm import AUDIO_TAG, split_prompt
 
     fmt = PromptFormatter.resolve(model.cfg.prompt_format)(model.tokenizer)
     user = f"{split_prompt(prompt)} {AUDIO_TAG}".strip()
@@ -158,8 +153,6 @@ def shape_for(model, cfg: Config, batch_tokens: int | None = None, batch: int | 
 
 def _loss(model, batch: dict, target_logits_only: bool) -> torch.Tensor:
     """SALM.training_step's loss without its Lightning logging (which would need a Trainer)."""
-    from medasr.models.speed import target_loss, train_inputs
-
     inputs = train_inputs(model, batch)
     if target_logits_only:  # what the fine-tune's training step computes with train.target_logits_only
         return target_loss(model, inputs)[0]
@@ -206,8 +199,6 @@ def _sizes_with_vocab(cfg: Config, model):
 
 def _setup(cfg: Config, work: Path, console):
     """(console, device, dtype, measured matmul TFLOP/s, model, trainable table, speed switches) for one bench."""
-    from medasr.console import console as shared
-
     check_device(cfg, work)
     dev, dtype = device_and_dtype(cfg)
     ceiling = matmul_tflops(dev, dtype)

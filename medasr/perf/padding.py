@@ -7,15 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from medasr.config import Config
+from medasr.prompts import prompted_manifests
+from medasr.train.trainer import data_config
 
 
 def padding_stats(cfg: Config, model, data_dir: Path, work: Path, n_batches: int = 30) -> dict:
     """Audio and token padding fractions over the first `n_batches` training batches of `data_dir`'s train.json."""
     from nemo.collections.speechlm2 import DataModule, SALMDataset
     from omegaconf import OmegaConf
-
-    from medasr.prompts import prompted_manifests
-    from medasr.train.trainer import data_config
 
     prompted = prompted_manifests(cfg, data_dir, work)
     dm = DataModule(OmegaConf.create(data_config(model, cfg, prompted)), tokenizer=model.tokenizer,

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import torch
 
-from medasr.config import TinyASRConfig, TinyModelConfig
+from medasr.config import TinyASRConfig, TinyModelConfig, load_config
+from medasr.models.tiny import salm_config, tokenizer_corpus
+from medasr.models.tiny_asr import build_tiny_parakeet
 from medasr.rehearse.datasets import osce_replica
 
 CANARY, CANARY_REV = "nvidia/canary-qwen-2.5b", "b1469e1bba1cfe140205529c79c434ca47180960"
@@ -58,8 +60,6 @@ def qwen_replica(snap: Path, t: TinyModelConfig) -> None:
     """Qwen/Qwen3-1.7B's files a SALM reads: config.json, generation_config.json and the tokenizer files."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen3Config
-
-    from medasr.models.tiny import tokenizer_corpus
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -98,8 +98,6 @@ def qwen_replica(snap: Path, t: TinyModelConfig) -> None:
 
 def canary_config(qwen_dir: Path, t: TinyModelConfig) -> dict:
     """The release config.json's keys and values (docs/MODEL.md), sizes scaled down."""
-    from medasr.models.tiny import salm_config
-
     cfg = salm_config(qwen_dir, t)
     enc, pre = cfg["perception"]["encoder"], cfg["perception"]["preprocessor"]
     enc |= {"feat_in": 128, "xscaling": False, "untie_biases": True}
@@ -140,9 +138,6 @@ def canary_replica(snap: Path, qwen_dir: Path, t: TinyModelConfig, seed: int = 0
 def parakeet_replica(snap: Path, t: TinyASRConfig) -> None:
     """parakeet-tdt-0.6b-v2.nemo: a FastConformer-TDT in the release's class (EncDecRNNTBPEModel), TDT durations
     0-4, sizes scaled down, saved by NeMo's save_to under the release's file name."""
-    from medasr.config import load_config
-    from medasr.models.tiny_asr import build_tiny_parakeet
-
     cfg = load_config("tiny-parakeet")
     cfg.model.tiny_asr = t
     tmp = snap.parent / (snap.name + ".build")

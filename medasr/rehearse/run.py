@@ -16,7 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+from medasr.config import load_config
 from medasr.console import console
+from medasr.data.validate import nemo_reader_check
 from medasr.rehearse.datasets import primock57_replica
 from medasr.rehearse.hub import build_hub_cache
 
@@ -65,14 +67,10 @@ def _texts(out: Path) -> list[str]:
 
 def summary_prompt(run_dir: Path) -> str:
     """The prompt the export used for these (test) rows: the merged form carries no medasr prompt metadata."""
-    from medasr.config import load_config
-
     return load_config(str(run_dir / "config.yaml")).model.prompt
 
 
 def check_manifests(run_dir: Path) -> dict:
-    from medasr.data.validate import nemo_reader_check
-
     paths = [run_dir / "data" / f"{s}.json" for s in ("train", "val", "test")]
     paths += sorted((run_dir / "train" / "data").glob("*.json"))  # SALM: the prompted copies training reads
     return {str(p.relative_to(run_dir)): nemo_reader_check(p) for p in paths}

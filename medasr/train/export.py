@@ -24,23 +24,15 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from medasr import __version__
 from medasr.config import Config
+from medasr.models import asr
+from medasr.models.load import (EXPORT_NAME, FORMAT, MERGED, NEMO_EXPORT, NEMO_FORMAT, AdapterError, apply_freeze,
+                                load_training_checkpoint, meta_path)
 from medasr.models.salm import load_base
 from medasr.models.speed import state_key
-from medasr.train.trainer import apply_freeze, load_training_checkpoint
-
-EXPORT_NAME = "canary-qwen-medical-lora"
-MERGED = "merged"
-FORMAT = "medasr-salm-adapter/1"
-NEMO_EXPORT = "adapted_model.nemo"
-NEMO_FORMAT = "medasr-nemo-sft/1"
-
-
-class AdapterError(RuntimeError):
-    pass
 
 
 def export_keys(model) -> list[str]:
@@ -137,8 +129,6 @@ def write_merged(model, out: Path, dtype: torch.dtype | None = None) -> dict:
 
 def export_nemo(cfg: Config, run_dir: Path, base: str | Path, ckpt: Path | None = None) -> Path:
     """The base (with the preset's tokenizer switch, if any) + the trained weights → RUN/adapted_model.nemo."""
-    from medasr.models import asr
-
     out = run_dir / NEMO_EXPORT
     ckpt = ckpt or run_dir / "train" / "checkpoints" / "last.ckpt"
     if not ckpt.exists():
@@ -166,56 +156,6 @@ def export_nemo(cfg: Config, run_dir: Path, base: str | Path, ckpt: Path | None 
     }
     meta_path(out).write_text(json.dumps(meta, indent=2))
     return out
-
-
-def meta_path(export: Path) -> Path:
-    """The meta file of an export: `X.json` beside `X.nemo`, or `medasr_adapter.json` inside a SALM adapter folder."""
-    export = Path(export)
-    return export.with_suffix(".json") if export.suffix == ".nemo" else export / "medasr_adapter.json"
-
-
-def read_nemo_meta(nemo_path: Path) -> dict:
-    p = meta_path(nemo_path)
-    if not p.exists() or not Path(nemo_path).exists():
-        raise AdapterError(f"{nemo_path}: no medasr export here (need the .nemo and {p.name}); run `medasr export`")
-    meta = json.loads(p.read_text())
-    if meta.get("format") != NEMO_FORMAT:
-        raise AdapterError(f"{p}: unsupported format {meta.get('format')!r} (expected {NEMO_FORMAT})")
-    return meta
-
-
-def read_meta(adapter_dir: Path) -> dict:
-    p = meta_path(adapter_dir)
-    if not p.exists():
-        raise AdapterError(f"{adapter_dir}: not a medasr adapter (no medasr_adapter.json); export one with `medasr export`")
-    meta = json.loads(p.read_text())
-    if meta.get("format") != FORMAT:
-        raise AdapterError(f"{p}: unsupported format {meta.get('format')!r} (expected {FORMAT})")
-    return meta
-
-
-def resolve_base(adapter_dir: Path, meta: dict) -> str:
-    ref = meta["base_model"]
-    local = (Path(adapter_dir) / ref).resolve()
-    return str(local) if local.exists() else ref
-
-
-def load_adapted(adapter_dir: str | Path, map_location: str = "cpu"):
-    """Base + adapter. Refuses an adapter whose tensors do not all land in the model with the right shape."""
-    adapter_dir = Path(adapter_dir)
-    meta = read_meta(adapter_dir)
-    model = load_base(resolve_base(adapter_dir, meta), map_location=map_location)
-    tensors = load_file(str(adapter_dir / "adapter.safetensors"))
-    sd = model.state_dict()
-    unknown = [k for k in tensors if k not in sd]
-    bad = [f"{k}: {tuple(v.shape)} vs {tuple(sd[k].shape)}" for k, v in tensors.items() if k in sd and v.shape != sd[k].shape]
-    if unknown or bad:
-        raise AdapterError(
-            f"{adapter_dir}: adapter does not fit the base {meta['base_model']!r}: "
-            f"{len(unknown)} unknown keys {unknown[:5]}, {len(bad)} shape mismatches {bad[:5]}"
-        )
-    model.load_state_dict(tensors, strict=False)
-    return model, meta
 
 
 def _results_section(build_report: dict, before: dict, after: dict, compare: dict) -> str:
@@ -309,7 +249,7 @@ fine-tuned speech encoder and projection. The LLM itself is frozen and **not** i
 medasr transcribe --model {EXPORT_NAME}/ recording.wav --out transcripts/
 ```
 ```python
-from medasr.train.export import load_adapted
+from medasr.models.load import load_adapted
 model, meta = load_adapted("{EXPORT_NAME}")
 ```
 """

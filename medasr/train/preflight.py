@@ -21,6 +21,12 @@ from pathlib import Path
 from medasr.config import Config
 from medasr.console import console
 from medasr.data.manifest import read_manifest
+from medasr.models import asr
+from medasr.models.asr import param_table
+from medasr.models.load import FreezePatternError, apply_freeze, print_param_table
+from medasr.models.salm import hub_ref, load_base
+from medasr.prompts import AUDIO_TAG, prompted_manifests
+from medasr.train.trainer import data_config
 
 
 
@@ -33,8 +39,6 @@ def salm_checkpoint_file(base: str | Path) -> Path:
     if local.is_dir():
         return local / "model.safetensors"
     from huggingface_hub import hf_hub_download
-
-    from medasr.models.salm import hub_ref
 
     repo, rev = hub_ref(base)
     return Path(hf_hub_download(repo, "model.safetensors", revision=rev))  # cached by from_pretrained already
@@ -76,14 +80,11 @@ def _size_mismatches(err: RuntimeError) -> list[str]:
 def load_checked(cfg: Config, base: str | Path):
     """Load the base and check checkpoint coverage; returns (model, coverage report)."""
     if cfg.model.kind == "asr":
-        from medasr.models import asr
-
         # ASRModel.restore_from / from_pretrained load strictly: a missing, extra or reshaped key raises there.
         model = asr.load_base(base)
         n = len(model.state_dict())
         return model, {"checkpoint_tensors": n, "model_tensors": n, "unknown": [], "shape_mismatch": [], "missing": [],
                        "note": "NeMo restore_from loads strictly"}
-    from medasr.models.salm import load_base
 
     ckpt = salm_checkpoint_file(base)
     try:
@@ -113,10 +114,6 @@ def render_training_example(model, cfg: Config, run_dir: Path) -> dict:
     from nemo.collections.common.prompts import PromptFormatter
     from nemo.collections.speechlm2 import SALMDataset
     from omegaconf import OmegaConf
-
-    from medasr.models.salm import AUDIO_TAG
-    from medasr.prompts import prompted_manifests
-    from medasr.train.trainer import data_config
 
     data_dir = prompted_manifests(cfg, run_dir / "data", run_dir / "train" / "data")
     context = read_manifest(data_dir / "train.json")[0]["context"]
@@ -155,8 +152,6 @@ def validation_plan(cfg: Config, data_dir: Path) -> dict:
 
 def model_preflight(cfg: Config, run_dir: Path, base: str | Path) -> dict:
     """Run every check; raise ModelPreflightError with the reason on the first failure. Returns the report."""
-    from medasr.train.trainer import FreezePatternError, apply_freeze, print_param_table
-
     data_dir = run_dir / "data"
     problems = []
     plan = validation_plan(cfg, data_dir)
@@ -172,8 +167,6 @@ def model_preflight(cfg: Config, run_dir: Path, base: str | Path) -> dict:
     model, cov = load_checked(cfg, base)
     report: dict = {"kind": cfg.model.kind, "base": str(base), "coverage": cov, "validation": plan}
     if cfg.model.kind == "asr":
-        from medasr.models.asr import param_table
-
         groups = param_table(model)
         row = read_manifest(data_dir / "train.json")[0]
         report["example"] = {"text": row["text"], "tokens": model.tokenizer.text_to_tokens(row["text"])}

@@ -28,9 +28,15 @@ import torch
 
 from medasr.atomic import write_text_atomic
 from medasr.config import Config, to_dict
+from medasr.console import console as shared
+from medasr.data.generic_speech import plan_generic, synthesize_generic
+from medasr.data.generic_text import generic_sentences
 from medasr.data.manifest import read_manifest, write_manifest
-from medasr.models.mini import LLM_PLACEHOLDER, MINI_DIR, install_mini, write_card
+from medasr.models.mini import LLM_PLACEHOLDER, MINI_DIR, install_mini, shipped, write_card
+from medasr.models.salm import load_base, quiet_nemo
+from medasr.models.tiny import build_llm_folder, new_salm, save_base
 from medasr.perf.bench import device_name
+from medasr.prompts import AUDIO_TAG, split_prompt
 from medasr.train.select import model_wer
 
 SPLITS = ("train", "heldout_seen_voice", "heldout_new_voice")
@@ -44,9 +50,6 @@ class PretrainError(RuntimeError):
 def build_data(cfg: Config, work: Path, console=None) -> dict:
     """Generic text (medical terms excluded, reported) → espeak speech → manifests in work/data/. Idempotent."""
     from rich.progress import Progress
-
-    from medasr.data.generic_speech import plan_generic, synthesize_generic
-    from medasr.data.generic_text import generic_sentences
 
     p = cfg.pretrain
     data = work / "data"
@@ -76,9 +79,6 @@ def build_data(cfg: Config, work: Path, console=None) -> dict:
 
 def new_model(cfg: Config, work: Path):
     """A random-init SALM of model.tiny's sizes whose tokenizer is trained on the generic training text only."""
-    from medasr.models.salm import quiet_nemo
-    from medasr.models.tiny import build_llm_folder, new_salm
-
     quiet_nemo()
     llm_dir = work / "model" / "llm"
     if not (llm_dir / "config.json").exists():
@@ -92,8 +92,6 @@ def encode_rows(model, rows: list[dict], prompt: str) -> list[dict]:
     """Token ids + loss mask of each row's dialogue (user: prompt + audio tag; assistant: transcript), as NeMo builds
     them for SALM training."""
     from nemo.collections.common.prompts import PromptFormatter
-
-    from medasr.models.salm import AUDIO_TAG, split_prompt
 
     fmt = PromptFormatter.resolve(model.cfg.prompt_format)(model.tokenizer)
     user = f"{split_prompt(prompt)} {AUDIO_TAG}".strip()
@@ -189,8 +187,6 @@ def continue_from(cfg: Config, work: Path, src: Path) -> dict:
     renumber every token) and its record (steps, minutes, curve, resumes) is kept in work/init.json, so the new card
     tells the whole history. Refused when the base was made with other sizes or data settings: a different data plan
     would put its held-out sentences into training and the held-out WER would lie."""
-    from medasr.models.mini import shipped
-
     if not shipped(src) or not (src / "pretrain.json").exists():
         raise PretrainError(f"--init-from {src}: no shipped mini base there (base/, llm/ and pretrain.json): give the "
                             "folder `medasr pretrain-mini --out` wrote, e.g. medasr/resources/mini")
@@ -225,8 +221,6 @@ def continue_from(cfg: Config, work: Path, src: Path) -> dict:
 def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None, init_from: Path | None = None) -> dict:
     """Data → model → training (resumable) → the shipped base in `out_dir`, its held-out WER measured after reload.
     `init_from`: a shipped base to continue (fresh work dirs only; a work dir with a checkpoint resumes that)."""
-    from medasr.console import console as shared
-
     console = console or shared
     p = cfg.pretrain
     torch.set_num_threads(cfg.train.threads)
@@ -339,7 +333,6 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None, in
     # Ship first, then measure the shipped copy: the numbers on the card are those of the weights a user loads.
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     ship(model, work / "model" / "llm", tmp)
-    from medasr.models.salm import load_base
 
     shipped = load_base(install_mini(work / "install-check", src=tmp, fresh=True))
     result = {
@@ -373,8 +366,6 @@ def ship(model, llm_dir: Path, out_dir: Path) -> None:
     model.safetensors in fp16: half the bytes in git; the LoRA tensors stay in it, at their identity init, because
     the model preflight rightly refuses a base checkpoint that leaves model tensors uninitialised)."""
     from safetensors.torch import load_file, save_file
-
-    from medasr.models.tiny import save_base
 
     shutil.rmtree(out_dir, ignore_errors=True)
     shutil.copytree(llm_dir, out_dir / "llm")

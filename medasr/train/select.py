@@ -24,6 +24,13 @@ from medasr.atomic import write_text_atomic
 from medasr.config import Config
 from medasr.console import console
 from medasr.data.manifest import read_manifest
+from medasr.evaluate.metrics import score_rows
+from medasr.models import asr
+from medasr.models.load import AdapterError, Loaded, apply_freeze, load_model, load_training_checkpoint
+from medasr.models.salm import load_base
+from medasr.prompts import with_contexts
+from medasr.train.average import average_checkpoints
+from medasr.transcribe import POLICIES, model_decoder, transcribe_rows
 
 METRIC = "val_wer_norm"
 RELOAD_TOLERANCE = 0.001  # 0.1 WER point
@@ -40,23 +47,17 @@ def selection_rows(cfg: Config, run_dir: Path) -> list[dict]:
     if not rows:
         raise SelectionError(f"{run_dir / 'data' / 'val.json'} is empty: no rows to select checkpoints on")
     if cfg.model.kind == "salm":
-        from medasr.prompts import with_contexts
-
         rows = with_contexts(rows, cfg.model.prompt, cfg.model.prompts_by_source)
     return rows
 
 
 def corpus_wer(rows: list[dict], hyps: list[str], normalizer: str) -> float:
-    from medasr.evaluate.metrics import score_rows
-
     scores = score_rows([r | {"pred_text": h} for r, h in zip(rows, hyps)], normalizer)
     return sum(s.word_edits for s in scores) / max(1, sum(s.ref_words for s in scores))
 
 
 def decode_rows(cfg: Config, model, rows: list[dict]) -> list[str]:
     """Transcripts of `rows` by an in-memory model, as the evaluation decodes them (same policy, prompts, settings)."""
-    from medasr.transcribe import POLICIES, Loaded, model_decoder, transcribe_rows
-
     loaded = Loaded(model, cfg.model.kind, "in-memory", cfg.model.prompt, dict(cfg.model.prompts_by_source))
     decode = model_decoder(loaded, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.model.prompt,
                            cfg.eval.static_cache)
@@ -141,16 +142,10 @@ def best_checkpoint(run_dir: Path) -> Path | None:
 
 def load_candidate(cfg: Config, base: str | Path, ckpt: Path):
     """The base with a training checkpoint's weights, as export builds it (on the GPU when there is one)."""
-    from medasr.train.trainer import apply_freeze, load_training_checkpoint
-
     if cfg.model.kind == "asr":
-        from medasr.models import asr
-
         model = asr.load_base(base)
         asr.switch_tokenizer(model, cfg.model.tokenizer_dir)
     else:
-        from medasr.models.salm import load_base
-
         model = load_base(base)
         apply_freeze(model, list(cfg.model.freeze_params))
     load_training_checkpoint(model, ckpt)
@@ -165,8 +160,6 @@ def choose(candidates: list[dict]) -> dict:
 def select_checkpoint(cfg: Config, run_dir: Path, base: str | Path, trained_steps: int) -> dict:
     """Best-by-WER vs the average of the kept periodic checkpoints of a training run of `trained_steps` steps
     → RUN/train/selection.json; returns it."""
-    from medasr.train.average import average_checkpoints
-
     ckpt_dir = run_dir / "train" / "checkpoints"
     rows = selection_rows(cfg, run_dir)
     cands: list[dict] = []
@@ -196,9 +189,6 @@ def select_checkpoint(cfg: Config, run_dir: Path, base: str | Path, trained_step
 
 def reload_check(cfg: Config, run_dir: Path, export: Path, expected_wer: float) -> dict:
     """Decode the subset with the export reloaded from disk; refuse it when its WER is off by > 0.1 point."""
-    from medasr.train.export import AdapterError
-    from medasr.transcribe import load_model
-
     rows = selection_rows(cfg, run_dir)
     loaded = load_model(export, kind=cfg.model.kind)
     wer = model_wer(cfg, loaded.model, rows)

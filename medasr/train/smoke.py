@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import time
 from pathlib import Path
@@ -21,15 +20,12 @@ import torch
 from medasr.config import Config
 from medasr.console import console
 from medasr.data.manifest import read_manifest, write_manifest
-
+from medasr.ops.spend import price_per_hour
+from medasr.train.trainer import prepare
 
 
 class SmokeRunError(RuntimeError):
     pass
-
-
-def price_per_hour(cfg: Config) -> float:
-    return float(os.environ.get("MEDASR_PRICE_PER_HOUR") or cfg.train.price_per_hour)
 
 
 def smoke_rows(rows: list[dict], n: int) -> list[dict]:
@@ -95,8 +91,6 @@ def _constant_lr(model, cfg: Config) -> None:
 def smoke_run(cfg: Config, run_dir: Path, base: str | Path) -> dict:
     """Run the smoke steps; write RUN/train/smoke.json; raise SmokeRunError when the run would be doomed."""
     from lightning.pytorch import Trainer, seed_everything
-
-    from medasr.train.trainer import prepare
 
     steps = cfg.train.smoke_steps
     work = run_dir / "train" / "smoke"

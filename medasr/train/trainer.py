@@ -18,58 +18,19 @@ from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from rich.table import Table
 
 from medasr.atomic import write_text_atomic
 from medasr.config import Config, s3_uri, to_dict
 from medasr.console import console
-from medasr.models.salm import AUDIO_TAG, group_of, load_base, quiet_nemo
+from medasr.models import asr
+from medasr.models.load import CheckpointError, apply_freeze, missing_trainable, print_param_table
+from medasr.models.salm import load_base, quiet_nemo
 from medasr.models.speed import apply_speed, state_key
-
-
-
-class FreezePatternError(RuntimeError):
-    pass
-
-
-def apply_freeze(model, freeze_params: list[str]) -> dict:
-    """Freeze exactly as NeMo's configure_optimizers will, then count parameters per group and check the pattern."""
-    from nemo.collections.speechlm2.parts.optim_setup import freeze_and_subset
-
-    model.cfg.freeze_params = list(freeze_params)
-    list(freeze_and_subset(model.named_parameters(), model.cfg.freeze_params, model.cfg.get("prevent_freeze_params")))
-    table: dict[str, dict[str, int]] = {}
-    for name, p in model.named_parameters():
-        g = table.setdefault(group_of(name), {"trainable": 0, "frozen": 0})
-        g["trainable" if p.requires_grad else "frozen"] += p.numel()
-    problems = []
-    if table.get("llm (frozen)", {}).get("trainable", 0):
-        problems.append("LLM base weights are trainable (they must be frozen)")
-    for must in ("lora", "encoder", "projection"):
-        g = table.get(must, {"trainable": 0, "frozen": 0})
-        if g["trainable"] == 0:
-            problems.append(f"no trainable {must} parameters")
-        elif must != "encoder" and g["frozen"]:
-            problems.append(f"{g['frozen']} {must} parameters are frozen")
-    if table.get("other", {}).get("trainable", 0):
-        problems.append("parameters outside the known groups are trainable")
-    if problems:
-        raise FreezePatternError(
-            "freeze pattern is not the intended one (LLM frozen; encoder, projection, LoRA trained): "
-            + "; ".join(problems)
-            + f". Check model.freeze_params ({freeze_params}) and the base's prevent_freeze_params."
-        )
-    return table
-
-
-def print_param_table(table: dict) -> None:
-    t = Table(title="trainable parameters")
-    t.add_column("group")
-    t.add_column("trainable", justify="right")
-    t.add_column("frozen", justify="right")
-    for g, v in table.items():
-        t.add_row(g, f"{v['trainable']:,}", f"{v['frozen']:,}")
-    console.print(t)
+from medasr.ops.spend import price_per_hour
+from medasr.ops.storage import BackgroundSync
+from medasr.ops.tracking import offline, run_id
+from medasr.prompts import AUDIO_TAG, prompted_manifests
+from medasr.train.select import checkpoint_callbacks, val_wer_callback
 
 
 def data_config(model, cfg: Config, data_dir: Path) -> dict:
@@ -148,10 +109,6 @@ def resume_log_callback(train_dir: Path, resumed_from: str | None):
     return _ResumeLog()
 
 
-class CheckpointError(RuntimeError):
-    pass
-
-
 def slim_checkpoint_callback():
     """Checkpoints hold what training changes: trainable parameters (LoRA, encoder, projection), all buffers,
     optimizer/scheduler state and loop position. The frozen LLM is dropped (for the real model that is 1.7 B
@@ -174,25 +131,6 @@ def slim_checkpoint_callback():
                                       "it does not belong to this model/preset")
 
     return _Slim()
-
-
-def missing_trainable(model, state_dict: dict) -> list[str]:
-    trainable = (state_key(n) for n, p in model.named_parameters() if p.requires_grad)
-    return sorted(n for n in trainable if n not in state_dict)
-
-
-def load_training_checkpoint(model, path: Path) -> dict:
-    """Weights from a (slim) training checkpoint into a model built from the base: every trainable tensor must be
-    there, and nothing unknown may be."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    sd = state["state_dict"]
-    missing = missing_trainable(model, sd)
-    unexpected = sorted(set(sd) - set(model.state_dict()))
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: {len(missing)} trainable tensors missing {missing[:3]}, "
-                              f"{len(unexpected)} unknown {unexpected[:3]}")
-    model.load_state_dict(sd, strict=False)
-    return state
 
 
 def stop_signal_checkpoint(ckpt_dir: Path):
@@ -304,8 +242,6 @@ def s3_sync_callback(run_dir: Path, uri: str):
     """After every checkpoint (and at the end of training), sync the run to S3 in the background."""
     from lightning.pytorch.callbacks import Callback
 
-    from medasr.ops.storage import BackgroundSync
-
     class _S3Sync(Callback):
         def __init__(self):
             self.sync = BackgroundSync(run_dir, uri)
@@ -330,8 +266,6 @@ def s3_sync_callback(run_dir: Path, uri: str):
 
 def wandb_logger(cfg: Config, train_dir: Path):
     from lightning.pytorch.loggers import WandbLogger
-
-    from medasr.ops.tracking import offline, run_id
 
     return WandbLogger(
         project=cfg.train.wandb_project,
@@ -379,7 +313,6 @@ def _prepare_salm(cfg: Config, data_dir: Path, base: str | Path, work_dir: Path)
     table = apply_freeze(model, list(cfg.model.freeze_params))
     speed = apply_speed(model, cfg.train)  # after freezing: the wrappers rename parameters, not state-dict keys
     model.strict_loading = False  # slim checkpoints: frozen weights come from the base, checked in on_load_checkpoint
-    from medasr.prompts import prompted_manifests
 
     # rank zero writes them before Lightning's launcher starts the other ranks, which read them
     prompted = prompted_manifests(cfg, data_dir, work_dir / "data") if is_rank_zero() else work_dir / "data"
@@ -391,8 +324,6 @@ def _prepare_salm(cfg: Config, data_dir: Path, base: str | Path, work_dir: Path)
 
 
 def _prepare_asr(cfg: Config, data_dir: Path, base: str | Path, work_dir: Path):
-    from medasr.models import asr
-
     model = asr.load_base(base)
     table = asr.prepare_for_training(model, cfg)
     record = {"kind": "asr", "groups": table, "tokenizer_dir": cfg.model.tokenizer_dir,
@@ -419,9 +350,6 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
     torch.set_num_threads(cfg.train.threads)
     from lightning.pytorch import Trainer, seed_everything
     from lightning.pytorch.callbacks import LearningRateMonitor
-
-    from medasr.train.select import checkpoint_callbacks, val_wer_callback
-    from medasr.train.smoke import price_per_hour
 
     seed_everything(cfg.train.seed, workers=True)
     model, fit_kw, record = prepare(cfg, run_dir / "data", base, train_dir)

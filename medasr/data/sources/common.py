@@ -15,6 +15,7 @@ import numpy as np
 import soundfile as sf
 
 from medasr.audio import SAMPLE_RATE
+from medasr.data.lexicon import core_lexicon
 
 MAX_SECONDS = 40.0
 
@@ -105,8 +106,6 @@ def safe_name(s: str) -> str:
 def tag_terms(rows: list[dict], lexicon=None) -> None:
     """Add `terms: [{term, entity_category}]` found by the lexicon in each row's text."""
     if lexicon is None:
-        from medasr.data.lexicon import core_lexicon
-
         lexicon = core_lexicon()
     for r in rows:
         r["terms"] = [{"term": m.term.term, "entity_category": m.term.entity_category} for m in lexicon.tag(r["text"])]
