@@ -13,6 +13,7 @@ from typing import Any, Optional
 import yaml
 from omegaconf import OmegaConf
 
+from medasr.data.voices import held_out_violations, parse_voice
 from medasr.prompts import check_prompts
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -99,6 +100,8 @@ class SynthConfig:
     rate_min: int = 140
     rate_max: int = 190
     noise_levels: list[str] = field(default_factory=lambda: ["clean", "snr15", "snr5"])
+    workers: int = 2  # synthesis processes, 0 = one per core up to 16 (how, not what: not in the data fingerprint)
+    max_test: Optional[int] = None  # a seeded sample of the medical test rows (e.g. a rehearsal's small build)
 
 
 @dataclass
@@ -279,8 +282,18 @@ def load_config(preset: str, overrides: Optional[list[str]] = None) -> Config:
         # wiring their sharding is not done (a first attempt hung in validation on CPU/gloo). SALM presets shard.
         raise ValueError("train.devices > 1 is supported for SALM presets (canary-qwen-2.5b, tiny, mini); the Parakeet "
                          "path trains on one device: set train.devices=1")
-
     check_prompts(cfg.model.prompt, cfg.model.prompts_by_source)
+    s = cfg.data.synth
+    for key, voices in (("train_voices", s.train_voices), ("test_voices", s.test_voices),
+                        ("pretrain.voices", cfg.pretrain.voices), ("pretrain.heldout_voice", [cfg.pretrain.heldout_voice])):
+        for v in voices:
+            try:
+                parse_voice(v)
+            except ValueError as e:
+                raise ValueError(f"{key if '.' in key else 'data.synth.' + key}: {e}") from None
+    if bad := held_out_violations(list(s.train_voices), list(s.test_voices)):
+        raise ValueError(f"data.synth.test_voices {bad} share a speaker with data.synth.train_voices: a held-out voice "
+                         "must be a new speaker (for a Kokoro blend: none of its packs may be a training voice's)")
     return cfg
 
 

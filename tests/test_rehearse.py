@@ -22,10 +22,19 @@ def test_rehearse_real_preset(preset, tmp_path):
     for name, n in rep["nemo_reader_rows"].items():
         assert n == len((run / name).read_text().splitlines()) > 0, name
     sources = json.loads((run / "data" / "build_report.json").read_text())["splits"]
-    assert set(sources["train"]["by_source"]) == {"osce", "synthetic-espeak"}  # OSCE from the Hub replica
-    assert set(sources["test"]["by_source"]) == {"primock57", "synthetic-espeak", "generic-espeak"}  # + forgetting
+    assert set(sources["train"]["by_source"]) == {"osce", "synthetic-kokoro"}  # OSCE from the Hub replica
+    # + forgetting; the synthetic test rows by held-out Kokoro voices and by espeak-ng, a held-out engine
+    assert set(sources["test"]["by_source"]) <= {"primock57", "synthetic-kokoro", "synthetic-espeak", "generic-kokoro",
+                                                 "generic-espeak"}
+    assert {"primock57", "synthetic-kokoro"} <= set(sources["test"]["by_source"])
+    assert set(sources["train"]["by_accent"]) == {"en-us"} and "en-gb" in sources["test"]["by_accent"]  # held out
+    synth = load_config(str(run / "config.yaml")).data.synth
+    voices = {sp: {v.replace("espeak-ng:", "espeak:") for v in sources[sp]["by_voice"]} for sp in ("train", "test")}
+    assert voices["train"] <= set(synth.train_voices) and not voices["train"] & set(synth.test_voices)
+    assert voices["test"] & set(synth.test_voices)  # the held-out voices speak test rows
     # only sizes, steps and hardware were changed
-    assert all(o.split("=")[0].split(".")[0] in ("train", "data", "eval", "model") for o in rep["overrides"])
+    assert all(o.split("=")[0].split(".")[0] in ("train", "data", "eval", "model") for o in rep["overrides"]
+               if o != "gate.min_rows=40")  # the gate's minimum, scaled with the data
     assert [o for o in rep["overrides"] if o.startswith("model.")] == ["model.precision=32-true"]
     if preset == "canary-qwen-2.5b":
         assert rep["slim_checkpoint"]["frozen_tensors"] == []  # tied embed_tokens/lm_head included

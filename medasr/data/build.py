@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from collections import Counter
 from dataclasses import asdict
@@ -26,13 +27,21 @@ from medasr.data.lexicon import core_lexicon
 from medasr.data.manifest import read_manifest, write_manifest
 from medasr.data.select import cluster_of, speaker_of, speakers, split_train_val, stratified_take
 from medasr.data.sources import load_source
-from medasr.data.synth import plan_corpus, synthesize
+from medasr.data.synth import check_engines, plan_corpus, plan_voices, synthesize
 
 SPLITS = ("train", "val", "test")
 
 
 def fingerprint(cfg: Config) -> str:
-    return hashlib.sha256(json.dumps(asdict(cfg.data), sort_keys=True).encode()).hexdigest()[:16]
+    """What the data depends on (how many processes synthesise it does not change it)."""
+    d = asdict(cfg.data)
+    d["synth"].pop("workers", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def synth_workers(cfg: Config) -> int:
+    """data.synth.workers, 0 = one per core up to 16 (a Kokoro worker holds ~0.4 GB: model, lexicons)."""
+    return cfg.data.synth.workers or min(16, os.cpu_count() or 1)
 
 
 def build_is_done(data_dir: Path, cfg: Config) -> bool:
@@ -64,6 +73,10 @@ def _summary(rows: list[dict]) -> dict:
             "seen_terms_rows": sum(bool(r.get("term_seen")) for r in rows if r.get("term")),
             "unseen_terms_rows": sum(not r.get("term_seen") for r in rows if r.get("term")),
         }
+    if any("engine" in r for r in rows):  # synthetic voices: what the held-out design varies
+        out["by_engine"] = dict(sorted(Counter(r["engine"] for r in rows if r.get("engine")).items()))
+        out["by_accent"] = dict(sorted(Counter(r["accent"] for r in rows if r.get("accent")).items()))
+        out["by_voice"] = dict(sorted(Counter(speaker_of(r) for r in rows if r.get("engine")).items()))
     if any("cluster" in r for r in rows):
         keys = {r["cluster"] for r in rows if r.get("cluster")}
         out["clusters"] = {"n": len(keys), "by_kind": dict(sorted(Counter(k.split(":", 1)[0] for k in keys).items()))}
@@ -152,25 +165,43 @@ def _build_synthetic(cfg: Config, data_dir: Path) -> tuple[dict[str, list[dict]]
         noise_levels=list(s.noise_levels),
         test_seen_carrier_per_term=s.test_seen_carrier_per_term,
     )
-    caps = {"train": cfg.data.max_train, "val": cfg.data.max_val, "test": None}
+    caps = {"train": cfg.data.max_train, "val": cfg.data.max_val, "test": s.max_test}
     dropped, kept = {}, []
     for split in SPLITS:
         items = [u for u in plan if u.split == split]
         cap = caps[split]
         if cap is not None and len(items) > cap:
             dropped[split] = len(items) - cap  # deterministic: the plan order is seeded
-            items = items[:cap]
+            # train/val: the first rows of the plan; test: a seeded sample of each category in proportion, so every
+            # category (the gate counts them) and voice kind stays in
+            items = items[:cap] if split != "test" else _sample_by_category(items, cap, cfg.data.seed)
         kept.extend(items)
+    workers = synth_workers(cfg)
+    engines = check_engines(plan_voices(kept) | set(s.train_voices) | set(s.test_voices))
+    if "kokoro" in engines:
+        console.print(f"Kokoro-82M from the {engines['kokoro']['route']} copy ({engines['kokoro']['model']}, SHA-256 "
+                      f"{engines['kokoro']['sha256'][:12]}…)")
     with Progress() as progress:
-        task = progress.add_task("synthesising speech (espeak-ng)", total=len(kept))
-        rows = synthesize(kept, data_dir / "audio", progress=lambda: progress.advance(task))
+        task = progress.add_task(f"synthesising speech ({' + '.join(engines['engines'])}, {workers} workers)",
+                                 total=len(kept))
+        rows = synthesize(kept, data_dir / "audio", workers=workers, progress=lambda: progress.advance(task))
     by_split = {sp: [r for r in rows if r["id"].startswith(sp + "-")] for sp in SPLITS}
-    report = {"source": "synthetic-espeak", "lexicon_terms": len(lexicon), "dropped_by_cap": dropped,
+    report = {"source": "synthetic-" + "+".join(engines["engines"]), "lexicon_terms": len(lexicon),
+              "dropped_by_cap": dropped, "engines": engines,
               "voices": {"train": list(s.train_voices), "test_only": list(s.test_voices)}}
     if s.generic_test_rows > 0:
         by_split["test"] += _generic_test_rows(cfg, data_dir)
         report["generic_test_rows"] = s.generic_test_rows
     return by_split, report
+
+
+def _sample_by_category(items: list, cap: int, seed: int) -> list:
+    rng, by_cat = random.Random(seed), {}
+    for u in items:
+        by_cat.setdefault(u.term.entity_category, []).append(u)
+    take = {id(u) for cat in sorted(by_cat) for u in rng.sample(by_cat[cat], min(len(by_cat[cat]),
+                                                                               max(1, round(cap * len(by_cat[cat]) / len(items)))))}
+    return [u for u in items if id(u) in take]
 
 
 def _generic_test_rows(cfg: Config, data_dir: Path) -> list[dict]:
@@ -188,7 +219,7 @@ def _generic_test_rows(cfg: Config, data_dir: Path) -> list[dict]:
                              rng.choice(list(s.test_voices) if i % 2 == 0 else list(s.train_voices)),
                              rng.randint(s.rate_min, s.rate_max), "clean", rng.randrange(2**31))
             for i, text in enumerate(unused[: s.generic_test_rows])]
-    return synthesize_generic(plan, data_dir / "audio")
+    return synthesize_generic(plan, data_dir / "audio", workers=synth_workers(cfg))
 
 
 def build(cfg: Config, run_dir: Path, force: bool = False) -> dict:

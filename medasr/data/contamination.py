@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from medasr.evaluate.normalize import basic_normalize
+from medasr.normalize import basic_normalize
 
 
 def ngrams(tokens: list[str], n: int) -> set[tuple[str, ...]]:
@@ -17,7 +17,7 @@ def ngrams(tokens: list[str], n: int) -> set[tuple[str, ...]]:
 
 
 def decontaminate(train: list[dict], held_out: list[dict], n: int = 8,
-                  template_sources: frozenset[str] = frozenset({"synthetic-espeak"})) -> tuple[list[dict], dict]:
+                  template_sources: frozenset[str] = frozenset({"synthetic-espeak", "synthetic-kokoro"})) -> tuple[list[dict], dict]:
     held_text = set()
     held_grams: set[tuple[str, ...]] = set()
     for r in held_out:

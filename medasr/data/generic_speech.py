@@ -1,4 +1,5 @@
-"""Generic (non-medical) English speech for pretraining the `mini` base: WordNet sentences spoken by espeak-ng voices.
+"""Generic (non-medical) English speech for pretraining the `mini` base: WordNet sentences spoken by synthetic voices
+(espeak-ng or Kokoro, medasr.data.voices).
 
 Train sentences are spoken by the pretraining voices (one voice, rate and noise level per sentence, seeded); a disjoint
 set of held-out sentences is spoken twice: by a pretraining voice (new text) and by a voice never used in pretraining
@@ -16,7 +17,8 @@ import numpy as np
 import soundfile as sf
 
 from medasr.audio import SAMPLE_RATE
-from medasr.data.synth import NOISE_LEVELS, add_noise, speak, synthesize
+from medasr.data.synth import NOISE_LEVELS, add_noise, speak, synthesize, voice_id
+from medasr.data.voices import held_out_violations, parse_voice
 
 
 @dataclass
@@ -34,8 +36,9 @@ def plan_generic(sentences: list[str], *, seed: int, n_train: int, n_heldout: in
                  heldout_voice: str, rates: tuple[int, int], noise_levels: list[str],
                  max_words: int) -> list[GenericUtterance]:
     """Deterministic plan: held-out sentences are drawn first, so growing n_train never moves them."""
-    if heldout_voice in voices:
-        raise ValueError(f"held-out voice {heldout_voice!r} is also a pretraining voice; pick one outside {voices}")
+    if held_out_violations(voices, [heldout_voice]):
+        raise ValueError(f"held-out voice {heldout_voice!r} shares a speaker with the pretraining voices; pick one "
+                         f"outside {voices}")
     pool = [s for s in sentences if len(s.split()) <= max_words]
     rng = random.Random(seed)
     rng.shuffle(pool)
@@ -66,8 +69,8 @@ def render(u: GenericUtterance, audio_dir: Path) -> dict:
         tmp.replace(path)
     info = sf.info(path)
     return {"audio_filepath": str(path.resolve()), "duration": round(info.frames / SAMPLE_RATE, 4), "text": u.text,
-            "voice_id": f"espeak-ng:{u.voice}:rate{u.rate}", "noise_level": u.noise_level,
-            "source": "generic-espeak", "id": u.id, "split": u.split}
+            "voice_id": voice_id(u.voice, u.rate), "noise_level": u.noise_level,
+            "source": f"generic-{parse_voice(u.voice).engine}", "id": u.id, "split": u.split}
 
 
 def synthesize_generic(plan: list[GenericUtterance], audio_dir: Path, workers: int = 2, progress=None) -> list[dict]:

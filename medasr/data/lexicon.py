@@ -4,7 +4,7 @@ Two taggers share one index layout (terms by first token, longest first, so "typ
 overlapping entry; O(tokens) dictionary look-ups per sentence):
 - `tag`/`tag_tokens` on `lexicon_tokens` (case-, hyphen- and punctuation-insensitive, possessive dropped): building
   data (term columns, the mini base's medical-sentence exclusion), which must not move when scoring rules change;
-- `scorer(kind)`: the same terms in the words of the evaluation normaliser (`medasr.evaluate.normalize`), so the term
+- `scorer(kind)`: the same terms in the words of the evaluation normaliser (`medasr.normalize`), so the term
   error rate is counted on exactly the words WER aligned; a term's last word may carry a plural/possessive "s".
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from medasr.evaluate.normalize import find_term, strip_accents, term_tokens, unify_apostrophes
+from medasr.normalize import find_term, strip_accents, term_tokens, unify_apostrophes
 
 CATEGORIES = ("drug", "condition", "procedure", "anatomy", "lab")
 

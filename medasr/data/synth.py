@@ -1,4 +1,11 @@
-"""Term-targeted synthetic speech: lexicon → sentences → espeak-ng voices → noise → 16 kHz mono WAV + manifest rows.
+"""Term-targeted synthetic speech: lexicon → sentences → voices (espeak-ng or Kokoro, medasr.data.voices) → noise →
+16 kHz mono WAV + manifest rows.
+
+Synthesis is cached by (engine, voice, rate, the text the engine reads, the engine's own identity: espeak-ng's version
+or the Kokoro model's SHA-256) in `MEDASR_TTS_CACHE` (default ~/.cache/medasr/tts), as 24-bit FLAC, so re-runs and
+larger builds reuse audio; noise is added after the cache. Kokoro reads `medasr.data.spoken.spoken(text)` (units,
+doses, abbreviations as said); espeak-ng reads the written text with its own front end (the published espeak numbers
+were made that way). Rows keep the written text as the reference. Rendering runs in worker processes.
 
 Split design (what makes the test set honest; three factors, each reported apart by the evaluation):
 - terms: a seeded share of every category's terms is held out: those terms appear **only** in test (`term_seen: false`);
@@ -14,11 +21,15 @@ Validation rows (seen terms, training voices) use the validation carriers, so ev
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import multiprocessing
+import os
 import random
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +37,12 @@ import numpy as np
 import soundfile as sf
 
 from medasr.audio import SAMPLE_RATE, to_mono_rate
+from medasr.data import kokoro
 from medasr.data.lexicon import Lexicon, Term
+from medasr.data.spoken import spoken
 from medasr.data.templates import TEMPLATES, TEST_TEMPLATES, VAL_TEMPLATES, pool, render
+from medasr.data.voices import Voice, held_out_violations, parse_voice
+from medasr.fingerprint import file_sha256
 
 NOISE_LEVELS = {"clean": None, "snr15": 15.0, "snr5": 5.0}
 
@@ -79,7 +94,10 @@ def add_noise(audio: np.ndarray, snr_db: float | None, rng: np.random.Generator)
     return out / peak * 0.95 if peak > 0.95 else out
 
 
-def speak(text: str, voice: str, rate: int) -> np.ndarray:
+NORMAL_WPM = 165  # Kokoro's speed 1.0 is its pack's own pace, about conversational speech: plan rate / 165
+
+
+def _espeak(text: str, voice: str, rate: int) -> np.ndarray:
     """espeak-ng → float32 mono at 16 kHz."""
     exe = espeak_available()
     with tempfile.NamedTemporaryFile(suffix=".wav") as tmp:
@@ -88,6 +106,45 @@ def speak(text: str, voice: str, rate: int) -> np.ndarray:
             raise SynthError(f"espeak-ng failed for voice {voice!r}: {proc.stderr.decode(errors='replace')}")
         audio, sr = sf.read(tmp.name, dtype="float32")
     return to_mono_rate(audio, sr)
+
+
+@functools.lru_cache(maxsize=1)
+def _kokoro() -> kokoro.Kokoro:
+    return kokoro.Kokoro()  # one per worker process
+
+
+@functools.lru_cache(maxsize=None)
+def engine_identity(engine: str) -> str:
+    """What else decides the audio besides text, voice and rate (part of the cache key)."""
+    if engine == "espeak":
+        return subprocess.run([espeak_available(), "--version"], capture_output=True, text=True).stdout.strip()
+    k = _kokoro()
+    return f"kokoro {file_sha256(k.model_path)} voices {k.voices_dir}"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MEDASR_TTS_CACHE") or Path.home() / ".cache" / "medasr" / "tts")
+
+
+def engine_text(text: str, voice: Voice) -> str:
+    """What the engine reads for a written `text`."""
+    return spoken(text, voice.accent) if voice.engine == "kokoro" else text
+
+
+def speak(text: str, voice: str, rate: int) -> np.ndarray:
+    """One utterance, float32 mono at 16 kHz, from the cache when it was made before."""
+    v = parse_voice(voice)
+    said = engine_text(text, v)
+    key = hashlib.sha256("\x1f".join([v.engine, v.spec, str(rate), said, engine_identity(v.engine)]).encode()).hexdigest()
+    path = cache_dir() / key[:2] / f"{key}.flac"
+    if not path.exists():
+        audio = _espeak(said, v.spec, rate) if v.engine == "espeak" else _kokoro().speak(said, v, rate / NORMAL_WPM)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{key}.{os.getpid()}.tmp.flac")
+        sf.write(tmp, audio, SAMPLE_RATE, subtype="PCM_24")
+        tmp.replace(path)
+    audio, _ = sf.read(path, dtype="float32")  # cached or not, the same samples
+    return audio
 
 
 def plan_corpus(
@@ -106,8 +163,9 @@ def plan_corpus(
     test_seen_carrier_per_term: int = 0,
 ) -> list[Utterance]:
     """Deterministic plan of every utterance (text, voice, noise) before any audio is made."""
-    if set(test_voices) & set(train_voices):
-        raise ValueError(f"test voices {sorted(set(test_voices) & set(train_voices))} are also training voices")
+    if bad := held_out_violations(train_voices, test_voices):
+        raise ValueError(f"test voices {bad} share a speaker (a voice or a blended pack) with the training voices "
+                         f"{train_voices}: a held-out voice must be a new speaker")
     rng = random.Random(seed)
     plan: list[Utterance] = []
     counters: dict[str, int] = {"train": 0, "val": 0, "test": 0}
@@ -172,25 +230,67 @@ def render_utterance(u: Utterance, audio_dir: Path) -> dict:
         "term": u.term.term,
         "entity_category": u.term.entity_category,
         "term_seen": u.term_seen,
-        "voice_id": f"espeak-ng:{u.voice_id}:rate{u.rate}",
+        "voice_id": voice_id(u.voice_id, u.rate),
+        "engine": parse_voice(u.voice_id).engine,
+        "accent": parse_voice(u.voice_id).accent,
         "noise_level": u.noise_level,
         "context_type": u.context_type,
         "carrier_seen": u.carrier_seen,
         "carrier": u.carrier,
-        "source": "synthetic-espeak",
+        "source": f"synthetic-{parse_voice(u.voice_id).engine}",
         "id": u.id,
     }
 
 
+def voice_id(voice: str, rate: int) -> str:
+    """A row's `voice_id`: `<engine>:<voice>:rate<wpm>` (speaker = the first two fields, medasr.data.select)."""
+    v = parse_voice(voice)
+    return f"{'espeak-ng' if v.engine == 'espeak' else v.engine}:{v.spec}:rate{rate}"
+
+
+def plan_voices(plan: list) -> set[str]:
+    return {getattr(u, "voice_id", None) or u.voice for u in plan}
+
+
+def check_engines(voices: set[str]) -> dict:
+    """Fail before any audio when an engine is missing; say where Kokoro comes from (offline install or Hub)."""
+    engines = {parse_voice(v).engine for v in voices}
+    out = {"engines": sorted(engines)}
+    if "espeak" in engines:
+        espeak_available()
+    if "kokoro" in engines:
+        model, voices_dir, route = kokoro.locate()
+        out["kokoro"] = {"route": route, "model": str(model), "sha256": file_sha256(model)}
+        have = {p.stem for p in voices_dir.glob("*.bin")}
+        missing = sorted({p for v in voices if parse_voice(v).engine == "kokoro" for p, _ in parse_voice(v).packs} - have)
+        if missing:
+            raise SynthError(f"Kokoro voice packs {missing} are not in {voices_dir}")
+    return out
+
+
+def _render_one(args):
+    render, u, audio_dir = args
+    return render(u, audio_dir)
+
+
 def synthesize(plan: list, audio_dir: Path, workers: int = 2, progress=None, render=None) -> list[dict]:
-    """Render every planned utterance (`render(u, audio_dir)` → manifest row; default: the medical corpus's) in order,
-    espeak-ng processes in parallel threads."""
-    espeak_available()
+    """Render every planned utterance (`render(u, audio_dir)` → manifest row; default: the medical corpus's) in plan
+    order, in `workers` processes (each loads its own Kokoro session)."""
+    check_engines(plan_voices(plan))
     render = render or render_utterance
     rows: list[dict] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for row in pool.map(lambda u: render(u, audio_dir), plan):
+    jobs = [(render, u, audio_dir) for u in plan]
+    if workers <= 1 or len(plan) < 2:
+        results = map(_render_one, jobs)
+    else:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        results = pool.map(_render_one, jobs, chunksize=max(1, min(16, len(jobs) // (4 * workers))))
+    try:
+        for row in results:
             rows.append(row)
             if progress is not None:
                 progress()
+    finally:
+        if workers > 1 and len(plan) >= 2:
+            pool.shutdown(cancel_futures=True)
     return rows

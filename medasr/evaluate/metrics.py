@@ -2,7 +2,7 @@
 
 - WER/CER are corpus-level: total edits / total reference words (characters); `wer_mean_utt` (mean of per-row WER,
   what some leaderboards report) is given beside it, never instead of it.
-- One normaliser (`medasr.evaluate.normalize`) makes the words of WER, KER and the term error rate, so a hypothesis
+- One normaliser (`medasr.normalize`) makes the words of WER, KER and the term error rate, so a hypothesis
   with no WER edit never misses a keyword.
 - KER (NVIDIA clinical-ASR-eval rule): a row whose `term` words do not occur contiguously in the hypothesis scores 1;
   aggregated per row, per entity category, per term, and for seen vs held-out terms (`term_seen`); WER and KER are
@@ -24,7 +24,8 @@ import jiwer
 import numpy as np
 
 from medasr.data.lexicon import core_lexicon
-from medasr.evaluate.normalize import contains_term, normalize, term_tokens
+from medasr.data.select import speaker_of
+from medasr.normalize import contains_term, normalize, term_tokens
 
 PARALLEL_MIN_ROWS = 4000  # below this, process start-up costs more than it saves
 
@@ -292,6 +293,8 @@ def compute_metrics(rows: list[dict], normalizer: str = "whisper", n_boot: int =
     if len(sources) > 1:  # e.g. the generic (non-medical) slice that measures forgetting
         out["by_source"] = {src: _slice(scores, [str(r.get("source")) == src for r in rows], rows, n_boot, seed)
                             for src in sources}
+    for factor, masks in voice_slices(rows).items():  # synthetic voices: engine, accent and voice, each apart
+        out[f"by_{factor}"] = {v: _slice(scores, mask, rows, n_boot, seed) for v, mask in masks.items()}
     out["style"] = {"hypotheses": output_style([r.get("pred_text") or "" for r in rows]),
                     "references": output_style([r.get("text") or "" for r in rows])}
     out["ci95"] = {
@@ -302,6 +305,18 @@ def compute_metrics(rows: list[dict], normalizer: str = "whisper", n_boot: int =
     out["ci_clusters"] = {"wer": {"key": cluster_key, "n": n_clusters(clusters, words)},
                           "term_error_rate": {"key": cluster_key, "n": n_clusters(clusters, occ_n)},
                           "ker": {"key": "term", "n": all_ker["n_terms"]}}
+    return out
+
+
+def voice_slices(rows: list[dict]) -> dict[str, dict[str, list[bool]]]:
+    """Row masks per synthetic engine, accent and voice, for each factor that takes more than one value."""
+    getters = {"engine": lambda r: r.get("engine"), "accent": lambda r: r.get("accent"), "voice": speaker_of}
+    out = {}
+    for factor, get in getters.items():
+        values = [str(get(r)) if r.get("engine") else None for r in rows]
+        distinct = sorted(set(values) - {None})
+        if len(distinct) > 1:
+            out[factor] = {v: [x == v for x in values] for v in distinct}
     return out
 
 

@@ -59,6 +59,11 @@ def metrics_markdown(m: dict, title: str) -> str:
     if m.get("by_source"):
         lines += ["", "## By source (generic speech measures forgetting)", "", "| source | rows | WER |", "|---|---|---|"]
         lines += [f"| {name} | {v['n_rows']} | {_pct(v['wer'])}{_ci(v['wer_ci95'])} |" for name, v in m["by_source"].items()]
+    for factor in ("engine", "accent", "voice"):
+        if m.get(f"by_{factor}"):
+            lines += ["", f"## By synthetic {factor}", "", f"| {factor} | rows | WER | KER |", "|---|---|---|---|"]
+            lines += [f"| {name} | {v['n_rows']} | {_pct(v['wer'])}{_ci(v['wer_ci95'])} | {_pct(v['ker'])}"
+                      f"{_ci(v['ker_ci95'])} |" for name, v in m[f"by_{factor}"].items()]
     worst = [(t, v) for t, v in m["per_term"].items() if v["ker"] > 0][:15]
     if worst:
         lines += ["", "## Most-missed terms", "", "| term | category | KER | rows |", "|---|---|---|---|"]

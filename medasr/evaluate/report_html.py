@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jiwer
 
-from medasr.evaluate.normalize import normalize
+from medasr.normalize import normalize
 from medasr.evaluate.report import _pct, ci_range, fmt_p
 
 CSS = """
@@ -128,6 +128,14 @@ def eval_html(metrics: dict, hyps: list[dict], title: str, max_examples: int = 2
                  f"<td class=num>{_pct(v['ker_seen'])}</td><td class=num>{_pct(v['ker_unseen'])}</td></tr>"
                  for k, v in m["by_speaker"].items()]
         body.append("</table>")
+    for factor in ("engine", "accent", "voice"):
+        if m.get(f"by_{factor}"):
+            body.append(f"<h2>By synthetic {factor}</h2><table><tr><th>{factor}</th><th class=num>rows</th>"
+                        "<th class=num>WER</th><th class=num>95 % CI</th><th class=num>KER</th><th class=num>95 % CI</th></tr>")
+            body += [f"<tr><td>{html.escape(k)}</td><td class=num>{v['n_rows']}</td><td class=num>{_pct(v['wer'])}</td>"
+                     f"<td class=num>{ci_range(v['wer_ci95'])}</td><td class=num>{_pct(v['ker'])}</td>"
+                     f"<td class=num>{ci_range(v['ker_ci95'])}</td></tr>" for k, v in m[f"by_{factor}"].items()]
+            body.append("</table>")
     cats = list(m["ker_by_category"])
     if cats:
         body.append("<h2>KER by entity category</h2>")

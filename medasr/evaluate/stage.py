@@ -83,7 +83,7 @@ def score_manifest(rows: list[dict], out_dir: Path, cfg: Config, title: str, dec
 
 def evaluate(cfg: Config, manifest: Path, out_dir: Path, model_spec: str | Path, title: str,
              run_dir: Path | None = None) -> dict:
-    """Transcribe `manifest` with `model_spec` (medasr.transcribe.load_model: export, base folder, .nemo or Hub id) and
+    """Transcribe `manifest` with `model_spec` (medasr.models.load.load_model: export, base folder, .nemo or Hub id) and
     score it. A finished evaluation of the same inputs costs no model load; other scoring settings re-score the saved
     transcripts; another model, manifest or prompt decodes again. Rows longer than the model's single-pass limit are
     chunked and merged (medasr.transcribe)."""

@@ -23,6 +23,8 @@ from typing import Optional
 # POST/pods; the same enum as CudaVersion in the runpod-sdk crate): the host's driver CUDA version.
 RUNPOD_CUDA_VERSIONS = ("11.8", "12.0", "12.1", "12.2", "12.3", "12.4", "12.5", "12.6", "12.7", "12.8", "12.9", "13.0")
 LOCK = Path(__file__).resolve().parents[2] / "requirements.lock"
+# a PyTorch wheel index per CUDA major family (by minor-version compatibility any driver of the family runs it)
+FAMILY_INDEX = {12: "https://download.pytorch.org/whl/cu128", 11: "https://download.pytorch.org/whl/cu118"}
 
 
 def _version(s: str) -> tuple[int, int]:
@@ -86,8 +88,8 @@ def check_driver(nvidia_smi_output: str, need: str) -> Optional[str]:
     if _version(have)[0] < _version(need)[0]:
         return (f"the host's NVIDIA driver supports CUDA {have}, but the torch to be installed is a CUDA {need} build "
                 f"(needs a CUDA {_version(need)[0]}.x driver). Fix: create the pod on a newer host (`medasr runpod up` "
-                "asks RunPod for allowedCudaVersions that fit), or install a torch built for this driver: "
-                f"MEDASR_TORCH_INDEX=https://download.pytorch.org/whl/cu{have.replace('.', '')} (`runpod up --torch-index`)")
+                "asks RunPod for allowedCudaVersions that fit), or install a torch built for this driver's CUDA family "
+                f"(any {_version(have)[0]}.x build runs on it): MEDASR_TORCH_INDEX={FAMILY_INDEX.get(_version(have)[0], '<a PyTorch wheel index for CUDA ' + str(_version(have)[0]) + '>')} (`runpod up --torch-index`)")
     return None
 
 
@@ -99,7 +101,11 @@ def main(argv: list[str]) -> int:
         print("cuda check: no nvidia-smi, no NVIDIA driver: a CPU install")
         return 0
     out = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=60)
-    need = torch_cuda(argv[1] if len(argv) > 1 and argv[1] else None)
+    try:
+        need = torch_cuda(argv[1] if len(argv) > 1 and argv[1] else None)
+    except ValueError as e:
+        print(f"cuda check: {e}", file=sys.stderr)
+        return 2
     problem = check_driver(out.stdout, need) if out.returncode == 0 else f"nvidia-smi failed: {out.stderr.strip()}"
     if problem:
         print(f"cuda check: {problem}", file=sys.stderr)

@@ -334,12 +334,12 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None, in
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     ship(model, work / "model" / "llm", tmp)
 
-    shipped = load_base(install_mini(work / "install-check", src=tmp, fresh=True))
+    reloaded = load_base(install_mini(work / "install-check", src=tmp, fresh=True))
     result = {
         "steps": step, "minutes": round(minutes, 1), "batch_size": p.batch_size,
-        "params": sum(prm.numel() for n, prm in shipped.named_parameters() if ".lora_" not in n),
-        "heldout_wer_seen_voice": round(model_wer(cfg, shipped, rows["heldout_seen_voice"]), 4),
-        "heldout_wer_new_voice": round(model_wer(cfg, shipped, rows["heldout_new_voice"]), 4),
+        "params": sum(prm.numel() for n, prm in reloaded.named_parameters() if ".lora_" not in n),
+        "heldout_wer_seen_voice": round(model_wer(cfg, reloaded, rows["heldout_seen_voice"]), 4),
+        "heldout_wer_new_voice": round(model_wer(cfg, reloaded, rows["heldout_new_voice"]), 4),
         "heldout_rows": len(rows["heldout_seen_voice"]),
         "heldout_voice": p.heldout_voice, "voices": list(p.voices),
         "hardware": device_name(dev) if not init or init["hardware"] == device_name(dev)
