@@ -132,17 +132,22 @@ def test_kokoro_speaks_deterministically_and_blends_are_new_voices(tmp_path, mon
     assert "".join(chunks).replace(" ", "") == k.phonemes(long, "en-us").replace(" ", "")
 
 
-def test_rendering_in_processes_matches_one_process(tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine", ["espeak", pytest.param("kokoro", marks=needs_kokoro)])
+def test_parallel_rendering_matches_one_worker(engine, tmp_path, monkeypatch):
+    """Kokoro renders in worker processes, espeak-ng in threads; either way the rows, in plan order, and the audio
+    are those of one worker."""
     monkeypatch.setenv("MEDASR_TTS_CACHE", str(tmp_path / "cache"))
-    plan = [u for u in synth.plan_corpus(core_lexicon(), seed=3, train_voices=["en-us", "en-gb"],
-                                         test_voices=["en-us-nyc+f2"], unseen_fraction=0.2, train_per_term=1,
-                                         val_per_term=0, test_per_term=1, unseen_test_per_term=1, rates=(150, 170),
-                                         noise_levels=["clean", "snr15"])][:8]
+    train, test = (["en-us", "en-gb"], ["en-us-nyc+f2"]) if engine == "espeak" else (["kokoro:af_heart"], ["kokoro:bm_lewis"])
+    plan = synth.plan_corpus(core_lexicon(), seed=3, train_voices=train, test_voices=test, unseen_fraction=0.2,
+                             train_per_term=1, val_per_term=0, test_per_term=1, unseen_test_per_term=1,
+                             rates=(150, 170), noise_levels=["clean", "snr15"])[: 8 if engine == "espeak" else 3]
     one = synth.synthesize(plan, tmp_path / "a", workers=1)
+    monkeypatch.setenv("MEDASR_TTS_CACHE", str(tmp_path / "cache2"))  # synthesised again, not read back
     two = synth.synthesize(plan, tmp_path / "b", workers=2)
+    assert len(list((tmp_path / "cache2").rglob("*.flac"))) == len(plan)
     assert [r["id"] for r in two] == [u.id for u in plan]  # plan order
     for r1, r2 in zip(one, two):
-        assert r1["duration"] == r2["duration"] and r1["voice_id"] == r2["voice_id"] and r1["engine"] == "espeak"
+        assert r1["duration"] == r2["duration"] and r1["voice_id"] == r2["voice_id"] and r1["engine"] == engine
         assert open(r1["audio_filepath"], "rb").read() == open(r2["audio_filepath"], "rb").read()
 
 

@@ -5,7 +5,7 @@ Synthesis is cached by (engine, voice, rate, the text the engine reads, the engi
 or the Kokoro model's SHA-256) in `MEDASR_TTS_CACHE` (default ~/.cache/medasr/tts), as 24-bit FLAC, so re-runs and
 larger builds reuse audio; noise is added after the cache. Kokoro reads `medasr.data.spoken.spoken(text)` (units,
 doses, abbreviations as said); espeak-ng reads the written text with its own front end (the published espeak numbers
-were made that way). Rows keep the written text as the reference. Rendering runs in worker processes.
+were made that way). Rows keep the written text as the reference. Kokoro renders in worker processes.
 
 Split design (what makes the test set honest; three factors, each reported apart by the evaluation):
 - terms: a seeded share of every category's terms is held out: those terms appear **only** in test (`term_seen: false`);
@@ -29,7 +29,7 @@ import random
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -275,22 +275,29 @@ def _render_one(args):
 
 def synthesize(plan: list, audio_dir: Path, workers: int = 2, progress=None, render=None) -> list[dict]:
     """Render every planned utterance (`render(u, audio_dir)` → manifest row; default: the medical corpus's) in plan
-    order, in `workers` processes (each loads its own Kokoro session)."""
-    check_engines(plan_voices(plan))
+    order. Kokoro runs in `workers` processes (each loads its own session; G2P and onnxruntime hold the GIL or a core);
+    espeak-ng alone in threads, each waiting on its espeak-ng process (spawning Python workers costs more than it
+    saves: bench/synth_bench.py)."""
+    voices = plan_voices(plan)
+    check_engines(voices)
     render = render or render_utterance
     rows: list[dict] = []
     jobs = [(render, u, audio_dir) for u in plan]
     if workers <= 1 or len(plan) < 2:
+        pool = None
         results = map(_render_one, jobs)
-    else:
+    elif any(parse_voice(v).engine == "kokoro" for v in voices):
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
         results = pool.map(_render_one, jobs, chunksize=max(1, min(16, len(jobs) // (4 * workers))))
+    else:
+        pool = ThreadPoolExecutor(max_workers=workers)
+        results = pool.map(_render_one, jobs)
     try:
         for row in results:
             rows.append(row)
             if progress is not None:
                 progress()
     finally:
-        if workers > 1 and len(plan) >= 2:
+        if pool is not None:
             pool.shutdown(cancel_futures=True)
     return rows
