@@ -48,7 +48,7 @@ class PretrainError(RuntimeError):
 
 
 def build_data(cfg: Config, work: Path, console=None) -> dict:
-    """Generic text (medical terms excluded, reported) → espeak speech → manifests in work/data/. Idempotent."""
+    """Generic text (medical terms excluded, reported) → synthetic speech → manifests in work/data/. Idempotent."""
     from rich.progress import Progress
 
     p = cfg.pretrain
@@ -66,7 +66,7 @@ def build_data(cfg: Config, work: Path, console=None) -> dict:
                         heldout_voice=p.heldout_voice, rates=(p.rate_min, p.rate_max),
                         noise_levels=list(p.noise_levels), max_words=p.max_words)
     with Progress(console=console, transient=True) as prog:
-        task = prog.add_task("speaking generic sentences (espeak-ng)", total=len(plan))
+        task = prog.add_task("speaking generic sentences", total=len(plan))
         rows = synthesize_generic(plan, work / "audio", progress=lambda: prog.advance(task))
     for split in SPLITS:
         write_manifest(data / f"{split}.json", [r for r in rows if r["split"] == split])
