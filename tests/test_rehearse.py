@@ -34,7 +34,7 @@ def test_rehearse_real_preset(preset, tmp_path):
     assert voices["test"] & set(synth.test_voices)  # the held-out voices speak test rows
     # only sizes, steps and hardware were changed
     assert all(o.split("=")[0].split(".")[0] in ("train", "data", "eval", "model") for o in rep["overrides"]
-               if o != "gate.min_rows=40")  # the gate's minimum, scaled with the data
+               if o != "gate.min_rows=30")  # the gate's minimum, scaled with the data
     assert [o for o in rep["overrides"] if o.startswith("model.")] == ["model.precision=32-true"]
     if preset == "canary-qwen-2.5b":
         assert rep["slim_checkpoint"]["frozen_tensors"] == []  # tied embed_tokens/lm_head included

@@ -31,7 +31,7 @@ SMALL = ["train.max_steps=20", "train.ckpt_every_n_steps=10", "train.val_every_n
          "eval.max_new_tokens=12", "eval.n_boot=50",
          # the preset's Kokoro voices, on a sample of the synthetic test rows (all of them: minutes of CPU synthesis),
          # and the gate's row minimum scaled with it (the gate itself still decides)
-         "data.synth.max_test=60", "data.synth.generic_test_rows=4", "gate.min_rows=40"]
+         "data.synth.max_test=40", "data.synth.generic_test_rows=2", "gate.min_rows=30"]
 BY_PRESET = {"canary-qwen-2.5b": ["train.batch_tokens=1500"], "parakeet-tdt-0.6b-v2": ["train.batch_size=4"]}
 
 
