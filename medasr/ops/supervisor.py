@@ -108,7 +108,7 @@ class Supervisor:
         spent = self.ledger.tick()
         if self.ledger.over() and not self._budget.is_set():
             self._budget.set()
-            write_text_atomic(self.run_dir / "BUDGET", json.dumps(
+            write_text_atomic(self.run_dir / BUDGET, json.dumps(
                 {"spent_usd": round(spent, 2), "max_usd": self.ledger.max_usd, "time": now()}, indent=2))
             if self.child and self.child.poll() is None:
                 os.killpg(self.child.pid, signal.SIGTERM)
@@ -169,7 +169,7 @@ class Supervisor:
         if self.ledger is not None:
             if self._check_budget():
                 return self._over_budget()
-            (self.run_dir / "BUDGET").unlink(missing_ok=True)  # the cap was raised: go on
+            (self.run_dir / BUDGET).unlink(missing_ok=True)  # the cap was raised: go on
         while True:
             done, why = run_is_done(self.run_dir, self.cfg.train.max_steps)
             if done:
