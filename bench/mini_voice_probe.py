@@ -1,8 +1,10 @@
 """How the shipped mini base hears each synthetic engine: its WER on the first N of its own held-out generic sentences
 (never trained on), spoken by a pretraining espeak-ng voice, by its held-out espeak-ng voice, and by Kokoro-82M voices
-(American and British). Prints WER per voice set and the ratio to the pretraining voice; writes JSON.
+(American and British). Prints WER per voice set and the ratio to the pretraining voice; writes JSON. Which Kokoro
+voices a base was pretrained on is on its card (pretrain.neural_voices): af_heart and am_michael are among them for a
+base continued on Kokoro speech; af_jessica and bf_emma are medical test voices, which no base has heard.
 
-    .venv/bin/python bench/mini_voice_probe.py [--sentences 50] [--work runs/mini-voice-probe] [--out FILE.json]
+    .venv/bin/python bench/mini_voice_probe.py [--sentences 50] [--base DIR] [--work runs/mini-voice-probe] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from pathlib import Path
 from medasr.config import load_config
 from medasr.data.generic_speech import GenericUtterance, plan_generic, synthesize_generic
 from medasr.data.generic_text import generic_sentences
-from medasr.models.mini import install_mini
+from medasr.models.mini import MINI_DIR, install_mini
 from medasr.models.salm import load_base
 from medasr.train.select import model_wer
 
 VOICE_SETS = {"espeak pretraining voice (en-us)": "en-us", "espeak held-out voice (en-gb-scotland+f2)": None,
               "kokoro af_heart (US)": "kokoro:af_heart", "kokoro am_michael (US)": "kokoro:am_michael",
-              "kokoro bf_emma (UK)": "kokoro:bf_emma"}
+              "kokoro af_jessica (US)": "kokoro:af_jessica", "kokoro bf_emma (UK)": "kokoro:bf_emma"}
 
 
 def main() -> None:
@@ -30,6 +32,7 @@ def main() -> None:
     ap.add_argument("--sentences", type=int, default=50)
     ap.add_argument("--work", type=Path, default=Path("runs/mini-voice-probe"))
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--base", type=Path, default=MINI_DIR, help="a mini base folder (pretrain-mini --out); default: shipped")
     a = ap.parse_args()
     cfg = load_config("mini")
     p = cfg.pretrain
@@ -38,7 +41,7 @@ def main() -> None:
                                          voices=list(p.voices), heldout_voice=p.heldout_voice,
                                          rates=(p.rate_min, p.rate_max), noise_levels=["clean"], max_words=p.max_words)
             if u.split == "heldout_new_voice"][: a.sentences]
-    model = load_base(install_mini(a.work / "model"))
+    model = load_base(install_mini(a.work / "model", src=a.base, fresh=True))
     results = {}
     for name, voice in VOICE_SETS.items():
         voice = voice or p.heldout_voice
@@ -56,7 +59,9 @@ def main() -> None:
         r["vs_pretraining_voice"] = round(r["wer"] / ref, 2) if ref else None
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps({"sentences": a.sentences, "date": time.strftime("%Y-%m-%d"), "results": results},
+        a.out.write_text(json.dumps({"sentences": a.sentences, "date": time.strftime("%Y-%m-%d"), "base": str(a.base),
+                                     "base_steps": json.loads((a.base / "pretrain.json").read_text())["steps"],
+                                     "results": results},
                                     indent=2))
 
 

@@ -215,7 +215,8 @@ def pretrain_mini(preset: str = typer.Option("mini", "--preset", "-p", help="pre
                                                            "medasr/resources/mini) instead of starting from random init; "
                                                            "raise pretrain.steps above its step count"),
                   set_: Optional[List[str]] = SetOpt):
-    """Pretrain the `mini` base from scratch on generic (non-medical) espeak-ng speech, and ship it."""
+    """Pretrain the `mini` base on generic (non-medical) synthetic speech (espeak-ng, plus Kokoro with
+    pretrain.neural_train > 0), and ship it."""
     from medasr.train.pretrain_mini import PretrainError, pretrain
 
     cfg = _cfg(preset, set_)

@@ -196,7 +196,7 @@ class OpsConfig:
 
 @dataclass
 class PretrainConfig:
-    """`medasr pretrain-mini`: the mini base trained from scratch on generic espeak speech (medasr/train/pretrain_mini.py).
+    """`medasr pretrain-mini`: the mini base trained on generic espeak-ng (and Kokoro) speech (medasr/train/pretrain_mini.py).
     Sizes come from model.tiny; the result ships in medasr/resources/mini/."""
 
     n_train: int = 24000  # generic sentences spoken for training (one voice each)
@@ -206,6 +206,13 @@ class PretrainConfig:
         "en-us", "en-gb", "en-us+f3", "en-gb-x-rp+m3", "en-gb-scotland", "en-gb-scotland+m3", "en-029+f4",
         "en-gb-x-gbclan+m1", "en-us+f1", "en-gb+f4", "en-gb-x-gbcwmd+m2", "en-us+m4"])
     heldout_voice: str = "en-gb-scotland+f2"  # never heard in pretraining (the medical test voice is another accent)
+    # a second engine (Kokoro): the first neural_train training sentences spoken again by neural_voices, repeated
+    # neural_repeat times per pass over the data (replaying the espeak-ng rows keeps what the base knows), and the
+    # held-out sentences by a neural training voice and by neural_heldout_voice (a speaker and accent never trained on)
+    neural_voices: list[str] = field(default_factory=list)
+    neural_train: int = 0
+    neural_heldout_voice: str = ""
+    neural_repeat: int = 1
     rate_min: int = 140
     rate_max: int = 190
     noise_levels: list[str] = field(default_factory=lambda: ["clean", "clean", "snr15", "snr5"])
@@ -285,7 +292,9 @@ def load_config(preset: str, overrides: Optional[list[str]] = None) -> Config:
     check_prompts(cfg.model.prompt, cfg.model.prompts_by_source)
     s = cfg.data.synth
     for key, voices in (("train_voices", s.train_voices), ("test_voices", s.test_voices),
-                        ("pretrain.voices", cfg.pretrain.voices), ("pretrain.heldout_voice", [cfg.pretrain.heldout_voice])):
+                        ("pretrain.voices", cfg.pretrain.voices), ("pretrain.heldout_voice", [cfg.pretrain.heldout_voice]),
+                        ("pretrain.neural_voices", cfg.pretrain.neural_voices),
+                        ("pretrain.neural_heldout_voice", [cfg.pretrain.neural_heldout_voice] if cfg.pretrain.neural_train else [])):
         for v in voices:
             try:
                 parse_voice(v)
@@ -294,6 +303,11 @@ def load_config(preset: str, overrides: Optional[list[str]] = None) -> Config:
     if bad := held_out_violations(list(s.train_voices), list(s.test_voices)):
         raise ValueError(f"data.synth.test_voices {bad} share a speaker with data.synth.train_voices: a held-out voice "
                          "must be a new speaker (for a Kokoro blend: none of its packs may be a training voice's)")
+    pre = cfg.pretrain
+    heard = [*pre.voices, *(pre.neural_voices if pre.neural_train else [])]
+    if cfg.model.base == "mini" and (bad := held_out_violations(heard, list(s.test_voices))):
+        raise ValueError(f"data.synth.test_voices {bad} share a speaker with the mini base's pretraining voices "
+                         "(pretrain.voices, pretrain.neural_voices): the base has heard them, so they are not held out")
     return cfg
 
 

@@ -2,6 +2,7 @@
 `medasr pretrain-mini` trains/resumes/ships, and the mini demo's before/after numbers agree with `medasr compare`."""
 
 import json
+import random
 import shutil
 
 import pytest
@@ -94,7 +95,8 @@ def test_pretrain_mini_trains_resumes_and_ships(tmp_path):
     from medasr.models.salm import load_base
 
     small = ["pretrain.n_train=24", "pretrain.n_heldout=4", "pretrain.eval_every=2", "pretrain.ckpt_every=2",
-             "pretrain.eval_rows=4", "pretrain.warmup_steps=1", "model.tiny.encoder_layers=2", "model.tiny.num_layers=1"]
+             "pretrain.eval_rows=4", "pretrain.warmup_steps=1", "model.tiny.encoder_layers=2", "model.tiny.num_layers=1",
+             "pretrain.neural_train=0"]  # espeak-ng only, like the first stages of the shipped base
     args = ["pretrain-mini", "-d", str(tmp_path / "work"), "--out", str(tmp_path / "mini")]
     r = CliRunner().invoke(app, args + [f"--set={o}" for o in small + ["pretrain.steps=2"]])
     assert r.exit_code == 0, r.output
@@ -124,18 +126,36 @@ def test_pretrain_mini_trains_resumes_and_ships(tmp_path):
     assert r.exit_code == 1 and "num_layers" in r.output  # other sizes are refused
     r = CliRunner().invoke(app, cont + [f"--set={o}" for o in small + ["pretrain.steps=6", "pretrain.n_train=20"]])
     assert r.exit_code == 1 and "add training text, not drop it" in r.output
-    # more training text is allowed (the held-out sentences stay put); lr 0 keeps the weights as shipped
+    # more training text is allowed (the held-out sentences stay put), and Kokoro speech added to an espeak-only base
+    # (the preset's neural voices: 3 training sentences again, 4 held-out by a Kokoro training voice and by a new
+    # British speaker); lr 0 keeps the weights as shipped
+    neural = ["pretrain.neural_train=3"]
     r = CliRunner().invoke(app, cont + [f"--set={o}" for o in small + ["pretrain.steps=6", "pretrain.lr=0",
-                                                                         "pretrain.n_train=30"]])
+                                                                         "pretrain.n_train=30"] + neural])
     assert r.exit_code == 0, r.output
     meta2 = json.loads((tmp_path / "mini2" / "pretrain.json").read_text())
     assert meta2["steps"] == 6 and [h["step"] for h in meta2["history"]] == [2, 4, 6]
     assert meta2["text"]["train_rows"] == 30 and meta2["pretrain"]["n_train"] == 30
+    assert meta2["text"]["neural_train_rows"] == 3 and meta2["neural_heldout_voice"] == "kokoro:bf_isabella"
+    neural_rows = json.loads((tmp_path / "work2" / "data" / "train_neural.json").read_text().splitlines()[0])
+    assert neural_rows["source"] == "generic-kokoro" and neural_rows["voice_id"].startswith("kokoro:")
+    # an untrained-on-Kokoro base at lr 0: far from perfect on Kokoro speech, a number either way
+    assert 0 < meta2["heldout_wer_neural_seen_voice"] and 0 < meta2["heldout_wer_neural_new_voice"]
+    assert "heldout_wer_neural" in meta2["history"][-1] and "heldout_wer_neural" not in meta2["history"][0]
     assert [(x["step"], x["steps"], "continued_from" in x) for x in meta2["resumes"]] == [(2, 4, False), (4, 6, True)]
     start = meta2["resumes"][1]
     assert start["n_train"] == [24, 30] and 0 < start["start_heldout_wer"]
+    assert start["neural_train"] == [0, 3] and 0 < start["start_heldout_wer_neural"]
     card = (tmp_path / "mini2" / "MODEL_CARD.md").read_text()
     assert "Continued at step 4" in card and "pretrain.n_train raised from 24 to 30" in card
+    assert f"| kokoro:bf_isabella (never heard in pretraining) | {meta2['heldout_wer_neural_new_voice']:.1%} |" in card
+    assert "3 of those sentences" in card and "Kokoro held-out WER" in card
+    # a Kokoro base keeps its Kokoro voices: changing its held-out speaker would make "never heard" untrue
+    r = CliRunner().invoke(app, ["pretrain-mini", "-d", str(tmp_path / "work3"), "--out", str(tmp_path / "mini3"),
+                                 "--init-from", str(tmp_path / "mini2")]
+                           + [f"--set={o}" for o in small + ["pretrain.steps=8", "pretrain.n_train=30",
+                                                             "pretrain.neural_heldout_voice=kokoro:af_heart"] + neural])
+    assert r.exit_code == 1 and "neural_heldout_voice" in r.output
     assert f"held-out WER at the start {start['start_heldout_wer']:.1%} on 4 rows (its held-out voices and rates re-drawn" in card
     assert (tmp_path / "mini2" / "llm" / "tokenizer.json").read_bytes() == (tmp_path / "mini" / "llm" / "tokenizer.json").read_bytes()
     with safe_open(tmp_path / "mini" / "base" / "model.safetensors", "pt") as a, \
@@ -155,6 +175,33 @@ def test_growing_n_train_keeps_the_heldout_sentences_and_the_first_training_rows
     assert len(held[0]) == 50 and held[0] == held[1]
     train = [[u for u in p if u.split == "train"] for p in (small, big)]
     assert len(train[1]) == 900 and train[1][:300] == train[0] and not held[1] & {u.text for u in train[1]}
+
+
+def test_adding_neural_voices_moves_no_espeak_row_and_holds_out_a_new_speaker():
+    """Why Kokoro speech may be added to an espeak-only base: every row of the espeak plan stays as it was, the Kokoro
+    rows reuse its first training sentences and its held-out sentences, and the held-out Kokoro speaker trains nothing."""
+    from medasr.train.pretrain_mini import batches
+
+    text = generic_sentences().sentences
+    kw = dict(seed=7, n_train=300, n_heldout=20, voices=["en-us", "en-gb"], heldout_voice="en-us+f3", rates=(140, 190),
+              noise_levels=["clean", "snr5"], max_words=14)
+    kokoro = dict(neural_voices=["kokoro:af_heart", "kokoro:am_adam*0.5+am_echo*0.5"], neural_train=50,
+                  neural_heldout_voice="kokoro:bf_isabella")
+    plain, both = plan_generic(text, **kw), plan_generic(text, **kw, **kokoro)
+    assert both[: len(plain)] == plain
+    extra = both[len(plain):]
+    by = {s: [u for u in extra if u.split == s] for s in ("train_neural", "heldout_neural_seen_voice", "heldout_neural_new_voice")}
+    assert [len(v) for v in by.values()] == [50, 20, 20] and len(extra) == 90
+    assert [u.text for u in by["train_neural"]] == [u.text for u in plain if u.split == "train"][:50]
+    assert [u.text for u in by["heldout_neural_new_voice"]] == [u.text for u in plain if u.split == "heldout_new_voice"]
+    assert {u.voice for u in by["train_neural"] + by["heldout_neural_seen_voice"]} == set(kokoro["neural_voices"])
+    assert {u.voice for u in by["heldout_neural_new_voice"]} == {"kokoro:bf_isabella"}
+    for bad in ("kokoro:af_heart", "kokoro:am_echo"):  # a training voice, or a pack inside a training blend
+        with pytest.raises(ValueError, match="shares a speaker"):
+            plan_generic(text, **kw, **(kokoro | {"neural_heldout_voice": bad}))
+    # a pass over the data draws each Kokoro row neural_repeat times
+    drawn = [i for b in batches([1.0] * 5, 2, random.Random(0), repeat=[1, 1, 1, 3, 3]) for i in b]
+    assert sorted(drawn) == [0, 1, 2, 3, 3, 3, 4, 4, 4]
 
 
 def test_continued_pretraining_warms_up_again():

@@ -184,7 +184,8 @@ def _build_synthetic(cfg: Config, data_dir: Path) -> tuple[dict[str, list[dict]]
     with Progress() as progress:
         task = progress.add_task(f"synthesising speech ({' + '.join(engines['engines'])}, {workers} workers)",
                                  total=len(kept))
-        rows = synthesize(kept, data_dir / "audio", workers=workers, progress=lambda: progress.advance(task))
+        rows = synthesize(kept, data_dir / "audio", workers=workers, progress=lambda: progress.advance(task),
+                          engines_checked=True)
     by_split = {sp: [r for r in rows if r["id"].startswith(sp + "-")] for sp in SPLITS}
     report = {"source": "synthetic-" + "+".join(engines["engines"]), "lexicon_terms": len(lexicon),
               "dropped_by_cap": dropped, "engines": engines,

@@ -5,6 +5,11 @@ Train sentences are spoken by the pretraining voices (one voice, rate and noise 
 set of held-out sentences is spoken twice: by a pretraining voice (new text) and by a voice never used in pretraining
 (new text *and* new speaker, the harder number). The medical corpus's test voice is kept out of pretraining so the
 medical test set stays a new speaker for the mini model too.
+
+A second, neural voice set (Kokoro) can speak the first `neural_train` training sentences again, and the held-out
+sentences twice more (a neural training voice; a neural speaker never trained on). Its draws come from their own
+seeded generator after the first set's, so adding it moves no row of the first set: a base pretrained on espeak-ng
+alone can be continued on the same plan plus neural speech.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from medasr.data.voices import held_out_violations, parse_voice
 @dataclass
 class GenericUtterance:
     id: str
-    split: str  # train | heldout_seen_voice | heldout_new_voice
+    split: str  # train | heldout_seen_voice | heldout_new_voice, and with neural voices train_neural | heldout_neural_*
     text: str
     voice: str
     rate: int
@@ -34,11 +39,16 @@ class GenericUtterance:
 
 def plan_generic(sentences: list[str], *, seed: int, n_train: int, n_heldout: int, voices: list[str],
                  heldout_voice: str, rates: tuple[int, int], noise_levels: list[str],
-                 max_words: int) -> list[GenericUtterance]:
+                 max_words: int, neural_voices: list[str] = (), neural_train: int = 0,
+                 neural_heldout_voice: str = "") -> list[GenericUtterance]:
     """Deterministic plan: held-out sentences are drawn first, so growing n_train never moves them."""
-    if held_out_violations(voices, [heldout_voice]):
-        raise ValueError(f"held-out voice {heldout_voice!r} shares a speaker with the pretraining voices; pick one "
-                         f"outside {voices}")
+    trained = [*voices, *neural_voices] if neural_train else list(voices)
+    for held in [heldout_voice, *([neural_heldout_voice] if neural_train else [])]:
+        if held_out_violations(trained, [held]):
+            raise ValueError(f"held-out voice {held!r} shares a speaker with the pretraining voices; pick one "
+                             f"outside {trained}")
+    if neural_train and not (neural_voices and neural_heldout_voice):
+        raise ValueError("pretrain.neural_train > 0 needs pretrain.neural_voices and pretrain.neural_heldout_voice")
     pool = [s for s in sentences if len(s.split()) <= max_words]
     rng = random.Random(seed)
     rng.shuffle(pool)
@@ -56,6 +66,13 @@ def plan_generic(sentences: list[str], *, seed: int, n_train: int, n_heldout: in
     for i, s in enumerate(heldout):  # held-out audio is clean: it measures recognition, not noise robustness
         add("heldout_seen_voice", i, s, rng.choice(voices), "clean")
         add("heldout_new_voice", i, s, heldout_voice, "clean")
+    if neural_train:
+        rng = random.Random(f"{seed}-neural")  # its own stream: the rows above are the same with or without it
+        for i, s in enumerate(train[:neural_train]):
+            add("train_neural", i, s, rng.choice(neural_voices), rng.choice(noise_levels))
+        for i, s in enumerate(heldout):
+            add("heldout_neural_seen_voice", i, s, rng.choice(neural_voices), "clean")
+            add("heldout_neural_new_voice", i, s, neural_heldout_voice, "clean")
     return plan
 
 

@@ -275,13 +275,15 @@ def _render_one(args):
     return render(u, audio_dir)
 
 
-def synthesize(plan: list, audio_dir: Path, workers: int = 2, progress=None, render=None) -> list[dict]:
+def synthesize(plan: list, audio_dir: Path, workers: int = 2, progress=None, render=None,
+               engines_checked: bool = False) -> list[dict]:
     """Render every planned utterance (`render(u, audio_dir)` → manifest row; default: the medical corpus's) in plan
     order. Kokoro runs in `workers` processes (each loads its own session; G2P and onnxruntime hold the GIL or a core);
     espeak-ng alone in threads, each waiting on its espeak-ng process (spawning Python workers costs more than it
     saves: bench/synth_bench.py)."""
     voices = plan_voices(plan)
-    check_engines(voices)
+    if not engines_checked:  # a caller that reported check_engines() already need not hash the model again
+        check_engines(voices)
     render = render or render_utterance
     rows: list[dict] = []
     jobs = [(render, u, audio_dir) for u in plan]

@@ -61,8 +61,10 @@ def _start(x: dict, p: dict) -> str:
 def write_card(out_dir: Path, r: dict) -> None:
     t, p, text = r["sizes"], r["pretrain"], r["text"]
     size_mb = (out_dir / "base" / "model.safetensors").stat().st_size / 1e6
-    hist = "\n".join(f"| {h['step']} | {h['ce']} | {h['ctc']} | {h['heldout_wer']:.1%} | {h['minutes']} |"
-                     for h in r["history"])
+    neural = bool(p.get("neural_train"))
+    hist = "\n".join(f"| {h['step']} | {h['ce']} | {h['ctc']} | {h['heldout_wer']:.1%} | "
+                     + (f"{h['heldout_wer_neural']:.1%} | " if neural else "")
+                     + f"{h['minutes']} |" for h in r["history"] if not neural or "heldout_wer_neural" in h)
     resumes = "".join(
         f" Continued at step {x['step']} ({x['at']}) from the shipped base `{x['continued_from']}` (`--init-from`: new "
         f"AdamW state and CTC head, warm-up {x['warmup']}, then cosine to the new plan of {x['steps']} steps, peak lr "
@@ -75,7 +77,15 @@ def write_card(out_dir: Path, r: dict) -> None:
         if r["history"]:
             resumes += f" (learning rate {r['history'][-1]['lr']:g} at step {r['history'][-1]['step']})"
         resumes += "."
-    card = f"""# medasr mini base (pretrained from scratch, generic English espeak-ng speech)
+    voices_line = (f" {text['neural_train_rows']:,} of those sentences ({text['neural_train_hours']} h) spoken again by "
+                   f"{len(r['neural_voices'])} Kokoro-82M voices ({', '.join(v.removeprefix('kokoro:') for v in r['neural_voices'])}), "
+                   f"drawn {p['neural_repeat']}× per pass over the data." if neural else "")
+    neural_rows = (f"| Kokoro training voices (new sentences) | {r['heldout_wer_neural_seen_voice']:.1%} |\n"
+                   f"| {r['neural_heldout_voice']} (never heard in pretraining) | {r['heldout_wer_neural_new_voice']:.1%} |\n"
+                   if neural else "")
+    curve = ("held-out WER on {n} sentences by the espeak-ng and by the Kokoro training voices; rows from when the Kokoro "
+             "voices joined" if neural else "held-out WER on {n} sentences, pretraining voices").format(n=p["eval_rows"])
+    card = f"""# medasr mini base (pretrained from scratch, generic English {'espeak-ng and Kokoro' if neural else 'espeak-ng'} speech)
 
 A scaled-down Canary-Qwen SALM — FastConformer encoder (d_model {t['encoder_d_model']}, {t['encoder_layers']} layers,
 8× subsampling, {t['mel_features']} mel) → linear projection → Qwen3-architecture LLM (hidden {t['hidden_size']},
@@ -101,7 +111,7 @@ its identity init for the fine-tune. Prompt: `{r['prompt']}`.
   pretraining text only.
 - Speech: {text['train_rows']:,} sentences of ≤ {p['max_words']} words ({text['train_hours']} h), each spoken by one of
   {len(r['voices'])} espeak-ng voices ({', '.join(r['voices'])}) at {p['rate_min']}–{p['rate_max']} wpm, each with a noise level
-  drawn uniformly from {p['noise_levels']} (pink noise at that SNR in dB).
+  drawn uniformly from {p['noise_levels']} (pink noise at that SNR in dB).{voices_line}
 
 ## Held-out generic speech ({r['heldout_rows']} sentences never trained on, clean audio)
 
@@ -112,11 +122,11 @@ a test set. medasr's medical test set measures general speech on other sentences
 |---|---|
 | pretraining voices (new sentences) | {r['heldout_wer_seen_voice']:.1%} |
 | {r['heldout_voice']} (never heard in pretraining) | {r['heldout_wer_new_voice']:.1%} |
+{neural_rows}
+## Training curve ({curve})
 
-## Training curve (held-out WER on {p['eval_rows']} sentences, pretraining voices)
-
-| step | CE | CTC | held-out WER | minutes |
-|---|---|---|---|---|
+| step | CE | CTC | held-out WER | {'Kokoro held-out WER | ' if neural else ''}minutes |
+|---|---|---|---|{'---|' if neural else ''}---|
 {hist}
 """
     (out_dir / "MODEL_CARD.md").write_text(card)

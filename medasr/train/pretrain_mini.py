@@ -1,4 +1,5 @@
-"""`medasr pretrain-mini`: train the `mini` base (a scaled-down Canary-Qwen SALM) from scratch on generic espeak speech.
+"""`medasr pretrain-mini`: train the `mini` base (a scaled-down Canary-Qwen SALM) from scratch on generic espeak speech,
+and continue it on Kokoro speech (pretrain.neural_*; the espeak-ng rows are replayed beside it).
 
 Why a plain PyTorch loop and not the Lightning fine-tune path: pretraining trains *every* base parameter (the LLM too,
 which the fine-tune freezes) plus an auxiliary CTC head on the encoder (hybrid CTC/attention training: the CTC loss
@@ -40,7 +41,16 @@ from medasr.prompts import AUDIO_TAG, split_prompt
 from medasr.train.select import model_wer
 
 SPLITS = ("train", "heldout_seen_voice", "heldout_new_voice")
-DATA_KEYS = ("n_train", "n_heldout", "max_words", "voices", "heldout_voice", "rate_min", "rate_max", "noise_levels", "seed")
+NEURAL_SPLITS = ("train_neural", "heldout_neural_seen_voice", "heldout_neural_new_voice")
+DATA_KEYS = ("n_train", "n_heldout", "max_words", "voices", "heldout_voice", "rate_min", "rate_max", "noise_levels", "seed",
+             "neural_voices", "neural_train", "neural_heldout_voice")
+# what a continuation may change: more training text, and a neural voice set added to a base that had none
+GROWABLE = ("n_train", "neural_train")
+NEURAL_KEYS = ("neural_voices", "neural_heldout_voice")
+
+
+def splits(p) -> tuple[str, ...]:
+    return SPLITS + (NEURAL_SPLITS if p.neural_train else ())
 
 
 class PretrainError(RuntimeError):
@@ -54,7 +64,7 @@ def build_data(cfg: Config, work: Path, console=None) -> dict:
     p = cfg.pretrain
     data = work / "data"
     settings = {k: v for k, v in to_dict(cfg)["pretrain"].items() if k in DATA_KEYS}
-    if all((data / f"{s}.json").exists() for s in SPLITS) and (data / "text_report.json").exists():
+    if all((data / f"{s}.json").exists() for s in splits(p)) and (data / "text_report.json").exists():
         report = json.loads((data / "text_report.json").read_text())
         if report.get("data_settings") != settings:  # never train on data made for other settings without saying so
             changed = sorted(k for k in settings if settings[k] != report.get("data_settings", {}).get(k))
@@ -64,15 +74,20 @@ def build_data(cfg: Config, work: Path, console=None) -> dict:
     text = generic_sentences()
     plan = plan_generic(text.sentences, seed=p.seed, n_train=p.n_train, n_heldout=p.n_heldout, voices=list(p.voices),
                         heldout_voice=p.heldout_voice, rates=(p.rate_min, p.rate_max),
-                        noise_levels=list(p.noise_levels), max_words=p.max_words)
+                        noise_levels=list(p.noise_levels), max_words=p.max_words, neural_voices=list(p.neural_voices),
+                        neural_train=p.neural_train, neural_heldout_voice=p.neural_heldout_voice)
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task("speaking generic sentences", total=len(plan))
-        rows = synthesize_generic(plan, work / "audio", progress=lambda: prog.advance(task))
-    for split in SPLITS:
+        rows = synthesize_generic(plan, work / "audio", workers=cfg.data.synth.workers,
+                                  progress=lambda: prog.advance(task))
+    for split in splits(p):
         write_manifest(data / f"{split}.json", [r for r in rows if r["split"] == split])
     report = text.report | {"train_rows": sum(r["split"] == "train" for r in rows),
                             "heldout_rows_per_voice_set": p.n_heldout, "data_settings": settings,
                             "train_hours": round(sum(r["duration"] for r in rows if r["split"] == "train") / 3600, 3)}
+    if p.neural_train:
+        report |= {"neural_train_rows": sum(r["split"] == "train_neural" for r in rows),
+                   "neural_train_hours": round(sum(r["duration"] for r in rows if r["split"] == "train_neural") / 3600, 3)}
     write_text_atomic(data / "text_report.json", json.dumps(report, indent=2))
     return report
 
@@ -111,9 +126,10 @@ def load_audio(rows: list[dict]) -> list[np.ndarray]:
     return [sf.read(r["audio_filepath"], dtype="int16")[0] for r in rows]
 
 
-def batches(durations: list[float], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Shuffled batches of similar duration (sorted within pools of 50 batches): little padding, still random."""
-    idx = list(range(len(durations)))
+def batches(durations: list[float], batch_size: int, rng: random.Random, repeat: list[int] | None = None) -> list[list[int]]:
+    """Shuffled batches of similar duration (sorted within pools of 50 batches): little padding, still random. One
+    pass draws row i `repeat[i]` times (default once)."""
+    idx = [i for i in range(len(durations)) for _ in range(repeat[i] if repeat else 1)]
     rng.shuffle(idx)
     pool = batch_size * 50
     out = []
@@ -192,16 +208,20 @@ def continue_from(cfg: Config, work: Path, src: Path) -> dict:
                             "folder `medasr pretrain-mini --out` wrote, e.g. medasr/resources/mini")
     meta = json.loads((src / "pretrain.json").read_text())
     mine = to_dict(cfg)
-    # n_train may grow: plan_generic draws the held-out sentences first, so more training text never takes one of them
+    # n_train may grow: plan_generic draws the held-out sentences first, so more training text never takes one of them;
+    # a neural voice set may be added to a base that had none (its rows come from their own generator: nothing moves)
+    theirs_neural = bool(meta["pretrain"].get("neural_train"))
+    fixed = [k for k in DATA_KEYS if k not in GROWABLE and (theirs_neural or k not in NEURAL_KEYS)]
     for what, theirs, ours in (("model.tiny", meta["sizes"], mine["model"]["tiny"]),
-                               ("pretrain", meta["pretrain"], {k: mine["pretrain"][k] for k in DATA_KEYS if k != "n_train"})):
+                               ("pretrain", meta["pretrain"], {k: mine["pretrain"][k] for k in fixed})):
         changed = sorted(k for k in ours if ours[k] != theirs.get(k))
         if changed:
             raise PretrainError(f"--init-from {src} was made with other {what} settings ({', '.join(changed)}): "
                                 f"continue it with the settings in its pretrain.json")
-    if cfg.pretrain.n_train < meta["pretrain"]["n_train"]:
-        raise PretrainError(f"--init-from {src} was trained on pretrain.n_train={meta['pretrain']['n_train']} sentences: "
-                            "a continuation may add training text, not drop it (set it to that or more)")
+    for k in GROWABLE:
+        if getattr(cfg.pretrain, k) < meta["pretrain"].get(k, 0):
+            raise PretrainError(f"--init-from {src} was trained on pretrain.{k}={meta['pretrain'][k]} sentences: "
+                                "a continuation may add training text, not drop it (set it to that or more)")
     if cfg.pretrain.steps <= meta["steps"]:
         raise PretrainError(f"--init-from {src} has trained {meta['steps']} steps already: set pretrain.steps above "
                             f"that (e.g. --set pretrain.steps={meta['steps'] + 2000})")
@@ -235,7 +255,8 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None, in
     text_report = build_data(cfg, work, console)
     console.print(f"generic text: {text_report['kept']} sentences kept, {text_report['excluded_medical']} excluded for "
                   f"naming a medical term; {text_report['train_rows']} training rows, {text_report['train_hours']} h")
-    rows = {s: read_manifest(work / "data" / f"{s}.json") for s in SPLITS}
+    rows = {s: read_manifest(work / "data" / f"{s}.json") for s in splits(p)}
+    neural = bool(p.neural_train)
     model = new_model(cfg, work)
     ctc_head = torch.nn.Linear(cfg.model.tiny.encoder_d_model, model.text_vocab_size + 1)  # + CTC blank
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a lent GPU when there is one (bf16 autocast)
@@ -257,11 +278,15 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None, in
             # the starting point measured on this run's held-out audio: the baseline the continuation's curve is read
             # against (growing n_train re-draws the held-out rows' voices and rates, never their sentences)
             wer0 = model_wer(cfg, model, rows["heldout_seen_voice"][: p.eval_rows])
-            console.print(f"held-out WER at the start: {wer0:.1%} on {p.eval_rows} rows")
+            rec = {"step": step, "steps": p.steps, "lr": p.lr, "warmup": p.warmup_steps, "continued_from": init["from"],
+                   "n_train": [init.get("n_train", p.n_train), p.n_train], "start_heldout_wer": round(wer0, 4)}
+            if neural:
+                rec["neural_train"] = [init.get("neural_train", 0), p.neural_train]
+                rec["start_heldout_wer_neural"] = round(model_wer(cfg, model, rows["heldout_neural_seen_voice"][: p.eval_rows]), 4)
+            console.print(f"held-out WER at the start: {wer0:.1%} on {p.eval_rows} rows"
+                          + (f", {rec['start_heldout_wer_neural']:.1%} by the neural voices" if neural else ""))
             with (work / "resumes.jsonl").open("a") as f:
-                f.write(json.dumps({"step": step, "steps": p.steps, "lr": p.lr, "warmup": p.warmup_steps,
-                                    "continued_from": init["from"], "n_train": [init.get("n_train", p.n_train), p.n_train],
-                                    "start_heldout_wer": round(wer0, 4), "at": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
+                f.write(json.dumps(rec | {"at": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
     if ckpt.exists():
         state = torch.load(ckpt, map_location=dev, weights_only=False)
         model.load_state_dict(state["model"])
@@ -273,14 +298,17 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None, in
             with (work / "resumes.jsonl").open("a") as f:  # the card says when training resumed and with what plan
                 f.write(json.dumps({"step": step, "steps": p.steps, "lr": p.lr, "at": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
     todo = step < p.steps  # a finished run re-run only re-ships and re-measures: no need to load 20 h of audio
-    enc = encode_rows(model, rows["train"], cfg.model.prompt) if todo else []
-    audio = load_audio(rows["train"]) if todo else []
-    durations = [r["duration"] for r in rows["train"]]
+    train_rows = rows["train"] + (rows["train_neural"] if neural else [])
+    enc = encode_rows(model, train_rows, cfg.model.prompt) if todo else []
+    audio = load_audio(train_rows) if todo else []
+    durations = [r["duration"] for r in train_rows]
+    repeat = [1] * len(rows["train"]) + ([p.neural_repeat] * len(rows["train_neural"]) if neural else [])
     rng = random.Random(p.seed + step)
     queue: list[list[int]] = []
     started = time.monotonic() - elapsed
     this_run = time.monotonic()  # pretrain.max_minutes bounds this invocation, not the base's whole history
     eval_rows = rows["heldout_seen_voice"][: p.eval_rows]
+    eval_neural = rows["heldout_neural_seen_voice"][: p.eval_rows] if neural else []
     window: list[tuple[float, float]] = []
 
     def save() -> None:
@@ -300,7 +328,7 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None, in
                 console.print(f"[yellow]pretrain.max_minutes={p.max_minutes} reached at step {step}[/]")
                 break
             if not queue:
-                queue = batches(durations, p.batch_size, rng)
+                queue = batches(durations, p.batch_size, rng, repeat)
             batch = {k: v.to(dev) for k, v in collate(queue.pop(), audio, enc, model.text_pad_id).items()}
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, p, start)
@@ -322,8 +350,11 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None, in
                 wer = model_wer(cfg, model, eval_rows)
                 model.train()
                 ce_m, ctc_m = (float(np.mean([w[k] for w in window])) for k in (0, 1))
-                rec = {"step": step, "ce": round(ce_m, 4), "ctc": round(ctc_m, 4), "heldout_wer": round(wer, 4),
-                       "lr": round(lr_at(step, p, start), 6), "minutes": round((time.monotonic() - started) / 60, 2)}
+                rec = {"step": step, "ce": round(ce_m, 4), "ctc": round(ctc_m, 4), "heldout_wer": round(wer, 4)}
+                if neural:
+                    rec["heldout_wer_neural"] = round(model_wer(cfg, model, eval_neural), 4)
+                    model.train()
+                rec |= {"lr": round(lr_at(step, p, start), 6), "minutes": round((time.monotonic() - started) / 60, 2)}
                 window.clear()
                 with hist_file.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
@@ -342,6 +373,9 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None, in
         "heldout_wer_new_voice": round(model_wer(cfg, reloaded, rows["heldout_new_voice"]), 4),
         "heldout_rows": len(rows["heldout_seen_voice"]),
         "heldout_voice": p.heldout_voice, "voices": list(p.voices),
+        **({"heldout_wer_neural_seen_voice": round(model_wer(cfg, reloaded, rows["heldout_neural_seen_voice"]), 4),
+            "heldout_wer_neural_new_voice": round(model_wer(cfg, reloaded, rows["heldout_neural_new_voice"]), 4),
+            "neural_voices": list(p.neural_voices), "neural_heldout_voice": p.neural_heldout_voice} if neural else {}),
         "hardware": device_name(dev) if not init or init["hardware"] == device_name(dev)
         else f"{init['hardware']}, then {device_name(dev)}", "text": {k: v for k, v in text_report.items() if k != "excluded_examples"},
         "excluded_examples": text_report.get("excluded_examples", [])[:5],
@@ -357,7 +391,7 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None, in
     write_card(tmp, result)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.replace(out_dir)
-    console.print({k: result[k] for k in ("steps", "minutes", "heldout_wer_seen_voice", "heldout_wer_new_voice")})
+    console.print({k: v for k, v in result.items() if k in ("steps", "minutes") or k.startswith("heldout_wer")})
     return result
 
 
