@@ -231,7 +231,8 @@ def mini_run(tiny_run, tmp_path_factory):
     synth = tiny_run[0].data.synth  # the tiny corpus's settings (its data is copied, not rebuilt)
     cfg = load_config("mini", ["train.max_steps=160", "train.ckpt_every_n_steps=80", "train.val_every_n_steps=80",
                                f"data.synth.train_per_term={synth.train_per_term}",
-                               f"data.synth.train_voices={list(synth.train_voices)}", "train.smoke_steps=0"])
+                               f"data.synth.train_voices={list(synth.train_voices)}",
+                               f"data.synth.test_voices={list(synth.test_voices)}", "train.smoke_steps=0"])
     return cfg, run_dir, run_flywheel(cfg, run_dir)
 
 

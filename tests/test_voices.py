@@ -11,7 +11,7 @@ from medasr.data import kokoro, synth
 from medasr.data.lexicon import core_lexicon
 from medasr.data.spoken import spoken
 from medasr.data.voices import held_out_violations, parse_voice
-from medasr.evaluate.metrics import voice_slices
+from medasr.evaluate.metrics import design_cells, held_out_voice_kinds, voice_slices
 from medasr.fingerprint import file_sha256
 
 KOKORO = kokoro.installed(kokoro.default_dir())
@@ -42,7 +42,7 @@ def test_held_out_voices_are_new_speakers():
                              "data.synth.test_voices=[kokoro:af_bella]"])
     # the mini base heard its pretraining voices (espeak-ng and Kokoro): none may be a medical test voice of its demo
     with pytest.raises(ValueError, match="pretraining voices"):
-        load_config("mini", ["data.synth.test_voices=[kokoro:am_fenrir*0.5+am_onyx*0.5]"])
+        load_config("mini", ["data.synth.train_voices=[kokoro:af_sky]", "data.synth.test_voices=[kokoro:am_fenrir*0.5+am_onyx*0.5]"])
     with pytest.raises(ValueError, match="pretraining voices"):
         load_config("mini", ["data.synth.train_voices=[kokoro:af_heart]", "data.synth.test_voices=[en-gb-scotland+m3]"])
     assert load_config("tiny", ["data.synth.test_voices=[kokoro:am_fenrir]"])  # tiny's base is random-init
@@ -166,6 +166,27 @@ def test_metrics_slice_by_engine_accent_and_voice():
     assert s["engine"] == {"espeak": [False, False, True, False], "kokoro": [True, True, False, False]}
     assert set(s["accent"]) == {"en-us", "en-gb", "en-us-nyc"}
     assert s["voice"]["kokoro:bf_emma"] == [False, True, False, False]  # real speech is not a synthetic voice
+
+
+def test_design_cells_split_held_out_voices_by_distance():
+    """A new Kokoro speaker of the training accent, a new accent and a new engine are reported apart, inside the
+    "voice new" cells; with one kind of held-out voice (the espeak-ng presets) the cells are as before."""
+    def row(engine, accent, seen, term_seen=True):
+        return {"engine": engine, "accent": accent, "speaker_seen": seen, "term": "warfarin", "term_seen": term_seen,
+                "carrier_seen": False}
+
+    rows = [row("kokoro", "en-us", True), row("kokoro", "en-us", False), row("kokoro", "en-gb", False),
+            row("espeak", "en-us-nyc", False), row("kokoro", "en-gb", False, term_seen=False)]
+    assert held_out_voice_kinds(rows) == [None, "new speaker", "new accent", "new engine", "new accent"]
+    cells = design_cells(rows)
+    assert cells["term seen · voice new · carrier new"] == [False, True, True, True, False]
+    assert cells["term seen · voice new (new speaker) · carrier new"] == [False, True, False, False, False]
+    assert cells["term seen · voice new (new accent) · carrier new"] == [False, False, True, False, False]
+    assert cells["term seen · voice new (new engine) · carrier new"] == [False, False, False, True, False]
+    assert cells["term new · voice new (new accent) · carrier new"] == [False, False, False, False, True]
+    assert "term new · voice new (new engine) · carrier new" not in cells  # no such rows: no empty cell
+    espeak_only = [row("espeak", "en-us", True), row("espeak", "en-us-nyc", False)]
+    assert list(design_cells(espeak_only)) == ["term seen · voice seen · carrier new", "term seen · voice new · carrier new"]
 
 
 def test_kokoro_missing_offline_is_a_clear_error(tmp_path, monkeypatch):

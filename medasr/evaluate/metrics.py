@@ -331,7 +331,34 @@ def design_cells(rows: list[dict]) -> dict[str, list[bool]]:
         return {}
     cells: dict[str, list[bool]] = {}
     keys = [tuple(flag(r, k) for k, _ in present) if r.get("term") else None for r in rows]
+    kinds = held_out_voice_kinds(rows)
+    split = len(set(kinds) - {None}) > 1
     for combo in sorted({k for k in keys if k is not None and None not in k}, key=lambda c: [not v for v in c]):
         name = " · ".join(f"{n} {'seen' if v else 'new'}" for (_, n), v in zip(present, combo))
         cells[name] = [k == combo for k in keys]
+        if split and "voice new" in name:  # a new speaker, a new accent and a new engine are different distances
+            for kind in sorted(set(kinds) - {None}, key=HELD_OUT_KINDS.index):
+                mask = [m and x == kind for m, x in zip(cells[name], kinds)]
+                if any(mask):
+                    cells[name.replace("voice new", f"voice new ({kind})")] = mask
     return cells
+
+
+HELD_OUT_KINDS = ("new speaker", "new accent", "new engine")
+
+
+def held_out_voice_kinds(rows: list[dict]) -> list[str | None]:
+    """How far each held-out synthetic voice is from the training voices: another engine ("new engine"), else an
+    accent no training voice has ("new accent"), else only another speaker ("new speaker"). None: not a synthetic
+    row, or a training voice. Training engines and accents are read off the rows of seen speakers."""
+    seen = [r for r in rows if r.get("engine") and flag(r, "speaker_seen") is True]
+    engines, accents = {r["engine"] for r in seen}, {(r["engine"], r.get("accent")) for r in seen}
+
+    def kind(r: dict) -> str | None:
+        if not r.get("engine") or flag(r, "speaker_seen") is not False:
+            return None
+        if r["engine"] not in engines:
+            return "new engine"
+        return "new accent" if (r["engine"], r.get("accent")) not in accents else "new speaker"
+
+    return [kind(r) for r in rows]
