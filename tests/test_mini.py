@@ -150,13 +150,21 @@ def test_pretrain_mini_trains_resumes_and_ships(tmp_path):
     assert "Continued at step 4" in card and "pretrain.n_train raised from 24 to 30" in card
     assert f"| kokoro:bf_isabella (never heard in pretraining) | {meta2['heldout_wer_neural_new_voice']:.1%} |" in card
     assert "3 of those sentences" in card and "Kokoro held-out WER" in card
+    assert "Kokoro speech added: 3 training sentences" in card
     # a Kokoro base keeps its Kokoro voices: changing its held-out speaker would make "never heard" untrue
     r = CliRunner().invoke(app, ["pretrain-mini", "-d", str(tmp_path / "work3"), "--out", str(tmp_path / "mini3"),
                                  "--init-from", str(tmp_path / "mini2")]
                            + [f"--set={o}" for o in small + ["pretrain.steps=8", "pretrain.n_train=30",
-                                                             "pretrain.neural_heldout_voice=kokoro:af_heart"] + neural])
+                                                             "pretrain.neural_heldout_voice=kokoro:bm_lewis"] + neural])
     assert r.exit_code == 1 and "neural_heldout_voice" in r.output
-    assert f"held-out WER at the start {start['start_heldout_wer']:.1%} on 4 rows (its held-out voices and rates re-drawn" in card
+    # nor more Kokoro text: its held-out rows share the Kokoro rows' random stream and would be re-drawn
+    r = CliRunner().invoke(app, ["pretrain-mini", "-d", str(tmp_path / "work3"), "--out", str(tmp_path / "mini3"),
+                                 "--init-from", str(tmp_path / "mini2")]
+                           + [f"--set={o}" for o in small + ["pretrain.steps=8", "pretrain.n_train=30",
+                                                             "pretrain.neural_train=5"]])
+    assert r.exit_code == 1 and "neural_train" in r.output
+    assert (f"held-out WER at the start {start['start_heldout_wer']:.1%}, {start['start_heldout_wer_neural']:.1%} by the "
+            "Kokoro training voices on 4 rows (its held-out voices and rates re-drawn") in card
     assert (tmp_path / "mini2" / "llm" / "tokenizer.json").read_bytes() == (tmp_path / "mini" / "llm" / "tokenizer.json").read_bytes()
     with safe_open(tmp_path / "mini" / "base" / "model.safetensors", "pt") as a, \
             safe_open(tmp_path / "mini2" / "base" / "model.safetensors", "pt") as b:

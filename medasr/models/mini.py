@@ -50,12 +50,19 @@ def _grown(x: dict) -> str:
     return f"; pretrain.n_train raised from {a:,} to {b:,} (more training text)" if b > a else ""
 
 
+def _neural(x: dict) -> str:
+    a, b = x.get("neural_train", (0, 0))
+    return f"; Kokoro speech added: {b:,} training sentences spoken again by Kokoro voices" if b > a else ""
+
+
 def _start(x: dict, p: dict) -> str:
     if "start_heldout_wer" not in x:
         return ""
     redrawn = (" (its held-out voices and rates re-drawn: the curve below uses that audio from here on)"
                if _grown(x) else "")
-    return f"; held-out WER at the start {x['start_heldout_wer']:.1%} on {p['eval_rows']} rows{redrawn}"
+    neural = (f", {x['start_heldout_wer_neural']:.1%} by the Kokoro training voices"
+              if "start_heldout_wer_neural" in x else "")
+    return f"; held-out WER at the start {x['start_heldout_wer']:.1%}{neural} on {p['eval_rows']} rows{redrawn}"
 
 
 def write_card(out_dir: Path, r: dict) -> None:
@@ -68,7 +75,7 @@ def write_card(out_dir: Path, r: dict) -> None:
     resumes = "".join(
         f" Continued at step {x['step']} ({x['at']}) from the shipped base `{x['continued_from']}` (`--init-from`: new "
         f"AdamW state and CTC head, warm-up {x['warmup']}, then cosine to the new plan of {x['steps']} steps, peak lr "
-        f"{x['lr']:g}{_grown(x)}{_start(x, p)})." if "continued_from" in x else
+        f"{x['lr']:g}{_grown(x)}{_neural(x)}{_start(x, p)})." if "continued_from" in x else
         f" Resumed at step {x['step']} ({x['at']}) with the plan set to {x['steps']} steps, peak lr "
         f"{x['lr']:g} (the cosine schedule recomputed for the new plan)." for x in r.get("resumes", []))
     if r["steps"] < p["steps"]:  # cut short by pretrain.max_minutes: say so, the plan's last steps never ran

@@ -30,6 +30,7 @@ import torch
 from medasr.atomic import write_text_atomic
 from medasr.config import Config, to_dict
 from medasr.console import console as shared
+from medasr.data.build import synth_workers
 from medasr.data.generic_speech import plan_generic, synthesize_generic
 from medasr.data.generic_text import generic_sentences
 from medasr.data.manifest import read_manifest, write_manifest
@@ -44,7 +45,8 @@ SPLITS = ("train", "heldout_seen_voice", "heldout_new_voice")
 NEURAL_SPLITS = ("train_neural", "heldout_neural_seen_voice", "heldout_neural_new_voice")
 DATA_KEYS = ("n_train", "n_heldout", "max_words", "voices", "heldout_voice", "rate_min", "rate_max", "noise_levels", "seed",
              "neural_voices", "neural_train", "neural_heldout_voice")
-# what a continuation may change: more training text, and a neural voice set added to a base that had none
+# what a continuation may change: more training text, and a neural voice set added to a base that had none (never
+# more neural text: its rows share one random stream with the held-out neural rows, which would be re-drawn)
 GROWABLE = ("n_train", "neural_train")
 NEURAL_KEYS = ("neural_voices", "neural_heldout_voice")
 
@@ -63,7 +65,9 @@ def build_data(cfg: Config, work: Path, console=None) -> dict:
 
     p = cfg.pretrain
     data = work / "data"
-    settings = {k: v for k, v in to_dict(cfg)["pretrain"].items() if k in DATA_KEYS}
+    # the neural keys only when there is a neural set: an espeak-only work dir's data stays valid whatever they say
+    settings = {k: v for k, v in to_dict(cfg)["pretrain"].items()
+                if k in DATA_KEYS and (p.neural_train or k not in (*NEURAL_KEYS, "neural_train"))}
     if all((data / f"{s}.json").exists() for s in splits(p)) and (data / "text_report.json").exists():
         report = json.loads((data / "text_report.json").read_text())
         if report.get("data_settings") != settings:  # never train on data made for other settings without saying so
@@ -78,7 +82,7 @@ def build_data(cfg: Config, work: Path, console=None) -> dict:
                         neural_train=p.neural_train, neural_heldout_voice=p.neural_heldout_voice)
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task("speaking generic sentences", total=len(plan))
-        rows = synthesize_generic(plan, work / "audio", workers=cfg.data.synth.workers,
+        rows = synthesize_generic(plan, work / "audio", workers=synth_workers(cfg),
                                   progress=lambda: prog.advance(task))
     for split in splits(p):
         write_manifest(data / f"{split}.json", [r for r in rows if r["split"] == split])
@@ -211,7 +215,8 @@ def continue_from(cfg: Config, work: Path, src: Path) -> dict:
     # n_train may grow: plan_generic draws the held-out sentences first, so more training text never takes one of them;
     # a neural voice set may be added to a base that had none (its rows come from their own generator: nothing moves)
     theirs_neural = bool(meta["pretrain"].get("neural_train"))
-    fixed = [k for k in DATA_KEYS if k not in GROWABLE and (theirs_neural or k not in NEURAL_KEYS)]
+    fixed = [k for k in DATA_KEYS if (k not in GROWABLE or (theirs_neural and k == "neural_train"))
+             and (theirs_neural or k not in NEURAL_KEYS)]
     for what, theirs, ours in (("model.tiny", meta["sizes"], mine["model"]["tiny"]),
                                ("pretrain", meta["pretrain"], {k: mine["pretrain"][k] for k in fixed})):
         changed = sorted(k for k in ours if ours[k] != theirs.get(k))
@@ -229,7 +234,7 @@ def continue_from(cfg: Config, work: Path, src: Path) -> dict:
     shutil.rmtree(llm_dir, ignore_errors=True)
     shutil.copytree(src / "llm", llm_dir)
     init = {"from": str(src), "steps": meta["steps"], "minutes": meta["minutes"], "hardware": meta["hardware"],
-            "n_train": meta["pretrain"]["n_train"],
+            "n_train": meta["pretrain"]["n_train"], "neural_train": meta["pretrain"].get("neural_train", 0),
             "history": meta.get("history", []), "resumes": meta.get("resumes", []),
             "heldout_wer_seen_voice": meta["heldout_wer_seen_voice"]}
     # the weights, copied too: the run must not depend on `src`, which it may overwrite when it ships
