@@ -157,12 +157,12 @@ def test_pretrain_mini_trains_resumes_and_ships(tmp_path):
                            + [f"--set={o}" for o in small + ["pretrain.steps=8", "pretrain.n_train=30",
                                                              "pretrain.neural_heldout_voice=kokoro:bm_lewis"] + neural])
     assert r.exit_code == 1 and "neural_heldout_voice" in r.output
-    # nor more Kokoro text: its held-out rows share the Kokoro rows' random stream and would be re-drawn
+    # nor drop Kokoro text
     r = CliRunner().invoke(app, ["pretrain-mini", "-d", str(tmp_path / "work3"), "--out", str(tmp_path / "mini3"),
                                  "--init-from", str(tmp_path / "mini2")]
                            + [f"--set={o}" for o in small + ["pretrain.steps=8", "pretrain.n_train=30",
-                                                             "pretrain.neural_train=5"]])
-    assert r.exit_code == 1 and "neural_train" in r.output
+                                                             "pretrain.neural_train=2"]])
+    assert r.exit_code == 1 and "neural_train" in r.output and "not drop it" in r.output
     assert (f"held-out WER at the start {start['start_heldout_wer']:.1%}, {start['start_heldout_wer_neural']:.1%} by the "
             "Kokoro training voices on 4 rows (its held-out voices and rates re-drawn") in card
     assert (tmp_path / "mini2" / "llm" / "tokenizer.json").read_bytes() == (tmp_path / "mini" / "llm" / "tokenizer.json").read_bytes()
@@ -197,6 +197,8 @@ def test_adding_neural_voices_moves_no_espeak_row_and_holds_out_a_new_speaker():
                   neural_heldout_voice="kokoro:bf_isabella")
     plain, both = plan_generic(text, **kw), plan_generic(text, **kw, **kokoro)
     assert both[: len(plain)] == plain
+    more = plan_generic(text, **kw, **(kokoro | {"neural_train": 80}))  # more Kokoro text moves no earlier row
+    assert {u.id: u for u in both} == {u.id: u for u in more if not (u.split == "train_neural" and int(u.id[-6:]) >= 50)}
     extra = both[len(plain):]
     by = {s: [u for u in extra if u.split == s] for s in ("train_neural", "heldout_neural_seen_voice", "heldout_neural_new_voice")}
     assert [len(v) for v in by.values()] == [50, 20, 20] and len(extra) == 90

@@ -8,8 +8,9 @@ medical test set stays a new speaker for the mini model too.
 
 A second, neural voice set (Kokoro) can speak the first `neural_train` training sentences again, and the held-out
 sentences twice more (a neural training voice; a neural speaker never trained on). Its draws come from their own
-seeded generator after the first set's, so adding it moves no row of the first set: a base pretrained on espeak-ng
-alone can be continued on the same plan plus neural speech.
+seeded generators (training rows, held-out rows), so adding it moves no row of the first set and growing it moves no
+earlier row: a base pretrained on espeak-ng alone can be continued on the same plan plus neural speech, and a neural
+base on more neural text.
 """
 
 from __future__ import annotations
@@ -67,9 +68,12 @@ def plan_generic(sentences: list[str], *, seed: int, n_train: int, n_heldout: in
         add("heldout_seen_voice", i, s, rng.choice(voices), "clean")
         add("heldout_new_voice", i, s, heldout_voice, "clean")
     if neural_train:
-        rng = random.Random(f"{seed}-neural")  # its own stream: the rows above are the same with or without it
+        # their own streams: the rows above are the same with or without them, and growing neural_train moves no
+        # held-out neural row (nor any earlier neural training row)
+        rng = random.Random(f"{seed}-neural")
         for i, s in enumerate(train[:neural_train]):
             add("train_neural", i, s, rng.choice(neural_voices), rng.choice(noise_levels))
+        rng = random.Random(f"{seed}-neural-heldout")
         for i, s in enumerate(heldout):
             add("heldout_neural_seen_voice", i, s, rng.choice(neural_voices), "clean")
             add("heldout_neural_new_voice", i, s, neural_heldout_voice, "clean")

@@ -52,7 +52,10 @@ def _grown(x: dict) -> str:
 
 def _neural(x: dict) -> str:
     a, b = x.get("neural_train", (0, 0))
-    return f"; Kokoro speech added: {b:,} training sentences spoken again by Kokoro voices" if b > a else ""
+    if b <= a:
+        return ""
+    return (f"; Kokoro speech added: {b:,} training sentences spoken again by Kokoro voices" if not a else
+            f"; pretrain.neural_train raised from {a:,} to {b:,} (more Kokoro speech)")
 
 
 def _start(x: dict, p: dict) -> str:

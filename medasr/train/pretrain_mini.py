@@ -45,8 +45,8 @@ SPLITS = ("train", "heldout_seen_voice", "heldout_new_voice")
 NEURAL_SPLITS = ("train_neural", "heldout_neural_seen_voice", "heldout_neural_new_voice")
 DATA_KEYS = ("n_train", "n_heldout", "max_words", "voices", "heldout_voice", "rate_min", "rate_max", "noise_levels", "seed",
              "neural_voices", "neural_train", "neural_heldout_voice")
-# what a continuation may change: more training text, and a neural voice set added to a base that had none (never
-# more neural text: its rows share one random stream with the held-out neural rows, which would be re-drawn)
+# what a continuation may change: more training text (espeak-ng or neural), and a neural voice set added to a base
+# that had none
 GROWABLE = ("n_train", "neural_train")
 NEURAL_KEYS = ("neural_voices", "neural_heldout_voice")
 
@@ -215,8 +215,7 @@ def continue_from(cfg: Config, work: Path, src: Path) -> dict:
     # n_train may grow: plan_generic draws the held-out sentences first, so more training text never takes one of them;
     # a neural voice set may be added to a base that had none (its rows come from their own generator: nothing moves)
     theirs_neural = bool(meta["pretrain"].get("neural_train"))
-    fixed = [k for k in DATA_KEYS if (k not in GROWABLE or (theirs_neural and k == "neural_train"))
-             and (theirs_neural or k not in NEURAL_KEYS)]
+    fixed = [k for k in DATA_KEYS if k not in GROWABLE and (theirs_neural or k not in NEURAL_KEYS)]
     for what, theirs, ours in (("model.tiny", meta["sizes"], mine["model"]["tiny"]),
                                ("pretrain", meta["pretrain"], {k: mine["pretrain"][k] for k in fixed})):
         changed = sorted(k for k in ours if ours[k] != theirs.get(k))
