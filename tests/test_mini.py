@@ -214,6 +214,20 @@ def test_adding_neural_voices_moves_no_espeak_row_and_holds_out_a_new_speaker():
     assert sorted(drawn) == [0, 1, 2, 3, 3, 3, 4, 4, 4]
 
 
+def test_an_interrupted_build_resumes_only_with_its_own_plan(tmp_path):
+    """Audio files are reused by row id: resuming a half-spoken build with other voices would pair old audio with new
+    rows, silently. More training text moves no row, so it may grow."""
+    from medasr.train.pretrain_mini import PretrainError, claim_audio
+
+    made = {"n_train": 100, "voices": ["en-us"], "seed": 7}
+    claim_audio(tmp_path / "audio", made)
+    claim_audio(tmp_path / "audio", made | {"n_train": 200})  # growth: fine
+    claim_audio(tmp_path / "audio", made | {"n_train": 200, "neural_train": 50, "neural_voices": ["kokoro:af_heart"]})
+    for other in ({"voices": ["en-gb"]}, {"seed": 8}, {"neural_voices": ["kokoro:am_adam"]}):
+        with pytest.raises(PretrainError, match=f"other pretrain settings \\({next(iter(other))}\\)"):
+            claim_audio(tmp_path / "audio", made | {"neural_train": 50, "neural_voices": ["kokoro:af_heart"]} | other)
+
+
 def test_continued_pretraining_warms_up_again():
     from medasr.config import PretrainConfig
     from medasr.train.pretrain_mini import lr_at

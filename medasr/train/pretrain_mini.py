@@ -59,6 +59,21 @@ class PretrainError(RuntimeError):
     pass
 
 
+def claim_audio(audio: Path, settings: dict) -> None:
+    """A work dir's audio is reused file by file (a re-run speaks only what is missing, and a file is found by its row
+    id), so an interrupted build may only be resumed with the plan it was made for: other data settings would pair
+    old audio with new rows. Growing the training text moves no row, so that is allowed."""
+    f = audio / "settings.json"
+    if f.exists():
+        old = json.loads(f.read_text())
+        changed = sorted(k for k in settings.keys() & old.keys() if k not in GROWABLE and settings[k] != old[k])
+        if changed:
+            raise PretrainError(f"{audio} holds audio spoken for other pretrain settings ({', '.join(changed)}): use a "
+                                "new --work-dir, or the settings it was made with")
+    audio.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(f, json.dumps(settings, indent=2))
+
+
 def build_data(cfg: Config, work: Path, console=None) -> dict:
     """Generic text (medical terms excluded, reported) → synthetic speech → manifests in work/data/. Idempotent."""
     from rich.progress import Progress
@@ -75,6 +90,7 @@ def build_data(cfg: Config, work: Path, console=None) -> dict:
             raise PretrainError(f"{work} holds data made with other pretrain settings ({', '.join(changed)}): use a new "
                                 "--work-dir, or the settings it was made with")
         return report
+    claim_audio(work / "audio", settings)
     text = generic_sentences()
     plan = plan_generic(text.sentences, seed=p.seed, n_train=p.n_train, n_heldout=p.n_heldout, voices=list(p.voices),
                         heldout_voice=p.heldout_voice, rates=(p.rate_min, p.rate_max),
