@@ -59,7 +59,7 @@ def test_sigterm_saves_checkpoint_within_5s_and_resumes(tiny_data_and_base):
 
 def test_supervisor_survives_sigkills(tiny_data_and_base):
     rd = tiny_data_and_base
-    every, max_steps = 10, 70
+    every, max_steps = 10, 50  # two kills: each relaunch costs a NeMo start, so CI keeps it short
     cmd = [sys.executable, "-m", "medasr.cli", "supervise", "--preset", "tiny", "--run-dir", str(rd), "--backoff", "0.5",
            "--set", f"train.max_steps={max_steps}", "--set", f"train.ckpt_every_n_steps={every}",
            "--set", "train.val_every_n_steps=35", "--set", "eval.max_new_tokens=4"]
@@ -67,7 +67,7 @@ def test_supervisor_survives_sigkills(tiny_data_and_base):
     rng = random.Random(7)
     kills = []
     try:
-        for lo, hi in ((8, 20), (25, 40), (45, 60)):
+        for lo, hi in ((8, 20), (25, 40)):
             target = rng.randint(lo, hi)
 
             def child_at_target():
@@ -85,11 +85,11 @@ def test_supervisor_survives_sigkills(tiny_data_and_base):
         if sup.poll() is None:
             os.killpg(sup.pid, signal.SIGKILL)
     state = json.loads((rd / "supervisor.json").read_text())
-    assert state["state"] == "done" and state["restarts"] >= 3
+    assert state["state"] == "done" and state["restarts"] >= 2
     assert run_is_done(rd, max_steps)[0]
     log = [json.loads(x) for x in (rd / "train/resume_log.jsonl").read_text().splitlines()]
     resumed = [e["start_step"] for e in log[1:]]
-    assert len(resumed) == 3
+    assert len(resumed) == 2
     for killed_at, start in zip(kills, resumed):
         assert killed_at - every <= start <= killed_at  # at most one checkpoint interval lost per kill
     from medasr.models.salm import transcribe_paths
