@@ -57,3 +57,19 @@ def test_the_link_check_can_fail(tmp_path):
     md = tmp_path / "x.md"
     md.write_text("# Title here\n\n[ok](#title-here) [gone](#nothing) [file](missing.md) [web](https://example.org)\n")
     assert broken_links(md) == ["x.md: #nothing (no such heading)", "x.md: missing.md (no such file)"]
+
+
+def test_readme_mini_table_is_the_committed_compare():
+    """The README's demo numbers are those of docs/results/mini/compare.json (what scripts/mini_results.sh copies)."""
+    import json
+
+    deltas = json.loads((REPO / "docs/results/mini/compare.json").read_text())["deltas"]
+    readme = (REPO / "README.md").read_text()
+    cells = {"seen term · training voice · new carrier": "term seen · voice seen · carrier new",
+             "seen term · new speaker (American) · new carrier": "term seen · voice new (new speaker) · carrier new",
+             "seen term · new accent (British) · new carrier": "term seen · voice new (new accent) · carrier new",
+             "seen term · new engine (espeak-ng) · new carrier": "term seen · voice new (new engine) · carrier new"}
+    for label, key in cells.items():
+        d = deltas[f"ker[{key}]"]
+        row = next(x for x in readme.splitlines() if x.startswith(f"| {label} |") or x.startswith(f"| **{label}** |"))
+        assert f"| {d['n_clusters']} | {100 * d['before']:.1f} % |" in row and f"{100 * d['after']:.1f} %" in row, row
