@@ -229,7 +229,7 @@ def _by_source(meta: dict) -> str:
 def write_model_card(out: Path, meta: dict, build_report: dict, before: dict, after: dict, compare: dict, date: str) -> None:
     tiny = meta.get("preset", "").startswith("tiny")
     note = (" — random-init tiny model: this adapter proves the pipeline, not accuracy" if tiny else
-            " — the mini base (medasr/resources/mini, pretrained on generic espeak-ng speech): a demo of real "
+            " — the mini base (medasr/resources/mini, pretrained on generic espeak-ng and Kokoro speech): a demo of real "
             "adaptation on synthetic speech, not a model for real recordings" if meta.get("preset") == "mini" else "")
     text = f"""# {EXPORT_NAME}
 
