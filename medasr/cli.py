@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -18,7 +19,7 @@ from medasr.data.lexicon_sources import extended_lexicon
 from medasr.data.manifest import read_manifest, write_manifest
 from medasr.models.mini import MINI_DIR
 from medasr.ops.secrets import load_secrets
-from medasr.ops.storage import (StorageError, parse_uri, remote_checkpoint_verified, remote_run_state,
+from medasr.ops.storage import (StorageError, parse_uri, remote_checkpoint_current, remote_progress_token, remote_run_state,
                                 restore as do_restore, sync_up)
 from medasr.runstate import mark_failed
 
@@ -437,10 +438,12 @@ def supervise(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_
               max_restarts: int = typer.Option(20, help="give up after this many restarts"),
               backoff: float = typer.Option(5.0, help="first restart delay in seconds (doubles each time, max 300)"),
               retry_failed: bool = typer.Option(False, help="clear RUN/FAILED (after fixing the cause) and try again")):
-    """Keep the flywheel alive until the run is done (decided from files, never from exit codes); restart transient
-    crashes with backoff; forward SIGTERM; state in RUN/supervisor.json. The pod's continuous command. A run marked
-    RUN/FAILED (any permanent error: a bad dataset, a preflight refusal, diverged loss) is not relaunched; on a pod,
-    MEDASR_PRICE_PER_HOUR and MEDASR_MAX_USD make it stop at its budget (exit 3)."""
+    """Keep the flywheel alive until the run is done (decided from files, never from exit codes) and synced to S3;
+    restart transient crashes with backoff; forward SIGTERM (SIGKILL after ops.kill_grace_s); state in
+    RUN/supervisor.json. The pod's continuous command. Exit 0 done (and synced), 1 failed: a run marked RUN/FAILED
+    (any permanent error: a bad dataset, a preflight refusal, diverged loss) is not relaunched, 3 budget (on a pod,
+    MEDASR_PRICE_PER_HOUR and MEDASR_MAX_USD), 4 done but the final sync failed, 75 S3 could not be read to restore,
+    143 stopped by a signal."""
     from medasr.ops.supervisor import Supervisor
 
     cfg = _cfg(preset, set_)
@@ -505,9 +508,22 @@ def _spec(preset, run_name, gpu, gpu_count, cloud, image, volume_gb, network_vol
 _GPU = typer.Option("NVIDIA A100 80GB PCIe", help="RunPod GPU id, e.g. 'NVIDIA H100 80GB HBM3', 'NVIDIA L40S'")
 
 
+@contextlib.contextmanager
+def _pod_errors():
+    """RunPod API failures end a `runpod` command with their reason, not a traceback (medasr.ops.pods sorts them)."""
+    from medasr.ops.pods import PodError
+
+    try:
+        yield
+    except PodError as e:
+        console.print(f"[red]{escape(str(e))}[/]")
+        raise typer.Exit(2)
+
+
 @runpod_app.command("up")
 def runpod_up(preset: str = typer.Option("canary-qwen-2.5b", "--preset", "-p"), run_name: str = typer.Option("poc", "--run-name"),
-              gpu: str = _GPU, gpu_count: int = 1, cloud: str = typer.Option("SECURE", help="SECURE | COMMUNITY"),
+              gpu: str = _GPU, gpu_count: int = 1, cloud: str = typer.Option("SECURE", help="SECURE | COMMUNITY | ALL "
+                                                                               "(ALL is priced at the higher price)"),
               image: str = typer.Option("runpod/pytorch:2.8.0-py3.11-cuda12.8.1-cudnn-devel-ubuntu22.04"),
               volume_gb: int = 200, network_volume: Optional[str] = typer.Option(None, help="network volume id (survives the pod)"),
               data_center: Optional[str] = None,
@@ -552,7 +568,8 @@ def runpod_up(preset: str = typer.Option("canary-qwen-2.5b", "--preset", "-p"), 
         raise typer.Exit(1)
     # the pod logs its cost so far to W&B, and stops itself at the cap even when no watcher runs (ops/spend.py)
     spec.env |= {"MEDASR_PRICE_PER_HOUR": f"{price:.4f}", "MEDASR_MAX_USD": f"{max_usd:.2f}"}
-    pod = create(spec)
+    with _pod_errors():
+        pod = create(spec)
     public_env = {k: v for k, v in spec.env.items() if k.startswith("MEDASR_")}  # no secrets in the local state
     save_state({"pod_id": pod["id"], "preset": preset, "run_name": run_name, "max_usd": max_usd, "price_per_hour": price,
                 "overrides": list(set_ or []), "spec": spec.__dict__ | {"env": public_env}})
@@ -572,7 +589,12 @@ def runpod_status(pod_id: Optional[str] = typer.Option(None, "--pod-id")):
     """Pod state, GPU, uptime and money spent."""
     from medasr.ops.pods import spent_usd, status
 
-    pod = status(_pod_id(pod_id))
+    pid = _pod_id(pod_id)
+    with _pod_errors():
+        pod = status(pid)
+    if pod is None:
+        console.print(f"[red]pod {pid} does not exist (terminated)")
+        raise typer.Exit(2)
     console.print_json(json.dumps({k: pod.get(k) for k in ("id", "name", "desiredStatus", "gpuCount", "costPerHr", "uptimeSeconds")}
                                   | {"spent_usd": round(spent_usd(pod), 2)}))
 
@@ -584,7 +606,10 @@ def runpod_cost(pod_id: Optional[str] = typer.Option(None, "--pod-id")):
     from medasr.ops.spend import WatchLedger
 
     pid = _pod_id(pod_id)
-    console.print(f"${WatchLedger().observe(pid, status(pid)):.2f} spent")
+    with _pod_errors():
+        pod = status(pid)
+    ledger = WatchLedger()
+    console.print(f"${ledger.observe(pid, pod) if pod else ledger.total():.2f} spent")
 
 
 @runpod_app.command("down")
@@ -594,12 +619,12 @@ def runpod_down(pod_id: Optional[str] = typer.Option(None, "--pod-id"),
     from medasr.ops.pods import stop, terminate
 
     pid = _pod_id(pod_id)
-    if terminate_:
-        terminate(pid)
-        console.print(f"pod {pid} terminated")
-    else:
-        stop(pid)
-        console.print(f"pod {pid} stopped")
+    with _pod_errors():
+        if terminate_:
+            terminate(pid)
+            console.print(f"pod {pid} terminated")
+        else:
+            stop(pid)  # verified: the pod's state is read back
 
 
 @runpod_app.command("logs")
@@ -639,9 +664,12 @@ def runpod_watch(pod_id: Optional[str] = typer.Option(None, "--pod-id"), max_usd
         console.print("[red]watch needs MEDASR_S3_URI: 'done' is read from the run's markers synced to S3")
         raise typer.Exit(2)
     why = watch(spec, state, lambda: remote_run_state(uri, cfg.train.max_steps), max_usd or state["max_usd"],
-                interval_s=interval, max_iterations=max_iterations,
-                work_is_safe=lambda: bool(spec.network_volume_id) or remote_checkpoint_verified(uri))
+                interval_s=interval, max_iterations=max_iterations, progress=lambda: remote_progress_token(uri),
+                work_is_safe=lambda: bool(spec.network_volume_id)
+                or remote_checkpoint_current(uri, cfg.train.ckpt_every_n_steps))
     console.print(f"watch ended: {why}")
+    if why in ("api_error", "pod_gone", "stuck"):
+        raise typer.Exit(2)
 
 
 if __name__ == "__main__":

@@ -192,6 +192,12 @@ class OpsConfig:
     # s3://bucket/prefix for checkpoint/adapter/report sync; MEDASR_S3_URI from the environment when unset
     s3_uri: Optional[str] = None
     s3_include_audio: bool = False
+    # the supervisor (medasr/ops/supervisor.py): budget check and supervisor.json every heartbeat_s; the heartbeat
+    # pushed to S3 every heartbeat_sync_s; a stopped flywheel SIGKILLed after kill_grace_s; final sync attempts
+    heartbeat_s: float = 10.0
+    heartbeat_sync_s: float = 300.0
+    kill_grace_s: float = 120.0
+    sync_attempts: int = 6
 
 
 @dataclass

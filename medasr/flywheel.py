@@ -32,8 +32,8 @@ from medasr.models.mini import install_mini
 from medasr.models.tiny import build_tiny_base
 from medasr.models.tiny_asr import build_tiny_parakeet
 from medasr.ops.failures import is_transient
-from medasr.ops.storage import sync_up
-from medasr.runstate import clear_failed, mark_failed, read_failed
+from medasr.ops.storage import delete_remote, sync_up
+from medasr.runstate import FAILED, clear_failed, mark_failed, read_failed
 from medasr.train.export import export_adapter, export_nemo, write_model_card, write_nemo_model_card
 from medasr.train.inputs import ensure_current
 from medasr.train.preflight import model_preflight
@@ -219,7 +219,10 @@ def _run_flywheel(cfg: Config, run_dir: Path, force_train: bool, current: list) 
     if cfg.model.kind == "asr":
         check_base(cfg.model.base)  # a refused base stops before any data or model time
     run_dir.mkdir(parents=True, exist_ok=True)
-    clear_failed(run_dir)  # a new attempt (the supervisor decides whether to make one)
+    if read_failed(run_dir):  # a new attempt (the supervisor decides whether to make one)
+        clear_failed(run_dir)
+        if uri := s3_uri(cfg):  # on S3 too, or the watcher would stop this attempt (sync never deletes)
+            delete_remote(uri, [FAILED])
     save_config(cfg, run_dir / "config.yaml")
     timings: dict[str, float] = {}
 

@@ -87,19 +87,19 @@ def tiny_parakeet_run(tiny_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def s3_server():
-    """S3 on loopback (moto server), a bucket `medasr-test`; the AWS_* environment points boto3 (and curl) at it."""
+    """S3 on loopback (tests/s3_standin.py: moto behind a front that verifies every SigV4 signature with botocore's
+    signer and checks checksums as S3 does), temporary credentials with a session token, a bucket `medasr-test`; the
+    AWS_* environment points boto3 and medasr.ops.s3put at it. Yields the stand-in (`.url`, `.fail()`, `.requests`)."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    old = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ENDPOINT_URL_S3=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="testing",
-                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    from s3_standin import S3StandIn
+
+    store = S3StandIn()
+    old = {k: os.environ.get(k) for k in store.env()}
+    os.environ.update(store.env())
     boto3.client("s3").create_bucket(Bucket="medasr-test")
-    yield f"http://{host}:{port}"
-    server.stop()
+    yield store
+    store.close()
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)

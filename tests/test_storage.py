@@ -1,5 +1,7 @@
-"""S3 sync against a real S3 HTTP endpoint on loopback (moto server): idempotence, verification, resume, restore."""
+"""S3 sync against S3 on loopback that verifies signatures and checksums as S3 does (tests/s3_standin.py):
+idempotence, verification by S3's own checksum, resume, restore, markers."""
 
+import base64
 import hashlib
 import json
 import os
@@ -9,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medasr.cli import app
+from medasr.ops import storage
 from medasr.ops.storage import STATE, StorageError, files_to_sync, restore, sync_up
 
 
@@ -39,14 +42,17 @@ def test_sync_idempotent_verified_and_restorable(s3_server, tmp_path):
     r1 = sync_up(rd, uri, part_size=5 * 1024 * 1024)
     assert sorted(r1.uploaded) == ["runs/one/data/train.json", "runs/one/train/DONE", "runs/one/train/checkpoints/last.ckpt"]
     s3 = boto3.client("s3")
-    head = s3.head_object(Bucket="medasr-test", Key="runs/one/train/checkpoints/last.ckpt")
+    head = s3.head_object(Bucket="medasr-test", Key="runs/one/train/checkpoints/last.ckpt", ChecksumMode="ENABLED")
     local = (rd / "train/checkpoints/last.ckpt").read_bytes()
     assert head["ContentLength"] == len(local) and head["ETag"].strip('"').endswith("-3")  # 3 parts
-    assert head["Metadata"]["medasr-md5"] == hashlib.md5(local).hexdigest()
+    # S3's composite checksum: SHA-256 over the parts' SHA-256 digests, "-3" (computed here independently)
+    mib5 = 5 * 1024 * 1024
+    digests = b"".join(hashlib.sha256(local[i:i + mib5]).digest() for i in range(0, len(local), mib5))
+    assert head["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(digests).digest()).decode() + "-3"
     r2 = sync_up(rd, uri, part_size=5 * 1024 * 1024)
     assert r2.uploaded == [] and len(r2.skipped) == 3 and r2.bytes_uploaded == 0  # idempotent
     (rd / "train/DONE").write_text('{"global_step": 20, "max_steps": 20}')
-    assert sync_up(rd, uri).uploaded == ["runs/one/train/DONE"]  # only what changed
+    assert sync_up(rd, uri, part_size=5 * 1024 * 1024).uploaded == ["runs/one/train/DONE"]  # only what changed
     fresh = tmp_path / "fresh"
     pulled = restore(uri, fresh)
     assert sorted(pulled) == ["data/train.json", "train/DONE", "train/checkpoints/last.ckpt"]
@@ -60,12 +66,12 @@ def test_interrupted_upload_resumes(s3_server, tmp_path):
     with pytest.raises(StorageError, match="injected interruption after 1 part"):
         sync_up(rd, uri, part_size=5 * 1024 * 1024, only=[rd / "train/checkpoints/last.ckpt"], fail_after_parts=1)
     state = json.loads((rd / STATE).read_text())
-    assert "runs/two/train/checkpoints/last.ckpt" in state  # the upload id survives the crash
+    assert "runs/two/train/checkpoints/last.ckpt" in state["uploads"]  # the upload id survives the crash
     r = sync_up(rd, uri, part_size=5 * 1024 * 1024)
     assert [n for k, n in r.parts_uploaded if k.endswith("last.ckpt")] == [2, 3]  # part 1 was not sent again
     obj = boto3.client("s3").get_object(Bucket="medasr-test", Key="runs/two/train/checkpoints/last.ckpt")["Body"].read()
     assert obj == (rd / "train/checkpoints/last.ckpt").read_bytes()
-    assert json.loads((rd / STATE).read_text()) == {}
+    assert json.loads((rd / STATE).read_text())["uploads"] == {}
 
 
 def test_cli_sync_and_restore(s3_server, tmp_path):
@@ -106,3 +112,109 @@ def test_supervisor_restores_empty_run_dir_and_logs_read_s3(s3_server, tmp_path)
     assert (fresh / "train/checkpoints/last.ckpt").read_bytes() == (rd / "train/checkpoints/last.ckpt").read_bytes()
     res = CliRunner().invoke(app, ["runpod", "logs", "--s3", "s3://medasr-test/pod-run"])
     assert res.exit_code == 0 and '"restarts": 2' in res.output and "train/progress.json" in res.output
+
+
+def test_a_file_replaced_during_upload_is_refused_by_s3_not_reported_verified(s3_server, tmp_path, monkeypatch):
+    """Issue 32 item 9: verification re-read the MD5 metadata the client itself wrote, so a file replaced between
+    hashing and upload was reported verified, and restore later failed. Now S3 checks the body against the SHA-256
+    computed before the upload (BadDigest), for a single PUT and for each part of a multipart upload."""
+    rd = _run_dir(tmp_path)
+    uri = "s3://medasr-test/runs/replaced"
+    real = storage.s3_checksum
+    for rel in ("train/DONE", "train/checkpoints/last.ckpt"):
+        path = rd / rel
+
+        def hashed_then_replaced(p, part_size, _path=path):
+            out = real(p, part_size)
+            if p == _path:  # the trainer replaces the file right after it was hashed
+                data = bytearray(_path.read_bytes())
+                data[0] ^= 0xFF
+                _path.write_bytes(bytes(data))
+            return out
+
+        monkeypatch.setattr(storage, "s3_checksum", hashed_then_replaced)
+        with pytest.raises(StorageError, match="changed during the upload"):
+            sync_up(rd, uri, part_size=5 * 1024 * 1024, only=[path])
+        monkeypatch.setattr(storage, "s3_checksum", real)
+        assert sync_up(rd, uri, part_size=5 * 1024 * 1024, only=[path]).uploaded  # the next sync sends the new file
+        back = tmp_path / "back" / rel.replace("/", "_")
+        assert restore(uri, back.parent / rel.split("/")[0]) is not None
+    fresh = tmp_path / "fresh"
+    restore(uri, fresh)
+    for rel in ("train/DONE", "train/checkpoints/last.ckpt"):
+        assert (fresh / rel).read_bytes() == (rd / rel).read_bytes()
+
+
+def test_restore_checks_downloads_against_s3s_checksum(s3_server, tmp_path):
+    rd = _run_dir(tmp_path)
+    uri = "s3://medasr-test/runs/corrupt"
+    sync_up(rd, uri, part_size=5 * 1024 * 1024)
+    s3_server.checksums["medasr-test/runs/corrupt/train/DONE"] = ("AAAA" + "A" * 40, "FULL_OBJECT")  # S3 says other
+    with pytest.raises(StorageError, match="checksum mismatch"):
+        restore(uri, tmp_path / "fresh")
+    assert not (tmp_path / "fresh/train/DONE").exists() and not list((tmp_path / "fresh").rglob("*.partial"))
+
+
+def test_signed_requests_are_checked_and_temporary_credentials_work(s3_server, tmp_path):
+    """The stand-in recomputes every signature with botocore's signer: the wrong secret or a missing session token is
+    refused as S3 refuses it, so a pass means what a client sends would be accepted by S3."""
+    import botocore
+
+    rd = _run_dir(tmp_path)
+    assert sync_up(rd, "s3://medasr-test/runs/signed", only=[rd / "train/DONE"]).uploaded
+    creds = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "aws_session_token": s3_server.token}
+    for bad, code in (({"aws_secret_access_key": "wrong"}, "SignatureDoesNotMatch"),
+                      ({"aws_session_token": None}, "InvalidToken")):
+        c = boto3.session.Session(**(creds | bad)).client("s3", endpoint_url=s3_server.url, region_name="us-east-1")
+        with pytest.raises(botocore.exceptions.ClientError, match=code):
+            c.put_object(Bucket="medasr-test", Key="runs/signed/x", Body=b"x")
+
+
+def test_stdlib_put_is_accepted_by_s3s_signature_check(s3_server, tmp_path, monkeypatch):
+    """Issue 32 item 4: run.sh signed its FAILED push with curl, which S3 would refuse (no x-amz-content-sha256, an
+    empty payload hash, no session token) while curl exited 0. medasr.ops.s3put (standard library only: it runs
+    before any venv exists) is checked here against botocore's signer, with temporary credentials, and fails loudly."""
+    import subprocess
+    import sys
+
+    from medasr.ops import s3put
+
+    marker = tmp_path / "FAILED"
+    marker.write_text('{"stage": "setup", "reason": "quotes \\" and ünïcode"}')
+    env = os.environ.copy()
+    r = subprocess.run([sys.executable, "-m", "medasr.ops.s3put", str(marker), "s3://medasr-test/runs/put/FAILED"],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    obj = boto3.client("s3").get_object(Bucket="medasr-test", Key="runs/put/FAILED", ChecksumMode="ENABLED")
+    assert obj["Body"].read() == marker.read_bytes()
+    assert obj["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(marker.read_bytes()).digest()).decode()
+    r = subprocess.run([sys.executable, "-m", "medasr.ops.s3put", str(marker), "s3://medasr-test/runs/put/FAILED"],
+                       env=env | {"AWS_SECRET_ACCESS_KEY": "wrong"}, capture_output=True, text=True)
+    assert r.returncode == 1 and "SignatureDoesNotMatch" in r.stderr and "pushed" not in r.stdout
+    r = subprocess.run([sys.executable, "-m", "medasr.ops.s3put", str(marker), "s3://medasr-test/runs/put/FAILED"],
+                       env={k: v for k, v in env.items() if k != "AWS_SESSION_TOKEN"}, capture_output=True, text=True)
+    assert r.returncode == 1 and "InvalidToken" in r.stderr
+    s3_server.fail("PUT", "runs/put/FAILED", 503, "SlowDown", n=1)  # transient: retried
+    monkeypatch.setattr(s3put.time, "sleep", lambda s: None)
+    s3put.put(str(marker), "s3://medasr-test/runs/put/FAILED")
+    s3_server.fail("PUT", "runs/put/FAILED", 403, "AccessDenied", n=5)  # permanent: one try, a clear error
+    with pytest.raises(s3put.PutError, match="AccessDenied"):
+        s3put.put(str(marker), "s3://medasr-test/runs/put/FAILED")
+    s3_server.failures.clear()
+
+
+def test_cleared_markers_are_deleted_on_s3(s3_server, tmp_path):
+    """Issue 32 item 8: sync never deletes, so a FAILED or BUDGET cleared locally stayed on S3 and the watcher
+    stopped the resumed run again."""
+    from medasr.ops.storage import delete_remote, remote_run_state
+
+    rd = _run_dir(tmp_path)
+    uri = "s3://medasr-test/runs/markers"
+    (rd / "FAILED").write_text('{"stage": "build", "reason": "x"}')
+    sync_up(rd, uri)
+    assert remote_run_state(uri, 10) == "failed"
+    (rd / "FAILED").unlink()
+    sync_up(rd, uri)
+    assert remote_run_state(uri, 10) == "failed"  # what sync alone leaves
+    delete_remote(uri, ["FAILED"])
+    assert remote_run_state(uri, 10) == "running"

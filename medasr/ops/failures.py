@@ -31,7 +31,10 @@ def _chain(exc: BaseException):
 
 def _http_status(exc: BaseException) -> int | None:
     resp = getattr(exc, "response", None)
-    code = getattr(resp, "status_code", None) or getattr(exc, "status_code", None)
+    if isinstance(resp, dict):  # botocore's ClientError: {"Error": …, "ResponseMetadata": {"HTTPStatusCode": …}}
+        code = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    else:
+        code = getattr(resp, "status_code", None) or getattr(exc, "status_code", None)
     return int(code) if isinstance(code, int) else None
 
 

@@ -7,9 +7,13 @@
   watcher. A resume by the watcher itself starts a new session; one the watcher did not see (a restart by RunPod)
 is noticed when uptime goes down, so one followed by a longer session between two checks is missed: keep the
 interval short (the pod's own cap, below, does not depend on it).
-- `PodLedger` (inside the pod, the supervisor): the pod's own wall time per container start, at the price `runpod up`
-  passed (MEDASR_PRICE_PER_HOUR), in RUN/spend.json on the volume, so the pod stops itself at MEDASR_MAX_USD even when
-  no watcher runs (a closed laptop cannot run up a bill).
+- `PodLedger` (inside the pod, the supervisor): the pod's own wall time per container session, from the moment the
+  container started (setup included), at the price `runpod up` passed (MEDASR_PRICE_PER_HOUR), so the pod stops itself
+  at MEDASR_MAX_USD even when no watcher runs (a closed laptop cannot run up a bill). One file per session,
+  RUN/spend/<pod>-<start>.session = "<start> <last> <usd_per_hour> <pod>", the format scripts/pod_guard.sh (the
+  wall-clock guard outside Python) writes and reads too; synced to S3 and restored on a replacement pod, so the spend
+  of earlier pods carries over (and MEDASR_SPENT_BEFORE_USD, the watcher's count when it recreated the pod, covers the
+  time before the restore). This pod's sessions + the larger of the other pods' sessions and that number.
 """
 
 from __future__ import annotations
@@ -57,25 +61,59 @@ class WatchLedger:
         return sum(p["banked_usd"] + p["cost_per_hr"] * p["uptime_s"] / 3600 for p in self.pods.values())
 
 
+SPEND_DIR = "spend"
+
+
 class PodLedger:
-    def __init__(self, path: Path, price_per_hour: float, max_usd: float, session: str):
-        """`session`: the container's start time in epoch seconds (run.sh's MEDASR_CONTAINER_START)."""
-        self.path, self.price, self.max_usd, self.session = path, price_per_hour, max_usd, session
-        self.data = json.loads(path.read_text()) if path.exists() else {"sessions": {}}
+    def __init__(self, spend_dir: Path, price_per_hour: float, max_usd: float, session_start: float,
+                 pod_id: str = "local", spent_before: float = 0.0):
+        """`session_start`: when this container started, epoch seconds (run.sh's MEDASR_CONTAINER_START)."""
+        self.dir, self.price, self.max_usd = spend_dir, price_per_hour, max_usd
+        self.start, self.pod, self.before = int(session_start), pod_id or "local", spent_before
+        self.path = spend_dir / f"{self.pod}-{self.start}.session"
+        self.write_error: str | None = None
+
+    def sessions(self) -> list[tuple[float, float, float, str]]:
+        out = []
+        for f in sorted(self.dir.glob("*.session")) if self.dir.exists() else []:
+            try:
+                start, last, price, pod = f.read_text().split()[:4]
+                out.append((float(start), float(last), float(price), pod))
+            except (OSError, ValueError):  # a torn or foreign file: skipped (our own session is counted from memory)
+                continue
+        return out
 
     def tick(self, now: float | None = None) -> float:
+        """Record this session up to now (a failed write, e.g. a full disk, is remembered, never raised) and return
+        the run's spend."""
         now = time.time() if now is None else now
-        s = self.data["sessions"].setdefault(self.session, {"start": float(self.session), "last": now})
-        s["last"] = max(s["last"], now)
-        self.data |= {"price_per_hour": self.price, "max_usd": self.max_usd, "spent_usd": round(self.spent(), 4)}
-        write_text_atomic(self.path, json.dumps(self.data, indent=2))
-        return self.spent()
+        price = max([self.price] + [p for s, _, p, pod in self.sessions() if pod == self.pod and s == self.start])
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.path, f"{self.start} {now:.0f} {price} {self.pod}\n")
+            self.write_error = None
+        except OSError as e:
+            self.write_error = f"{type(e).__name__}: {e}"
+        return self.spent(now)
 
-    def spent(self) -> float:
-        return self.price * sum(s["last"] - s["start"] for s in self.data["sessions"].values()) / 3600
+    def spent(self, now: float | None = None) -> float:
+        now = time.time() if now is None else now
+        mine = others = 0.0
+        seen = False
+        for start, last, price, pod in self.sessions():
+            if pod == self.pod and int(start) == self.start:
+                seen, last, price = True, max(last, now), max(price, self.price)
+            usd = (last - start) * price / 3600
+            if pod == self.pod:
+                mine += usd
+            else:
+                others += usd
+        if not seen:
+            mine += (now - self.start) * self.price / 3600
+        return mine + max(others, self.before)
 
-    def over(self) -> bool:
-        return self.max_usd > 0 and self.spent() >= self.max_usd
+    def over(self, margin_usd: float = 0.0, now: float | None = None) -> bool:
+        return self.max_usd > 0 and self.spent(now) >= self.max_usd - margin_usd
 
 
 def price_per_hour(cfg: Config) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -80,7 +81,8 @@ def data_config(model, cfg: Config, data_dir: Path) -> dict:
 
 class AtomicCheckpointIO:
     """Lightning CheckpointIO that writes to a temp file and renames, so a kill during a save never leaves a
-    truncated checkpoint under a name that resume would pick up."""
+    truncated checkpoint under a name that resume would pick up. Beside `last.ckpt` it writes `last.json` (its step),
+    which S3 sync uploads first, so the watcher can tell how current the checkpoint on S3 is."""
 
     def __new__(cls):
         from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -91,6 +93,9 @@ class AtomicCheckpointIO:
                 tmp = path.with_name(path.name + ".partial")
                 super().save_checkpoint(checkpoint, tmp, storage_options)
                 os.replace(tmp, path)
+                if path.name == "last.ckpt":
+                    write_text_atomic(path.with_name("last.json"), json.dumps(
+                        {"global_step": int(checkpoint.get("global_step", 0)), "time": time.time()}))
 
         return _Atomic()
 
@@ -150,8 +155,6 @@ def stop_signal_checkpoint(ckpt_dir: Path):
 
 def throughput_callback(price_per_hour: float):
     """Logs samples/s, audio seconds per second of wall time, and the money this launch has cost so far."""
-    import time
-
     from lightning.pytorch.callbacks import Callback
 
     class _Throughput(Callback):
@@ -223,8 +226,6 @@ def watchdog_callback(val_every_n_steps: int, max_nonfinite_steps: int = 3):
 
 def progress_callback(train_dir: Path):
     """`train/progress.json` = {global_step, max_steps, time, pid} after every step: a heartbeat for supervisors."""
-    import time
-
     from lightning.pytorch.callbacks import Callback
 
     class _Progress(Callback):
