@@ -50,7 +50,7 @@ in_background() {  # run "$@" in the background and wait for it, so the traps ab
 
 stop_and_wait() {  # stop this pod (verified, retried until it holds), then wait for the container to be stopped
   in_background bash $GUARD stop "$1"
-  echo "run.sh: waiting for the stop (never exiting, so RunPod does not run the job again)"
+  [ -n "$stopping" ] || echo "run.sh: waiting for the stop (never exiting, so RunPod does not run the job again)"
   while [ -z "$stopping" ]; do in_background sleep 3600; done
   exit 0
 }

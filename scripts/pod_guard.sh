@@ -26,32 +26,35 @@ BACKOFF_MAX="${MEDASR_GUARD_BACKOFF_MAX_S:-300}"
 CAP="${MEDASR_MAX_USD:-0}"
 REPO="${MEDASR_REPO_DIR:-$W/medasr}"
 
+ANSWER="$STATE/answer.$$" CURL_ERR="$STATE/curl.$$"  # per process: the watch loop and a stop run side by side
+trap 'rm -f "$ANSWER" "$CURL_ERR"' EXIT
+
 log() { echo "$(date -u +%FT%TZ) guard: $*"; }
 
-gql() {  # POST one GraphQL document; prints the HTTP status (000: no answer); the body lands in $STATE/answer
+gql() {  # POST one GraphQL document; prints the HTTP status (000: no answer); the body lands in $ANSWER
   [ -n "$POD" ] && [ -n "${RUNPOD_API_KEY:-}" ] || { echo "nopod"; return; }
-  curl -sS -m "$API_TIMEOUT" -o "$STATE/answer" -w '%{http_code}' -X POST "$API" -H 'Content-Type: application/json' \
-    -H "Authorization: Bearer $RUNPOD_API_KEY" -d "$1" 2>"$STATE/curl.err" || true
+  curl -sS -m "$API_TIMEOUT" -o "$ANSWER" -w '%{http_code}' -X POST "$API" -H 'Content-Type: application/json' \
+    -H "Authorization: Bearer $RUNPOD_API_KEY" -d "$1" 2>"$CURL_ERR" || true
 }
 
 answer_field() {  # the first "name": value of the last answer (string or number)
-  grep -o "\"$1\": *\"\?[A-Za-z0-9_.]*" "$STATE/answer" 2>/dev/null | head -n1 | sed 's/.*: *"\?//'
+  grep -o "\"$1\": *\"\?[A-Za-z0-9_.]*" "$ANSWER" 2>/dev/null | head -n1 | sed 's/.*: *"\?//'
 }
 
 pod_state() {  # prints EXITED/RUNNING/... or GONE; returns 1 when the API did not answer usefully
   local code
   code=$(gql "$(printf '{"query": "query { pod(input: {podId: \\"%s\\"}) { id desiredStatus costPerHr } }"}' "$POD")")
-  [ "$code" = 200 ] && ! grep -q '"errors"' "$STATE/answer" || return 1
-  if grep -q '"pod": *null' "$STATE/answer"; then echo GONE; return 0; fi
+  [ "$code" = 200 ] && ! grep -q '"errors"' "$ANSWER" || return 1
+  if grep -q '"pod": *null' "$ANSWER"; then echo GONE; return 0; fi
   local s; s=$(answer_field desiredStatus); [ -n "$s" ] && echo "$s"
 }
 
 why_failed() {  # a one-line reason for the last answer
   local code=$1
   case "$code" in
-    000) echo "no answer ($(tr '\n' ' ' < "$STATE/curl.err" | head -c 200))" ;;
-    200) echo "GraphQL error: $(grep -o '"message": *"[^"]*"' "$STATE/answer" | head -n1 | head -c 300)" ;;
-    *) echo "HTTP $code: $(tr '\n' ' ' < "$STATE/answer" | head -c 200)" ;;
+    000) echo "no answer ($(tr '\n' ' ' < "$CURL_ERR" | head -c 200))" ;;
+    200) echo "GraphQL error: $(grep -o '"message": *"[^"]*"' "$ANSWER" | head -n1 | head -c 300)" ;;
+    *) echo "HTTP $code: $(tr '\n' ' ' < "$ANSWER" | head -c 200)" ;;
   esac
 }
 
@@ -64,7 +67,7 @@ stop() {  # stop this pod; returns only once the API reports it stopped (or gone
     attempt=$((attempt + 1))
     code=$(gql "$(printf '{"query": "mutation { %s(input: {podId: \\"%s\\"}) %s }"}' "$verb" "$POD" \
                   "$([ $verb = podStop ] && echo '{ id desiredStatus }')")")
-    if [ "$code" = 200 ] && ! grep -q '"errors"' "$STATE/answer"; then
+    if [ "$code" = 200 ] && ! grep -q '"errors"' "$ANSWER"; then
       if st=$(pod_state); then
         case "$st" in
           EXITED|TERMINATED|GONE) log "pod $POD stopped (verified: $st) after $attempt attempt(s)"; return 0 ;;
@@ -74,7 +77,7 @@ stop() {  # stop this pod; returns only once the API reports it stopped (or gone
     else
       why=$(why_failed "$code")
       # a refusal, not a hiccup: GraphQL errors other than RunPod's "try again", or a 401/403
-      if { [ "$code" = 200 ] && ! grep -qi 'try again\|something went wrong\|timeout\|internal' "$STATE/answer"; } \
+      if { [ "$code" = 200 ] && ! grep -qi 'try again\|something went wrong\|timeout\|internal' "$ANSWER"; } \
          || [ "$code" = 401 ] || [ "$code" = 403 ]; then refused=$((refused + 1)); fi
     fi
     log "$verb failed (attempt $attempt): $why; retrying in ${delay}s"

@@ -21,6 +21,8 @@ It also fails the way the real service fails (`fail(op, kind, n)`), each mode fr
 - "nogpu": podResume on a host whose GPUs are taken: "There are not enough free GPUs on the host machine to start
   this pod." (runpod-python issue #168); podFindAndDeployOnDemand: "There are no longer any instances available with
   the requested specifications. Please refresh and try again." (llm-autoeval issue #3, runpodctl issue #189).
+- "refused": a GraphQL error that is not RunPod's "try again": podStop of a pod with a network volume answered "Pods
+  with network volumes attached cannot be stopped, only terminated" until 2026-05 (runpod/docs pull 629).
 - "http500": a 500 whose JSON body has no `data` (the SDK then fails on `["data"]`).
 - "html502": a 502 with an HTML body from the load balancer (the SDK calls `.json()` on it: JSONDecodeError).
 - "429": Too Many Requests with a plain-text body (docs.runpod.io/api-reference-v2/rate-limits: the API rejects with
@@ -194,6 +196,9 @@ class RunPodAPI:
                            if "podResume" in body["query"] else "There are no longer any instances available with the "
                            "requested specifications. Please refresh and try again.")
                     return self._send(200, {"errors": [{"message": msg}]})
+                elif kind == "refused":
+                    return self._send(200, {"errors": [{"message": "Pods with network volumes attached cannot be "
+                                                                  "stopped, only terminated."}]})
                 elif kind == "http500":
                     return self._send(500, {"code": "INTERNAL_SERVER_ERROR"})
                 elif kind == "html502":

@@ -116,6 +116,8 @@ class S3StandIn:
         s3 = self
 
         class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # answers botocore's `Expect: 100-continue` (HTTP/1.0 makes it wait 1 s a PUT)
+
             def log_message(self, *a):
                 pass
 
@@ -175,7 +177,7 @@ class S3StandIn:
 
     def _forward(self, method, path, headers, body):
         conn = http.client.HTTPConnection(*self.moto_addr, timeout=60)
-        conn.request(method, path, body, headers)
+        conn.request(method, path, body, {k: v for k, v in headers.items() if k.lower() != "expect"})
         r = conn.getresponse()
         data = r.read()
         conn.close()
