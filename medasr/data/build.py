@@ -53,7 +53,11 @@ def build_is_done(data_dir: Path, cfg: Config) -> bool:
         return False
     for s in SPLITS:
         p = data_dir / f"{s}.json"
-        if not p.exists() or len(read_manifest(p)) != rep["splits"][s]["rows"]:
+        if not p.exists():
+            return False
+        rows = read_manifest(p)
+        # every row's audio too: a pod restored from S3 has the manifests but not the audio (ops.s3_include_audio)
+        if len(rows) != rep["splits"][s]["rows"] or not all(Path(r["audio_filepath"]).exists() for r in rows):
             return False
     return True
 
