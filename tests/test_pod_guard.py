@@ -5,6 +5,7 @@ API fails and stops a container as Docker does (SIGTERM to its PID 1, SIGKILL af
 command, so each test takes seconds."""
 
 import base64
+import gzip
 import json
 import os
 import shutil
@@ -177,4 +178,4 @@ def test_the_start_command_guards_the_clone_and_runs_run_sh_as_the_pod_does(pod)
     assert api.pods[pod_id]["desiredStatus"] == "EXITED", out
     assert (ws / "medasr/run.sh").exists() and json.loads((ws / "runs/poc/FAILED").read_text())["stage"] == "setup"
     assert remote_run_state(f"{URI}/start", 4) == "failed"
-    assert base64.b64decode(env["MEDASR_GUARD_B64"]) == GUARD.read_bytes()
+    assert gzip.decompress(base64.b64decode(env["MEDASR_GUARD_B64"])) == GUARD.read_bytes()

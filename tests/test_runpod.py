@@ -1,6 +1,7 @@
 """RunPod client code (the official SDK + our escaping and lifecycle logic) against a local server speaking its API."""
 
 import base64
+import gzip
 import json
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def test_create_preserves_quoting(api, monkeypatch):
     env = {e["key"]: e["value"] for e in sent["env"]}
     assert env["HF_TOKEN"] == NASTY and env["EXTRA"] == 'a"b\\c'  # arrived byte for byte
     assert sent["dockerArgs"] == spec.start_command() and "exec ./run.sh" in sent["dockerArgs"]
-    assert base64.b64decode(env["MEDASR_GUARD_B64"]) == (REPO / "scripts/pod_guard.sh").read_bytes()
+    assert gzip.decompress(base64.b64decode(env["MEDASR_GUARD_B64"])) == (REPO / "scripts/pod_guard.sh").read_bytes()
     assert sent["gpuTypeId"] == "NVIDIA A100 80GB PCIe" and sent["cloudType"] == "SECURE" and sent["volumeMountPath"] == "/workspace"
     assert pods.status(pod["id"])["desiredStatus"] == "RUNNING"
 

@@ -218,3 +218,26 @@ def test_cleared_markers_are_deleted_on_s3(s3_server, tmp_path):
     assert remote_run_state(uri, 10) == "failed"  # what sync alone leaves
     delete_remote(uri, ["FAILED"])
     assert remote_run_state(uri, 10) == "running"
+
+
+def test_a_checkpoint_on_s3_is_safe_only_when_current(s3_server, tmp_path):
+    """Issue 32 item 3: "checkpoint verified on S3" ignored its age, so a pod whose checkpoint syncs had been failing for
+    hours could be terminated (its volume with it). Now S3's last.ckpt must carry S3's checksum and its step
+    (last.json) be within one checkpoint interval of the step the pod last reported (train/progress.json)."""
+    from medasr.ops.storage import remote_checkpoint_current
+
+    rd = _run_dir(tmp_path)
+    uri = "s3://medasr-test/runs/current"
+    (rd / "train/checkpoints/last.json").write_text('{"global_step": 40}')
+    (rd / "train/progress.json").write_text('{"global_step": 45}')
+    assert not remote_checkpoint_current(uri, 10)  # nothing on S3 yet
+    sync_up(rd, uri, part_size=5 * 1024 * 1024)
+    assert remote_checkpoint_current(uri, 10)
+    (rd / "train/progress.json").write_text('{"global_step": 95}')  # the heartbeat got through, the checkpoints did not
+    sync_up(rd, uri, only=[rd / "train/progress.json"])
+    assert not remote_checkpoint_current(uri, 10)
+    (rd / "train/progress.json").write_text('{"global_step": 50}')
+    sync_up(rd, uri, only=[rd / "train/progress.json"])
+    assert remote_checkpoint_current(uri, 10)
+    boto3.client("s3").put_object(Bucket="medasr-test", Key="runs/current/train/checkpoints/last.ckpt", Body=b"x")
+    assert not remote_checkpoint_current(uri, 10)  # an object S3 holds no SHA-256 for: not known whole

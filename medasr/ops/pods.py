@@ -24,6 +24,8 @@ stops (a stopped pod's volume is still billed). Every stop is verified by readin
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import os
 import time
@@ -151,11 +153,9 @@ GUARD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "pod_guard.sh"
 
 
 def guard_script_b64() -> str:
-    """scripts/pod_guard.sh travels in the pod's environment, so the start command runs it before anything else
-    (before `git clone`, which may hang or fail)."""
-    import base64
-
-    return base64.b64encode(GUARD_SCRIPT.read_bytes()).decode()
+    """scripts/pod_guard.sh travels in the pod's environment (gzip + base64, ≈ 4 KB), so the start command runs it
+    before anything else (before `git clone`, which may hang or fail)."""
+    return base64.b64encode(gzip.compress(GUARD_SCRIPT.read_bytes(), mtime=0)).decode()
 
 
 def start_command(ssh: bool = False) -> str:
@@ -164,7 +164,7 @@ def start_command(ssh: bool = False) -> str:
     stops the pod (verified) and waits instead of exiting into a restart loop. `exec ./run.sh` makes run.sh PID 1."""
     ssh_part = "(test -x /start.sh && nohup /start.sh >/dev/null 2>&1 &); " if ssh else ""
     return ("bash -c '" + ssh_part +
-            'W=${MEDASR_WORKSPACE:-/workspace}; G=/tmp/medasr-guard.sh; echo "$MEDASR_GUARD_B64" | base64 -d > $G; '
+            'W=${MEDASR_WORKSPACE:-/workspace}; G=/tmp/medasr-guard.sh; echo "$MEDASR_GUARD_B64" | base64 -d | gunzip > $G; '
             'bash $G start; cd $W && { test -d medasr/.git || timeout 900 git clone "$MEDASR_REPO" medasr; } && '
             "cd medasr && { timeout 300 git pull --ff-only || true; } && exec ./run.sh; "
             'bash $G stop "could not clone $MEDASR_REPO into $W/medasr"; exec sleep infinity\'')
