@@ -1,6 +1,7 @@
 """Issue 22: a pod never burns money or loses work. Permanent errors stop the run (and the pod) after one attempt;
 run.sh never loops; the pod enforces its own budget cap; all rehearsed with run.sh as a pod runs it, against the
-local RunPod API server (tests/runpod_api.py) and S3 on loopback (moto)."""
+local RunPod API server (tests/runpod_api.py) and S3 on loopback that checks signatures and checksums as S3 does
+(tests/s3_standin.py). Issue 32: run.sh as PID 1, a stop from outside, a replacement pod restoring from S3."""
 
 import json
 import os
@@ -122,7 +123,8 @@ def test_pod_whose_setup_fails_marks_failed_and_stops_instead_of_looping(pod_env
     _run_pod(api, pod_id, env, run_dir, lambda: (run_dir / "FAILED").exists(), timeout=120)
     failed = json.loads((run_dir / "FAILED").read_text())
     assert failed["stage"] == "setup" and failed["kind"] == "permanent"
-    assert remote_run_state(f"{URI}/no-setup", 4) == "failed"  # pushed by curl (SigV4) before any Python exists
+    # pushed by medasr/ops/s3put.py before any venv exists (stdlib SigV4; the stand-in checks it with botocore's signer)
+    assert remote_run_state(f"{URI}/no-setup", 4) == "failed"
 
 
 @pytest.mark.slow
