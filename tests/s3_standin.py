@@ -40,6 +40,41 @@ def crc32_b64(data: bytes) -> str:
     return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
 
 
+def signature_error(method: str, path: str, headers, body: bytes, access_key: str, secret_key: str,
+                    token: str | None) -> tuple[int, str, str] | None:
+    """S3's answer to a request whose SigV4 signature (or payload hash, or session token) is wrong; None when right.
+    The expected signature is botocore's own (`S3SigV4Auth`) over the headers the client says it signed."""
+    from botocore.auth import S3SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    auth = headers.get("Authorization", "")
+    m = re.match(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/s3/aws4_request, "
+                 r"SignedHeaders=([^,]+), Signature=([0-9a-f]{64})$", auth)
+    if not m:
+        return 403, "AccessDenied", "Request is not signed with AWS Signature Version 4"
+    ak, day, region, signed, signature = m.groups()
+    if ak != access_key:
+        return 403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records."
+    signed_names = signed.split(";")
+    if token and (headers.get("x-amz-security-token") != token or "x-amz-security-token" not in signed_names):
+        return 403, "InvalidToken", "The provided token is malformed or otherwise invalid."
+    declared = headers.get("x-amz-content-sha256")
+    if declared is None or "x-amz-content-sha256" not in signed_names:
+        return 400, "InvalidRequest", "Missing required header for this request: x-amz-content-sha256"
+    if declared != "UNSIGNED-PAYLOAD" and declared != hashlib.sha256(body).hexdigest():
+        return 400, "XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' header does not match what was computed."
+    req = AWSRequest(method=method, url=f"http://{headers.get('Host')}{path}",
+                     headers={h: headers.get(h, "") for h in signed_names}, data=body)
+    req.context["timestamp"] = headers.get("x-amz-date", "")
+    signer = S3SigV4Auth(Credentials(access_key, secret_key, token), "s3", region)
+    expected = signer.signature(signer.string_to_sign(req, signer.canonical_request(req)), req)
+    if expected != signature or day != req.context["timestamp"][:8]:
+        return 403, "SignatureDoesNotMatch", ("The request signature we calculated does not match the signature you "
+                                              "provided. Check your key and signing method.")
+    return None
+
+
 class S3StandIn:
     def __init__(self, access_key="testing", secret_key="testing", token: str | None = "test-session-token",
                  region="us-east-1"):
@@ -74,36 +109,7 @@ class S3StandIn:
 
     # --- request checks -------------------------------------------------------------------------------------------
     def _signature_error(self, method: str, path: str, headers, body: bytes) -> tuple[int, str, str] | None:
-        from botocore.auth import S3SigV4Auth
-        from botocore.awsrequest import AWSRequest
-        from botocore.credentials import Credentials
-
-        auth = headers.get("Authorization", "")
-        m = re.match(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/s3/aws4_request, "
-                     r"SignedHeaders=([^,]+), Signature=([0-9a-f]{64})$", auth)
-        if not m:
-            return 403, "AccessDenied", "Request is not signed with AWS Signature Version 4"
-        ak, day, region, signed, signature = m.groups()
-        if ak != self.access_key:
-            return 403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records."
-        signed_names = signed.split(";")
-        if self.token and (headers.get("x-amz-security-token") != self.token or "x-amz-security-token" not in signed_names):
-            return 403, "InvalidToken", "The provided token is malformed or otherwise invalid."
-        declared = headers.get("x-amz-content-sha256")
-        if declared is None or "x-amz-content-sha256" not in signed_names:
-            return 400, "InvalidRequest", "Missing required header for this request: x-amz-content-sha256"
-        if declared != "UNSIGNED-PAYLOAD" and declared != hashlib.sha256(body).hexdigest():
-            return 400, "XAmzContentSHA256Mismatch", "The provided 'x-amz-content-sha256' header does not match what was computed."
-        req = AWSRequest(method=method, url=f"http://{headers.get('Host')}{path}",
-                         headers={h: headers.get(h, "") for h in signed_names}, data=body)
-        req.context["timestamp"] = headers.get("x-amz-date", "")
-        signer = S3SigV4Auth(Credentials(self.access_key, self.secret_key, self.token), "s3", region)
-        canonical = signer.canonical_request(req)
-        expected = signer.signature(signer.string_to_sign(req, canonical), req)
-        if expected != signature or day != req.context["timestamp"][:8]:
-            return 403, "SignatureDoesNotMatch", ("The request signature we calculated does not match the signature you "
-                                                  "provided. Check your key and signing method.")
-        return None
+        return signature_error(method, path, headers, body, self.access_key, self.secret_key, self.token)
 
     def _checksum_error(self, headers, body: bytes) -> tuple[int, str, str] | None:
         for name, fn in (("x-amz-checksum-sha256", sha256_b64), ("x-amz-checksum-crc32", crc32_b64)):

@@ -241,3 +241,29 @@ def test_a_checkpoint_on_s3_is_safe_only_when_current(s3_server, tmp_path):
     assert remote_checkpoint_current(uri, 10)
     boto3.client("s3").put_object(Bucket="medasr-test", Key="runs/current/train/checkpoints/last.ckpt", Body=b"x")
     assert not remote_checkpoint_current(uri, 10)  # an object S3 holds no SHA-256 for: not known whole
+
+
+def test_stdlib_put_signs_aws_virtual_hosted_requests_as_botocore_does():
+    """Without AWS_ENDPOINT_URL_S3 the pod talks to AWS itself, virtual-hosted style (bucket in the host name, the key
+    as the path): the same signature check, offline, on that request form."""
+    from medasr.ops.s3put import request_for
+    from s3_standin import signature_error
+
+    env = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+           "AWS_SESSION_TOKEN": "FwoGZXIvYXdzEXAMPLE", "AWS_DEFAULT_REGION": "eu-west-1"}
+    body = b'{"stage": "setup"}'
+    req = request_for(body, "s3://my-bucket/medasr/runs/poc/FAILED", env)
+    assert req.full_url == "https://my-bucket.s3.eu-west-1.amazonaws.com/medasr/runs/poc/FAILED"
+    headers = {k.lower(): v for k, v in req.header_items()} | {"host": "my-bucket.s3.eu-west-1.amazonaws.com"}
+
+    class H(dict):
+        def get(self, k, d=None):
+            return super().get(k.lower(), d)
+
+    path = "/medasr/runs/poc/FAILED"
+    args = ("PUT", path, H(headers), body, env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"])
+    assert signature_error(*args, env["AWS_SESSION_TOKEN"]) is None
+    assert signature_error(*args, "another-token")[1] == "InvalidToken"
+    assert signature_error(*args[:5], "another secret", env["AWS_SESSION_TOKEN"])[1] == "SignatureDoesNotMatch"
+    assert signature_error("PUT", path, H(headers), body + b" ", *args[4:], env["AWS_SESSION_TOKEN"])[1] == \
+        "XAmzContentSHA256Mismatch"
