@@ -668,7 +668,7 @@ def runpod_watch(pod_id: Optional[str] = typer.Option(None, "--pod-id"), max_usd
                 work_is_safe=lambda: bool(spec.network_volume_id)
                 or remote_checkpoint_current(uri, cfg.train.ckpt_every_n_steps))
     console.print(f"watch ended: {why}")
-    if why in ("api_error", "pod_gone", "stuck"):
+    if why in ("api_error", "s3_error", "pod_gone", "stuck"):
         raise typer.Exit(2)
 
 

@@ -346,3 +346,27 @@ def test_estimate_is_explained():
     # Parakeet's full fine-tune counts its own model (issue 22 item 6: it was priced as the SALM)
     a = pods.estimate_hours(max_steps=2000, batch_size=16, kind="asr")
     assert a["tflop_per_step"] == round(16 * (6 * 0.6e9 * 100 + 6 * 100 * 41 * 640 * 1029) / 1e12, 2) != e["tflop_per_step"]
+
+
+def test_s3_errors_under_the_watcher_are_retried_or_end_it_clearly(api):
+    """The watcher reads "done/failed/budget" from S3: a network error there is retried at the next check, an access
+    error ends the watch with its reason (the pod's own guard still holds the cap)."""
+    class EndpointConnectionError(Exception):  # botocore's, matched by name
+        pass
+
+    class AccessDenied(Exception):
+        response = {"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}
+
+    spec = pods.PodSpec()
+    state = {"pod_id": pods.create(spec)["id"]}
+    answers = iter([EndpointConnectionError("Could not connect"), "running", AccessDenied("denied")])
+
+    def run_state():
+        a = next(answers)
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+    assert pods.watch(spec, state, run_state, 100.0, max_iterations=2, sleep=lambda s: None) == "max_iterations"
+    assert state["api_failures"] == 0  # the second check succeeded
+    assert pods.watch(spec, state, run_state, 100.0, max_iterations=2, sleep=lambda s: None) == "s3_error"

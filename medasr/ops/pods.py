@@ -268,6 +268,15 @@ def watch(spec: PodSpec, state: dict, run_state: Callable[[], str], max_usd: flo
             console.print(f"[red]{e}: watch stopped (the pod's own guard still stops it at its cap)")
             save_state(state, state_path)
             return "api_error"
+        except Exception as e:  # noqa: BLE001 - reading the run's markers on S3 failed
+            if not is_transient(e):
+                console.print(f"[red]reading the run on S3 failed: {type(e).__name__}: {e}: watch stopped (the pod's "
+                              "own guard still stops it at its cap)")
+                save_state(state, state_path)
+                return "s3_error"
+            state["api_failures"] = state.get("api_failures", 0) + 1
+            console.print(f"[yellow]reading the run on S3 failed ({type(e).__name__}: {e}); retrying at the next check")
+            verdict = None
         save_state(state, state_path)
         if verdict:
             return verdict
