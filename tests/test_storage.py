@@ -267,3 +267,52 @@ def test_stdlib_put_signs_aws_virtual_hosted_requests_as_botocore_does():
     assert signature_error(*args[:5], "another secret", env["AWS_SESSION_TOKEN"])[1] == "SignatureDoesNotMatch"
     assert signature_error("PUT", path, H(headers), body + b" ", *args[4:], env["AWS_SESSION_TOKEN"])[1] == \
         "XAmzContentSHA256Mismatch"
+
+
+def test_s3_never_claims_a_newer_checkpoint_than_it_holds(s3_server, tmp_path):
+    """Review of issue 32: last.json went up before last.ckpt, so a last.ckpt upload that failed (a stop's grace
+    running out, a file replaced mid-upload) left S3 saying step 500 over step 100's checkpoint, and the watcher could
+    terminate the volume holding step 500. The step now lives on the last.ckpt object itself."""
+    from medasr.ops.storage import remote_checkpoint_current
+
+    rd = tmp_path / "run"
+    (rd / "train/checkpoints").mkdir(parents=True)
+    ck = rd / "train/checkpoints/last.ckpt"
+    ck.write_bytes(b"A" * 1000)
+    (rd / "train/checkpoints/last.json").write_text('{"global_step": 100}')
+    (rd / "train/progress.json").write_text('{"global_step": 100}')
+    uri = "s3://medasr-test/runs/order"
+    sync_up(rd, uri)
+    assert remote_checkpoint_current(uri, 10)
+    ck.write_bytes(b"B" * 1000)
+    (rd / "train/checkpoints/last.json").write_text('{"global_step": 500}')
+    (rd / "train/progress.json").write_text('{"global_step": 505}')
+    s3_server.fail("PUT", "last.ckpt", status=403, code="AccessDenied", n=1)
+    with pytest.raises(Exception):
+        sync_up(rd, uri)
+    sync_up(rd, uri, only=[rd / "train/checkpoints/last.json", rd / "train/progress.json"], remember=False)
+    assert not remote_checkpoint_current(uri, 10)  # S3's checkpoint is step 100's, and it says so
+    sync_up(rd, uri)
+    assert remote_checkpoint_current(uri, 10)
+    head = boto3.client("s3").head_object(Bucket="medasr-test", Key="runs/order/train/checkpoints/last.ckpt")
+    assert head["Metadata"]["medasr-step"] == "500"
+
+
+def test_s3_reads_done_only_once_the_whole_run_is_there(s3_server, tmp_path, monkeypatch):
+    """Review of issue 32: summary.json, train/DONE and the export went up before the checkpoints and reports, so a final
+    sync that failed half-way left S3 reading "done" (the watcher then never resumed the pod to finish it)."""
+    from medasr.ops.storage import remote_run_state
+
+    rd = _run_dir(tmp_path)
+    (rd / "summary.json").write_text('{"status": "done"}')
+    (rd / "adapted_model.nemo").write_bytes(b"model")
+    (rd / "train/val_wer.json").write_text("{}")  # sorts after train/DONE
+    uri = "s3://medasr-test/runs/partial"
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries of the 503 would only add back-off time
+    s3_server.fail("PUT", "train/val_wer.json", 503, "SlowDown", n=10)
+    with pytest.raises(Exception):
+        sync_up(rd, uri, part_size=5 * 1024 * 1024)
+    assert remote_run_state(uri, 10) == "running"
+    s3_server.failures.clear()
+    sync_up(rd, uri, part_size=5 * 1024 * 1024)
+    assert remote_run_state(uri, 10) == "done"

@@ -89,9 +89,9 @@ def files_to_sync(run_dir: Path, include_audio: bool = False) -> list[Path]:
         if not include_audio and any(rel.startswith(d + "/") for d in AUDIO_DIRS):
             continue
         out.append(p)
-    # last.json (the step of last.ckpt) goes up before last.ckpt: if a newer checkpoint lands in between, S3 then
-    # understates how current its checkpoint is, never overstates it (the watcher's "work is safe" test reads both)
-    return sorted(out, key=lambda p: (p.parent.as_posix(), p.name != "last.json", p.name))
+    # summary.json, which says "done" (runstate.run_is_done), goes up last: sync stops at the first failure, so S3 never
+    # reads done while a file of the run is missing there
+    return sorted(out, key=lambda p: (p.relative_to(run_dir).as_posix() == "summary.json", p.as_posix()))
 
 
 @dataclass
@@ -114,6 +114,29 @@ def _remote(s3, bucket: str, key: str, part: int | None = None) -> dict | None:
 
 def _same(head: dict | None, size: int, checksum: str) -> bool:
     return bool(head) and head["ContentLength"] == size and head.get("ChecksumSHA256") == checksum
+
+
+def _step_of(path: Path) -> dict:
+    """For last.ckpt: its step (from last.json beside it, read *before* the checkpoint is hashed), stored on the S3
+    object itself. A checkpoint written after that read is newer than the step says, and a file replaced after the
+    hash is refused by S3, so the step on S3 never overstates what the object holds."""
+    if path.name != "last.ckpt":
+        return {}
+    try:
+        return {"medasr-step": str(int(json.loads((path.parent / "last.json").read_text())["global_step"]))}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def local_checksum_like(path: Path, want: str, part_size: int) -> str:
+    """The local file's checksum in the form of S3's `want`: composite ("…-N") when S3's is, even for one part."""
+    if "-" not in want:
+        return s3_checksum(path, max(path.stat().st_size, 1))[0]
+    parts = []
+    with open(path, "rb") as f:
+        while chunk := f.read(part_size):
+            parts.append(hashlib.sha256(chunk).digest())
+    return f"{_b64(hashlib.sha256(b''.join(parts)).digest())}-{len(parts)}"
 
 
 class _State:
@@ -151,7 +174,7 @@ def _bad_digest(e: Exception) -> bool:
 
 
 def _multipart(s3, bucket, key, path: Path, checksum: str, parts: list[str], state: _State, part_size: int,
-               result: SyncResult, fail_after_parts: int | None = None) -> None:
+               result: SyncResult, fail_after_parts: int | None = None, metadata: dict | None = None) -> None:
     uploads = state.data.setdefault("uploads", {})
     entry = uploads.get(key)
     if entry and (entry.get("checksum") != checksum or entry.get("part_size") != part_size):
@@ -163,12 +186,12 @@ def _multipart(s3, bucket, key, path: Path, checksum: str, parts: list[str], sta
     etags: dict[int, str] = {}
     if entry:  # resume: ask S3 which parts it already has (each was checked by S3 against its checksum)
         try:
-            listed = s3.list_parts(Bucket=bucket, Key=key, UploadId=entry["upload_id"]).get("Parts", [])
-            etags = {p["PartNumber"]: p["ETag"] for p in listed}
+            pages = s3.get_paginator("list_parts").paginate(Bucket=bucket, Key=key, UploadId=entry["upload_id"])
+            etags = {p["PartNumber"]: p["ETag"] for page in pages for p in page.get("Parts", [])}
         except Exception:  # noqa: BLE001 - upload expired: start over
             entry = None
     if not entry:
-        up = s3.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256")
+        up = s3.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256", Metadata=metadata or {})
         entry = uploads[key] = {"upload_id": up["UploadId"], "checksum": checksum, "part_size": part_size}
         state.save()
         etags = {}
@@ -204,6 +227,7 @@ def sync_up(run_dir: Path, uri: str, include_audio: bool = False, part_size: int
         for path in only if only is not None else files_to_sync(run_dir, include_audio):
             rel = path.relative_to(run_dir).as_posix()
             key = _key(prefix, rel)
+            metadata = _step_of(path)  # before hashing (see _step_of)
             size = path.stat().st_size
             checksum, parts = state.checksum(path, rel, part_size)
             if _same(_remote(s3, bucket, key), size, checksum):
@@ -211,10 +235,11 @@ def sync_up(run_dir: Path, uri: str, include_audio: bool = False, part_size: int
                 continue
             try:
                 if parts:
-                    _multipart(s3, bucket, key, path, checksum, parts, state, part_size, result, fail_after_parts)
+                    _multipart(s3, bucket, key, path, checksum, parts, state, part_size, result, fail_after_parts,
+                               metadata)
                 else:
                     with open(path, "rb") as f:
-                        s3.put_object(Bucket=bucket, Key=key, Body=f, ChecksumSHA256=checksum)
+                        s3.put_object(Bucket=bucket, Key=key, Body=f, ChecksumSHA256=checksum, Metadata=metadata)
                     result.bytes_uploaded += size
             except Exception as e:
                 if _bad_digest(e):
@@ -234,6 +259,11 @@ def sync_up(run_dir: Path, uri: str, include_audio: bool = False, part_size: int
     return result
 
 
+def _part_size(s3, bucket: str, key: str, want: str, head: dict) -> int:
+    """The part size a multipart object was uploaded with (its first part's size; ours are all equal but the last)."""
+    return _remote(s3, bucket, key, part=1)["ContentLength"] if "-" in want else head["ContentLength"]
+
+
 def _download_checked(s3, bucket: str, key: str, head: dict, local: Path) -> None:
     local.parent.mkdir(parents=True, exist_ok=True)
     tmp = local.with_name(local.name + ".partial")
@@ -246,8 +276,7 @@ def _download_checked(s3, bucket: str, key: str, head: dict, local: Path) -> Non
         raise
     want = head.get("ChecksumSHA256")
     if want:  # S3's own checksum of what it stored; composite ones are recomputed with the object's part size
-        part_size = _remote(s3, bucket, key, part=1)["ContentLength"] if "-" in want else tmp.stat().st_size
-        got = s3_checksum(tmp, part_size)[0]
+        got = local_checksum_like(tmp, want, _part_size(s3, bucket, key, want, head))
     else:
         want, got = head["ContentLength"], tmp.stat().st_size  # uploaded by another tool: size is all S3 tells
     if got != want:
@@ -271,8 +300,7 @@ def restore(uri: str, run_dir: Path, endpoint_url: str | None = None, only_missi
             head = _remote(s3, bucket, obj["Key"])
             if local.exists() and head and local.stat().st_size == head["ContentLength"]:
                 want = head.get("ChecksumSHA256")
-                part = _remote(s3, bucket, obj["Key"], part=1)["ContentLength"] if want and "-" in want else head["ContentLength"]
-                if want is None or s3_checksum(local, max(part, 1))[0] == want:
+                if want is None or local_checksum_like(local, want, _part_size(s3, bucket, obj["Key"], want, head)) == want:
                     continue
             _download_checked(s3, bucket, obj["Key"], head, local)
             pulled.append(rel)
@@ -360,18 +388,29 @@ def remote_run_state(uri: str, max_steps: int, endpoint_url: str | None = None) 
     return "budget" if _remote(s3, bucket, _key(prefix, BUDGET)) is not None else "running"
 
 
-def remote_checkpoint_current(uri: str, ckpt_every_n_steps: int, endpoint_url: str | None = None) -> bool:
+def remote_checkpoint_current(uri: str, ckpt_every_n_steps: int, seen_running_at: float | None = None,
+                              heartbeat_sync_s: float = 300.0, endpoint_url: str | None = None) -> bool:
     """Is the run's work safe on S3, so that losing the pod's volume loses no more than a SIGKILL would? S3 holds
-    `last.ckpt` with S3's own checksum (uploaded whole and verified), and its step (`last.json`) is at most one
-    checkpoint interval behind the step the pod last reported (`train/progress.json`, pushed every few minutes)."""
+    `last.ckpt` with S3's own checksum (uploaded whole and verified), the step stored on that object is at most one
+    checkpoint interval behind the step the pod last reported (`train/progress.json`, pushed every few minutes), and
+    — when the watcher knows when it last saw the pod running — that report is recent: a pod whose pushes were all
+    failing looks current on S3 while its volume holds hours more."""
+    import datetime as dt
+
     bucket, prefix = parse_uri(uri)
     s3 = client(endpoint_url)
     head = _remote(s3, bucket, _key(prefix, "train/checkpoints/last.ckpt"))
-    step = _json(s3, bucket, _key(prefix, "train/checkpoints/last.json"))
-    if not (head and head.get("ChecksumSHA256") and step):
+    step = (head or {}).get("Metadata", {}).get("medasr-step")
+    if not (head and head.get("ChecksumSHA256") and step is not None):
         return False
     progress = _json(s3, bucket, _key(prefix, "train/progress.json")) or {}
-    return int(step.get("global_step", -1)) >= int(progress.get("global_step", 0)) - ckpt_every_n_steps
+    if int(step) < int(progress.get("global_step", 0)) - ckpt_every_n_steps:
+        return False
+    if seen_running_at is not None:
+        beat = (_json(s3, bucket, _key(prefix, "supervisor.json")) or {}).get("heartbeat")
+        if beat is None or dt.datetime.fromisoformat(beat).timestamp() < seen_running_at - heartbeat_sync_s - 120:
+            return False
+    return True
 
 
 def remote_progress_token(uri: str, endpoint_url: str | None = None) -> str:
