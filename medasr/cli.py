@@ -665,8 +665,8 @@ def runpod_watch(pod_id: Optional[str] = typer.Option(None, "--pod-id"), max_usd
         raise typer.Exit(2)
     why = watch(spec, state, lambda: remote_run_state(uri, cfg.train.max_steps), max_usd or state["max_usd"],
                 interval_s=interval, max_iterations=max_iterations, progress=lambda: remote_progress_token(uri),
-                work_is_safe=lambda: bool(spec.network_volume_id)
-                or remote_checkpoint_current(uri, cfg.train.ckpt_every_n_steps))
+                work_is_safe=lambda: bool(spec.network_volume_id) or remote_checkpoint_current(
+                    uri, cfg.train.ckpt_every_n_steps, state.get("seen_running_at"), cfg.ops.heartbeat_sync_s))
     console.print(f"watch ended: {why}")
     if why in ("api_error", "s3_error", "pod_gone", "stuck"):
         raise typer.Exit(2)

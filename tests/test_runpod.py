@@ -370,3 +370,20 @@ def test_s3_errors_under_the_watcher_are_retried_or_end_it_clearly(api):
     assert pods.watch(spec, state, run_state, 100.0, max_iterations=2, sleep=lambda s: None) == "max_iterations"
     assert state["api_failures"] == 0  # the second check succeeded
     assert pods.watch(spec, state, run_state, 100.0, max_iterations=2, sleep=lambda s: None) == "s3_error"
+
+
+def test_a_failed_terminate_is_retried_before_the_replacement_is_created(api):
+    """Review of issue 32: the state dropped the old pod's id before terminating it; a terminate that failed was never
+    retried, and the old pod with its volume stayed, billed, once the replacement existed."""
+    spec = pods.PodSpec()
+    pod = pods.create(spec)
+    pods.stop(pod["id"])
+    state = {"pod_id": pod["id"]}
+    api.resume_gpus = 0
+    _watch(spec, state, n=2, safe=True)
+    api.fail("podTerminate", "http500", n=4)  # outlasts one check's attempts
+    _watch(spec, state, safe=True)
+    assert state["pod_id"] is None and state["replacing"] == pod["id"] and pod["id"] in api.pods and len(api.created) == 1
+    api.resume_gpus = None
+    _watch(spec, state, safe=True)
+    assert pod["id"] not in api.pods and state["pod_id"] == "pod-2" and "replacing" not in state

@@ -226,8 +226,23 @@ def stop(pod_id: str, attempts: int = 4, sleep=time.sleep) -> dict:
     raise TransientAPIError(f"could not stop pod {pod_id} after {attempts} attempts: {why}")
 
 
-def terminate(pod_id: str) -> None:
-    _call(f"podTerminate {pod_id}", _sdk().terminate_pod, gql_escape(pod_id))
+def terminate(pod_id: str, attempts: int = 4, sleep=time.sleep) -> None:
+    """Terminate the pod and read it back: done only once the API no longer has it. The SDK's terminate_pod ignores
+    the answer (a 500 looks like success), so the read-back is what says it happened."""
+    why = ""
+    for i in range(attempts):
+        try:
+            _call(f"podTerminate {pod_id}", _sdk().terminate_pod, gql_escape(pod_id), attempts=1)
+            pod = status(pod_id, sleep=sleep)
+            if pod is None or pod.get("desiredStatus") == "TERMINATED":
+                return
+            why = f"the API still reports it {pod.get('desiredStatus')}"
+        except TransientAPIError as e:
+            why = str(e)
+        console.print(f"[yellow]terminating pod {pod_id} failed ({why}); attempt {i + 1}/{attempts}")
+        if i + 1 < attempts:
+            sleep(min(60.0, 5.0 * 2 ** i))
+    raise TransientAPIError(f"could not terminate pod {pod_id} after {attempts} attempts: {why}")
 
 
 def resume(pod_id: str, gpu_count: int) -> dict:
@@ -288,7 +303,7 @@ def _check(spec, state, run_state, max_usd, state_path, work_is_safe, ledger, re
            max_idle_resumes, sleep) -> Optional[str]:
     """One check of the watch loop; a verdict ends the watch."""
     if state.get("pod_id") is None:  # a replacement whose create failed last time: create it now
-        _replace(spec, state, state_path, ledger)
+        _replace(spec, state, state_path, ledger, sleep=sleep)
         return None
     pod = status(state["pod_id"], sleep=sleep)
     if pod is None:  # terminated behind our back (console, or a guard that could not stop it)
@@ -297,13 +312,15 @@ def _check(spec, state, run_state, max_usd, state_path, work_is_safe, ledger, re
             return state["finished"]
         if work_is_safe():
             console.print(f"[yellow]pod {state['pod_id']} no longer exists: recreating it (the work is safe on S3)")
-            _replace(spec, state, state_path, ledger, terminate_old=False)
+            _replace(spec, state, state_path, ledger, terminate_old=False, sleep=sleep)
             return None
         console.print(f"[red]pod {state['pod_id']} no longer exists and its work is not safe on S3: not recreating")
         return "pod_gone"
     spent = ledger.observe(state["pod_id"], pod)
     state["spent_usd"] = round(spent, 4)
     desired = pod.get("desiredStatus")
+    if desired == "RUNNING":
+        state["seen_running_at"] = time.time()  # how recent the pod's heartbeat on S3 must be (work_is_safe)
     verdict = run_state()
     if verdict in ("done", "failed", "budget"):
         if desired not in STOPPED:
@@ -351,7 +368,7 @@ def _check(spec, state, run_state, max_usd, state_path, work_is_safe, ledger, re
         if state["no_gpu"] >= resume_attempts and work_is_safe():
             console.print("[yellow]no GPU on this pod's host: recreating it (the work is safe: network volume or the "
                           "newest checkpoint verified on S3)")
-            _replace(spec, state, state_path, ledger)
+            _replace(spec, state, state_path, ledger, sleep=sleep)
         else:
             console.print(f"[yellow]no GPU for this pod yet ({state['no_gpu']} time(s)); "
                           + ("retrying" if state["no_gpu"] < resume_attempts else
@@ -360,7 +377,8 @@ def _check(spec, state, run_state, max_usd, state_path, work_is_safe, ledger, re
     return None
 
 
-def _replace(spec: PodSpec, state: dict, state_path: Path, ledger=None, terminate_old: bool = True) -> None:
+def _replace(spec: PodSpec, state: dict, state_path: Path, ledger=None, terminate_old: bool = True,
+             sleep=time.sleep) -> None:
     """Terminate the pod and create its replacement; the state says what is going on at every step, so a watcher
     that dies (or a create that fails) never holds the id of a terminated pod. The replacement is priced today and
     told what the run has spent so far (its guard and supervisor count from there)."""
@@ -368,9 +386,15 @@ def _replace(spec: PodSpec, state: dict, state_path: Path, ledger=None, terminat
         old = state["pod_id"]
         state.setdefault("history", []).append(old)
         state["pod_id"], state["replacing"] = None, old
+        state["terminate_old"] = terminate_old
         save_state(state, state_path)  # first: from here on the old id is history
-        if terminate_old:
-            terminate(old)
+    if (old := state.get("replacing")) and state.get("terminate_old", True):
+        # every attempt until it is gone: a terminate that failed last time would otherwise leave the old pod (and
+        # its volume, billed) behind once the new one exists
+        if status(old, sleep=sleep) is not None:
+            terminate(old, sleep=sleep)
+        state["terminate_old"] = False
+        save_state(state, state_path)
     try:
         price = hourly_price(spec)
         spec.env |= {"MEDASR_PRICE_PER_HOUR": f"{price:.4f}"}
@@ -384,6 +408,7 @@ def _replace(spec: PodSpec, state: dict, state_path: Path, ledger=None, terminat
     state["pod_id"] = new["id"]
     state["price_per_hour"] = price
     state.pop("replacing", None)
+    state.pop("terminate_old", None)
     state.pop("progress_at_resume", None)
     state["no_gpu"] = 0
     save_state(state, state_path)
