@@ -39,6 +39,7 @@ trap 'on_signal INT' INT
 in_background() {  # run "$@" in the background and wait for it, so the traps above run at once
   "$@" &
   child=$!
+  [ -n "$stopping" ] && kill -TERM "$child" 2>/dev/null  # a signal that came while it was being started
   local rc=0
   while :; do
     wait "$child"; rc=$?
@@ -51,7 +52,11 @@ in_background() {  # run "$@" in the background and wait for it, so the traps ab
 stop_and_wait() {  # stop this pod (verified, retried until it holds), then wait for the container to be stopped
   in_background bash $GUARD stop "$1"
   [ -n "$stopping" ] || echo "run.sh: waiting for the stop (never exiting, so RunPod does not run the job again)"
-  while [ -z "$stopping" ]; do in_background sleep 3600; done
+  while [ -z "$stopping" ]; do
+    in_background sleep "${MEDASR_GUARD_RESTOP_S:-600}"
+    # still here: the API accepted the stop but the container runs on; ask again (and say so)
+    [ -z "$stopping" ] && in_background bash $GUARD stop "still running ${MEDASR_GUARD_RESTOP_S:-600}s after: $1"
+  done
   exit 0
 }
 

@@ -33,8 +33,24 @@ log() { echo "$(date -u +%FT%TZ) guard: $*"; }
 
 gql() {  # POST one GraphQL document; prints the HTTP status (000: no answer); the body lands in $ANSWER
   [ -n "$POD" ] && [ -n "${RUNPOD_API_KEY:-}" ] || { echo "nopod"; return; }
-  curl -sS -m "$API_TIMEOUT" -o "$ANSWER" -w '%{http_code}' -X POST "$API" -H 'Content-Type: application/json' \
-    -H "Authorization: Bearer $RUNPOD_API_KEY" -d "$1" 2>"$CURL_ERR" || true
+  if command -v curl >/dev/null; then
+    curl -sS -m "$API_TIMEOUT" -o "$ANSWER" -w '%{http_code}' -X POST "$API" -H 'Content-Type: application/json' \
+      -H "Authorization: Bearer $RUNPOD_API_KEY" -d "$1" 2>"$CURL_ERR" || true
+  else  # an image without curl: the same request with python3's standard library
+    python3 - "$API" "$1" "$ANSWER" "$API_TIMEOUT" 2>"$CURL_ERR" <<'PY' || echo 000
+import os, sys, urllib.error, urllib.request
+url, body, out, timeout = sys.argv[1], sys.argv[2].encode(), sys.argv[3], float(sys.argv[4])
+req = urllib.request.Request(url, data=body, method="POST", headers={
+    "Content-Type": "application/json", "Authorization": "Bearer " + os.environ["RUNPOD_API_KEY"]})
+try:
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        code, data = r.status, r.read()
+except urllib.error.HTTPError as e:
+    code, data = e.code, e.read()
+open(out, "wb").write(data)
+print(code, end="")
+PY
+  fi
 }
 
 answer_field() {  # the first "name": value of the last answer (string or number)
@@ -52,7 +68,7 @@ pod_state() {  # prints EXITED/RUNNING/... or GONE; returns 1 when the API did n
 why_failed() {  # a one-line reason for the last answer
   local code=$1
   case "$code" in
-    000) echo "no answer ($(tr '\n' ' ' < "$CURL_ERR" | head -c 200))" ;;
+    000|"") echo "no answer ($(tr '\n' ' ' < "$CURL_ERR" | tail -c 200))" ;;
     200) echo "GraphQL error: $(grep -o '"message": *"[^"]*"' "$ANSWER" | head -n1 | head -c 300)" ;;
     *) echo "HTTP $code: $(tr '\n' ' ' < "$ANSWER" | head -c 200)" ;;
   esac
@@ -107,7 +123,7 @@ spent() {  # USD, as described above
 
 push_budget() {  # best effort: the supervisor normally pushed BUDGET already; before setup there is no Python venv
   [ -n "${MEDASR_S3_URI:-}" ] && [ -f "$REPO/medasr/ops/s3put.py" ] || return 0
-  (cd "$REPO" && timeout 120 "${MEDASR_PYTHON:-python3}" -m medasr.ops.s3put "$RUN_DIR/BUDGET" "$MEDASR_S3_URI/BUDGET") \
+  (cd "$REPO" && timeout 120 "${MEDASR_PYTHON:-python3}" -m medasr.ops.s3put "$RUN_DIR/BUDGET" "${MEDASR_S3_URI%/}/BUDGET") \
     || log "could not push BUDGET to $MEDASR_S3_URI"
 }
 
@@ -122,14 +138,14 @@ init() {
 
 watch() {
   init
-  local f="$SPEND/${POD:-local}-$START.session" s tripped=""
+  local f="$SPEND/${POD:-local}-$START.session" s tripped="" restop="${MEDASR_GUARD_RESTOP_S:-600}"
   if awk -v c="$CAP" -v p="$PRICE" 'BEGIN { exit !(c <= 0 || p <= 0) }'; then
     log "no budget cap (MEDASR_MAX_USD=$CAP) or no price (\$$PRICE/h): counting nothing"; return 0
   fi
   log "pod ${POD:-local}: \$$PRICE/h, cap \$$CAP, counting from $(date -u -d "@$START" +%FT%TZ 2>/dev/null || echo "$START")"
   while :; do
-    printf '%s %s %s %s\n' "$START" "$(date +%s)" "$PRICE" "${POD:-local}" > "$f.tmp" 2>/dev/null && mv -f "$f.tmp" "$f" \
-      || log "could not write $f (disk full?): counting on from memory"
+    printf '%s %s %s %s\n' "$START" "$(date +%s)" "$PRICE" "${POD:-local}" > "$f.$$.tmp" 2>/dev/null \
+      && mv -f "$f.$$.tmp" "$f" || log "could not write $f (disk full?): counting on from memory"
     s=$(spent)
     if [ -z "$tripped" ] && awk -v s="$s" -v c="$CAP" 'BEGIN { exit !(s + 0 >= c + 0) }'; then
       tripped=1
@@ -138,6 +154,11 @@ watch() {
         "$s" "$CAP" "$(date -u +%FT%TZ)" > "$RUN_DIR/BUDGET"
       push_budget
       stop "budget cap \$$CAP reached (\$$s spent)"
+      tripped=$(date +%s)
+    elif [ -n "$tripped" ] && [ $(( $(date +%s) - tripped )) -ge "$restop" ]; then
+      # the API accepted the stop (desiredStatus EXITED) but this container still runs: the stop did not hold
+      stop "still running $(( $(date +%s) - tripped ))s after the stop was accepted (\$$s spent of \$$CAP)"
+      tripped=$(date +%s)
     fi
     sleep "$TICK"
   done

@@ -103,9 +103,12 @@ class S3StandIn:
                "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_DEFAULT_REGION": self.region}
         return env | ({"AWS_SESSION_TOKEN": self.token} if self.token else {})
 
-    def fail(self, method: str, key_part: str, status: int = 503, code: str = "SlowDown", n: int = 1) -> None:
-        """The next `n` `method` requests whose path contains `key_part` fail ("*" = any method)."""
-        self.failures.append([method, key_part, status, code, n])
+    def fail(self, method: str, key_part: str, status: int = 503, code: str = "SlowDown", n: int = 1,
+             region: str | None = None) -> None:
+        """The next `n` `method` requests whose path contains `key_part` fail ("*" = any method). With `region`, the
+        answer names the bucket's region as S3 does to a request signed for another one (400
+        AuthorizationHeaderMalformed with <Region>, and the x-amz-bucket-region header)."""
+        self.failures.append([method, key_part, status, code, n, region])
 
     # --- request checks -------------------------------------------------------------------------------------------
     def _signature_error(self, method: str, path: str, headers, body: bytes) -> tuple[int, str, str] | None:
@@ -127,10 +130,14 @@ class S3StandIn:
             def log_message(self, *a):
                 pass
 
-            def _error(self, status, code, message):
+            def _error(self, status, code, message, region=None):
+                where = f"<Region>{region}</Region>" if region else ""
                 body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
-                        f"<RequestId>standin</RequestId></Error>").encode()
+                        f"{where}<RequestId>standin</RequestId></Error>").encode()
+                self._record(status)
                 self.send_response(status)
+                if region:
+                    self.send_header("x-amz-bucket-region", region)
                 self.send_header("Content-Type", "application/xml")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -143,20 +150,24 @@ class S3StandIn:
                 path, _, query = self.path.partition("?")
                 params = urllib.parse.parse_qs(query, keep_blank_values=True)
                 objkey = urllib.parse.unquote(path.lstrip("/"))
-                status = self._serve(body, objkey, params)
+                self._serve(body, objkey, params)
+
+            def _record(self, status):  # before the answer goes out: a client that has it may read `requests` at once
                 with s3.lock:
                     s3.requests.append((self.command, self.path, status))
 
             def _serve(self, body, objkey, params) -> int:
                 with s3.lock:
-                    fail = next((f for f in s3.failures if f[4] > 0 and f[0] in (self.command, "*") and f[1] in self.path), None)
+                    fail = next((f for f in s3.failures if f[4] > 0 and f[0] in (self.command, "*") and f[1] in self.path
+                                 and not (f[5] and f"/{f[5]}/s3/" in self.headers.get("Authorization", ""))), None)
                     if fail:
                         fail[4] -= 1
                 if fail and fail[2] == 0:
+                    self._record(0)
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return 0
-                err = ((fail[2], fail[3], "injected") if fail else None) \
+                err = ((fail[2], fail[3], "injected", fail[5]) if fail else None) \
                     or s3._signature_error(self.command, self.path, self.headers, body) \
                     or (s3._checksum_error(self.headers, body) if self.command == "PUT" else None)
                 upload = params.get("uploadId", [None])[0]
@@ -167,6 +178,7 @@ class S3StandIn:
                     return err[0]
                 status, resp_headers, data = s3._forward(self.command, self.path, dict(self.headers), body)
                 extra = s3._after(self.command, objkey, params, self.headers, body, status, data)
+                self._record(status)
                 self.send_response(status)
                 # moto's own checksum headers are not S3's (it reports a multipart one without "-N"): ours replace them
                 for k, v in [h for h in resp_headers if not h[0].lower().startswith("x-amz-checksum")] + extra:

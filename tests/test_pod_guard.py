@@ -179,3 +179,30 @@ def test_the_start_command_guards_the_clone_and_runs_run_sh_as_the_pod_does(pod)
     assert (ws / "medasr/run.sh").exists() and json.loads((ws / "runs/poc/FAILED").read_text())["stage"] == "setup"
     assert remote_run_state(f"{URI}/start", 4) == "failed"
     assert gzip.decompress(base64.b64decode(env["MEDASR_GUARD_B64"])) == GUARD.read_bytes()
+
+
+def test_a_stop_that_is_accepted_but_does_not_hold_is_asked_again(pod):
+    """Review of issue 32: "verified" reads desiredStatus, which RunPod sets when it accepts the request; if the
+    container then runs on, nothing asked again. run.sh (and the guard after a budget stop) still running
+    MEDASR_GUARD_RESTOP_S after the stop was accepted is the proof that it did not hold: they stop the pod again."""
+    api, pod_id, env, _ = pod
+    p = _start(["bash", str(REPO / "run.sh")], env | {"MEDASR_SETUP_CMD": "false", "MEDASR_GUARD_RESTOP_S": "2"})
+    time.sleep(7)  # no container registered: the stand-in marks the pod EXITED but signals nothing
+    os.killpg(p.pid, signal.SIGKILL)
+    out = p.communicate()[0].decode(errors="replace")
+    assert sum(c == ("podStop", pod_id) for c in api.calls) >= 2, out
+    assert "still running 2s after" in out
+
+
+def test_the_guard_stops_the_pod_without_curl(pod, tmp_path):
+    """A custom image without curl: the guard's API calls go through python3's standard library instead."""
+    api, pod_id, env, _ = pod
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for d in ("/usr/local/bin", "/usr/bin", "/bin"):
+        for tool in Path(d).iterdir():
+            if tool.name != "curl" and not (bin_dir / tool.name).exists():
+                (bin_dir / tool.name).symlink_to(tool)
+    api.fail("podStop", "html502")
+    out = _finish(_start(["bash", str(GUARD), "stop", "no curl"], env | {"PATH": str(bin_dir)}), 30)
+    assert api.pods[pod_id]["desiredStatus"] == "EXITED" and "HTTP 502" in out and "stopped (verified: EXITED)" in out

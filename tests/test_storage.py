@@ -316,3 +316,31 @@ def test_s3_reads_done_only_once_the_whole_run_is_there(s3_server, tmp_path, mon
     s3_server.failures.clear()
     sync_up(rd, uri, part_size=5 * 1024 * 1024)
     assert remote_run_state(uri, 10) == "done"
+
+
+def test_stdlib_put_follows_s3s_region_answer_and_goes_path_style_for_dotted_buckets(s3_server, tmp_path):
+    """Review of issue 32: with AWS_DEFAULT_REGION not the bucket's, S3 refuses the request and names the bucket's
+    region (400 AuthorizationHeaderMalformed with <Region>, x-amz-bucket-region); boto3 follows that, the stdlib PUT
+    now does too, once. A bucket name with dots cannot be addressed virtual-hosted over TLS: path-style then."""
+    from medasr.ops.s3put import put, request_for
+    from s3_standin import signature_error
+
+    marker = tmp_path / "BUDGET"
+    marker.write_text('{"spent_usd": 25.0}')
+    s3_server.fail("PUT", "runs/region/BUDGET", 400, "AuthorizationHeaderMalformed", n=100, region="eu-west-1")
+    try:
+        put(str(marker), "s3://medasr-test/runs/region/BUDGET", sleep=lambda s: None)
+    finally:
+        s3_server.failures.clear()
+    sent = [r for r in s3_server.requests if "runs/region/BUDGET" in r[1]]
+    assert [r[2] for r in sent] == [400, 200]
+    env = {"AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK", "AWS_DEFAULT_REGION": "eu-west-1"}
+    req = request_for(b"x", "s3://my.dotted.bucket/runs/FAILED", env)
+    assert req.full_url == "https://s3.eu-west-1.amazonaws.com/my.dotted.bucket/runs/FAILED"
+
+    class H(dict):
+        def get(self, k, d=None):
+            return super().get(k.lower(), d)
+
+    headers = H({k.lower(): v for k, v in req.header_items()} | {"host": "s3.eu-west-1.amazonaws.com"})
+    assert signature_error("PUT", "/my.dotted.bucket/runs/FAILED", headers, b"x", "AK", "SK", None) is None

@@ -48,6 +48,8 @@ def request_for(body: bytes, uri: str, env=os.environ, now: dt.datetime | None =
     if endpoint:  # an S3-compatible store or a local stand-in: path-style addressing
         e = urllib.parse.urlparse(endpoint)
         host, path, scheme = e.netloc, f"{e.path.rstrip('/')}/{bucket}/{quoted}", e.scheme
+    elif "." in bucket:  # a dotted name breaks the TLS host check of virtual-hosted style (botocore goes path-style)
+        host, path, scheme = f"s3.{region}.amazonaws.com", f"/{bucket}/{quoted}", "https"
     else:  # AWS: virtual-hosted style
         host, path, scheme = f"{bucket}.s3.{region}.amazonaws.com", f"/{quoted}", "https"
     now = now or dt.datetime.now(dt.timezone.utc)
@@ -71,20 +73,31 @@ def request_for(body: bytes, uri: str, env=os.environ, now: dt.datetime | None =
     return req
 
 
-def put(path: str, uri: str, attempts: int = 3, timeout: float = 60.0, sleep=time.sleep) -> None:
+def _tag(text: str, name: str) -> str:
+    return text.split(f"<{name}>")[1].split(f"</{name}>")[0] if f"<{name}>" in text else ""
+
+
+def put(path: str, uri: str, attempts: int = 3, timeout: float = 60.0, sleep=time.sleep, env=None) -> None:
     with open(path, "rb") as f:
         body = f.read()
+    env = dict(os.environ if env is None else env)
     why = ""
     for i in range(attempts):
         try:
-            with urllib.request.urlopen(request_for(body, uri), timeout=timeout) as r:
+            with urllib.request.urlopen(request_for(body, uri, env), timeout=timeout) as r:
                 if 200 <= r.status < 300:
                     return
                 why = f"HTTP {r.status}"
         except urllib.error.HTTPError as e:
             text = e.read().decode(errors="replace")
-            code = text.split("<Code>")[1].split("</Code>")[0] if "<Code>" in text else ""
-            why = f"HTTP {e.code} {code}".strip()
+            why = f"HTTP {e.code} {_tag(text, 'Code')}".strip()
+            # the bucket lives in another region than AWS_DEFAULT_REGION says: S3 names it (301 PermanentRedirect,
+            # 400 AuthorizationHeaderMalformed); ask there once, as botocore's region redirector does
+            region = e.headers.get("x-amz-bucket-region") or _tag(text, "Region")
+            current = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+            if region and region != current and e.code in (301, 400):
+                env["AWS_REGION"] = region
+                continue
             if e.code < 500 and e.code != 429:
                 raise PutError(f"S3 refused {uri}: {why}") from e
         except (urllib.error.URLError, OSError) as e:
