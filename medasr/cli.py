@@ -568,11 +568,15 @@ def runpod_up(preset: str = typer.Option("canary-qwen-2.5b", "--preset", "-p"), 
         raise typer.Exit(1)
     # the pod logs its cost so far to W&B, and stops itself at the cap even when no watcher runs (ops/spend.py)
     spec.env |= {"MEDASR_PRICE_PER_HOUR": f"{price:.4f}", "MEDASR_MAX_USD": f"{max_usd:.2f}"}
+    if base := os.environ.get("MEDASR_S3_URI"):
+        # one prefix per run: a pod restores whatever its prefix holds, so a second run must not share the first's
+        spec.env["MEDASR_S3_URI"] = f"{base.rstrip('/')}/{run_name}"
     with _pod_errors():
         pod = create(spec)
     public_env = {k: v for k, v in spec.env.items() if k.startswith("MEDASR_")}  # no secrets in the local state
     save_state({"pod_id": pod["id"], "preset": preset, "run_name": run_name, "max_usd": max_usd, "price_per_hour": price,
-                "overrides": list(set_ or []), "spec": spec.__dict__ | {"env": public_env}})
+                "overrides": list(set_ or []), "spec": spec.__dict__ | {"env": public_env},
+                "s3_uri": spec.env.get("MEDASR_S3_URI")})
     console.print(f"pod {pod['id']} created; state in .medasr-pod.json")
     if watch_:
         runpod_watch(pod_id=None, max_usd=max_usd, interval=60, max_iterations=None)
@@ -628,11 +632,14 @@ def runpod_down(pod_id: Optional[str] = typer.Option(None, "--pod-id"),
 
 
 @runpod_app.command("logs")
-def runpod_logs(s3: Optional[str] = typer.Option(None, "--s3", help="the run's S3 prefix (default MEDASR_S3_URI)")):
+def runpod_logs(s3: Optional[str] = typer.Option(None, "--s3", help="the run's S3 prefix (default: the one `runpod "
+                                                                   "up` gave the pod, MEDASR_S3_URI/<run name>)")):
     """The run's progress as synced to S3 (supervisor state, training heartbeat, summary)."""
     import boto3
 
-    uri = s3 or os.environ.get("MEDASR_S3_URI")
+    from medasr.ops.pods import STATE_FILE, load_state
+
+    uri = s3 or (load_state().get("s3_uri") if STATE_FILE.exists() else None) or os.environ.get("MEDASR_S3_URI")
     if not uri:
         console.print("[red]no S3 prefix: pass --s3 or set MEDASR_S3_URI; RunPod's own container logs are in its web console")
         raise typer.Exit(2)
@@ -659,7 +666,7 @@ def runpod_watch(pod_id: Optional[str] = typer.Option(None, "--pod-id"), max_usd
         state["pod_id"] = pod_id
     spec = PodSpec(**{k: v for k, v in state["spec"].items() if k in PodSpec.__dataclass_fields__})
     cfg = load_config(state["preset"], state.get("overrides") or [])
-    uri = os.environ.get("MEDASR_S3_URI")
+    uri = state.get("s3_uri") or os.environ.get("MEDASR_S3_URI")
     if not uri:
         console.print("[red]watch needs MEDASR_S3_URI: 'done' is read from the run's markers synced to S3")
         raise typer.Exit(2)

@@ -294,6 +294,17 @@ def test_cloud_all_is_priced_at_the_higher_price_and_ssh_opens_22(api):
     assert api.created[-1]["ports"] == "22/tcp" and api.created[-1]["startSsh"] is True
 
 
+def test_up_gives_each_run_its_own_s3_prefix(api, monkeypatch):
+    """A pod restores whatever its S3 prefix holds: two runs under one MEDASR_S3_URI would resume each other. `up`
+    gives the pod MEDASR_S3_URI/<run name>, and watch and logs read that prefix from the state file."""
+    monkeypatch.setenv("MEDASR_S3_URI", "s3://bucket/medasr/")
+    res = CliRunner().invoke(app, ["runpod", "up", "--repo", "x", "--yes", "--run-name", "cq-lr1e-4"])
+    assert res.exit_code == 0, res.output
+    env = {e["key"]: e["value"] for e in api.created[-1]["env"]}
+    assert env["MEDASR_S3_URI"] == "s3://bucket/medasr/cq-lr1e-4"
+    assert json.loads(Path(".medasr-pod.json").read_text())["s3_uri"] == "s3://bucket/medasr/cq-lr1e-4"
+
+
 def test_up_passes_overrides_torch_index_budget_and_ssh(api):
     """Issue 22 item 6: --set and --torch-index reach the pod; the pod knows its price and cap; SSH only when asked
     (dockerArgs replaces the image's start script, which is what starts sshd)."""

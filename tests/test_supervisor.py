@@ -142,3 +142,18 @@ def test_restore_into_a_run_dir_that_is_not_empty(s3_server, tmp_path, monkeypat
     assert (new / "train/checkpoints/last.ckpt").read_bytes() == (old / "train/checkpoints/last.ckpt").read_bytes()
     assert (new / "setup.log").read_text() == "setup on the new pod\n"  # nothing local overwritten
     assert sup.ledger.spent() == pytest.approx(2.0, abs=0.01)  # the old pod's spend carried over
+
+
+def test_a_prefix_holding_another_presets_run_is_not_restored(s3_server, tmp_path, monkeypatch):
+    """Restore now happens whenever last.ckpt is missing, so a run pointed at a prefix that holds another run would
+    resume (or finish) that run. A different preset in S3's config.yaml stops it, and nothing is written there."""
+    from medasr.config import load_config, save_config
+
+    monkeypatch.setenv("MEDASR_S3_URI", f"{URI}/other")
+    old = tmp_path / "old"
+    _done_run(old)
+    save_config(load_config("tiny-parakeet"), old / "config.yaml")
+    sync_up(old, f"{URI}/other")
+    sup = _sup(tmp_path / "run", "raise SystemExit(0)", monkeypatch)
+    assert sup.run() == 1 and "tiny-parakeet" in sup.state["reason"]
+    assert not (tmp_path / "run/train").exists() and remote_run_state(f"{URI}/other", 300) == "done"

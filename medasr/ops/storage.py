@@ -315,9 +315,14 @@ def delete_remote(uri: str, rels: list[str], endpoint_url: str | None = None) ->
         s3.delete_object(Bucket=bucket, Key=_key(prefix, rel))
 
 
-def remote_has_checkpoint(uri: str, endpoint_url: str | None = None) -> bool:
+def remote_text(uri: str, rel: str, endpoint_url: str | None = None) -> str | None:
+    """A small run file's text on S3, or None."""
     bucket, prefix = parse_uri(uri)
-    return _remote(client(endpoint_url), bucket, _key(prefix, "train/checkpoints/last.ckpt")) is not None
+    s3 = client(endpoint_url)
+    try:
+        return s3.get_object(Bucket=bucket, Key=_key(prefix, rel))["Body"].read().decode()
+    except s3.exceptions.NoSuchKey:
+        return None
 
 
 class BackgroundSync:

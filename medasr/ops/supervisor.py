@@ -41,12 +41,14 @@ import threading
 import time
 from pathlib import Path
 
+import yaml
+
 from medasr.atomic import write_text_atomic
 from medasr.config import load_config, s3_uri
 from medasr.console import console
 from medasr.ops.failures import is_transient
 from medasr.ops.spend import SPEND_DIR, PodLedger
-from medasr.ops.storage import HEARTBEAT_FILES, StorageError, delete_remote, restore, sync_up
+from medasr.ops.storage import HEARTBEAT_FILES, StorageError, delete_remote, remote_text, restore, sync_up
 from medasr.runstate import BUDGET, FAILED, read_failed, run_is_done
 
 
@@ -226,6 +228,12 @@ class Supervisor:
             return None
         for i in range(1, self.sync_attempts + 1):
             try:
+                theirs = yaml.safe_load(remote_text(self.uri, "config.yaml") or "{}") or {}
+                if theirs.get("name", self.cfg.name) != self.cfg.name:
+                    # another run's prefix: restoring it would resume (or finish) that run; nothing is written there
+                    self._write(state="failed", reason=f"{self.uri} holds a run of preset {theirs['name']!r}, this run "
+                                f"is {self.cfg.name!r}: give it its own prefix (MEDASR_S3_URI, `runpod up --run-name`)")
+                    return 1
                 pulled = restore(self.uri, self.run_dir, only_missing=True)
                 if pulled:
                     console.print(f"restored {len(pulled)} file(s) from {self.uri}")
