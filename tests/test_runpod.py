@@ -223,7 +223,7 @@ def test_stop_is_verified_and_a_failed_stop_is_never_reported_done(api):
     assert [c[2] for c in api.calls if c[0] == "failed"] == ["graphql", "html502", "429"]
     pods.resume(pod["id"], 1)
     api.fail("podStop", "http500", n=100)
-    with pytest.raises(pods.TransientAPIError, match="could not stop"):
+    with pytest.raises(pods.TransientAPIError, match="could not podStop"):
         pods.stop(pod["id"], attempts=3, sleep=lambda s: None)
     api.uptime_s = 3600 * 100  # over the cap: the watcher must not claim "budget" while the pod still runs
     state = {"pod_id": pod["id"]}

@@ -206,43 +206,35 @@ def spent_usd(pod: dict) -> float:
     return float(pod.get("costPerHr") or 0) * float(pod.get("uptimeSeconds") or 0) / 3600
 
 
-def stop(pod_id: str, attempts: int = 4, sleep=time.sleep) -> dict:
-    """Stop the pod and read its state back: done only when the API reports it EXITED (or gone). A failed stop is
-    retried with backoff and raised (TransientAPIError), never reported as done."""
-    rp, why = _sdk(), ""
+def _verified(verb: str, call, pod_id: str, done: tuple, attempts: int, sleep) -> dict:
+    """Ask for `verb`, then read the pod back: done only when its state is one of `done` (or it is gone). Failures
+    are retried with backoff and finally raised (TransientAPIError), never reported as done."""
+    why = ""
     for i in range(attempts):
         try:
-            _call(f"podStop {pod_id}", rp.stop_pod, gql_escape(pod_id), attempts=1)
+            _call(f"{verb} {pod_id}", call, gql_escape(pod_id), attempts=1)
             pod = status(pod_id, sleep=sleep)
-            if pod is None or pod.get("desiredStatus") in STOPPED:
-                console.print(f"pod {pod_id} stopped (verified: {pod.get('desiredStatus') if pod else 'gone'})")
+            if pod is None or pod.get("desiredStatus") in done:
+                console.print(f"pod {pod_id}: {verb} verified ({pod.get('desiredStatus') if pod else 'gone'})")
                 return pod or {}
             why = f"the API still reports it {pod.get('desiredStatus')}"
         except TransientAPIError as e:
             why = str(e)
-        console.print(f"[yellow]stopping pod {pod_id} failed ({why}); attempt {i + 1}/{attempts}")
+        console.print(f"[yellow]{verb} {pod_id} failed ({why}); attempt {i + 1}/{attempts}")
         if i + 1 < attempts:
             sleep(min(60.0, 5.0 * 2 ** i))
-    raise TransientAPIError(f"could not stop pod {pod_id} after {attempts} attempts: {why}")
+    raise TransientAPIError(f"could not {verb} pod {pod_id} after {attempts} attempts: {why}")
+
+
+def stop(pod_id: str, attempts: int = 4, sleep=time.sleep) -> dict:
+    """Stop the pod, verified: the API must report it EXITED (or gone)."""
+    return _verified("podStop", _sdk().stop_pod, pod_id, STOPPED, attempts, sleep)
 
 
 def terminate(pod_id: str, attempts: int = 4, sleep=time.sleep) -> None:
-    """Terminate the pod and read it back: done only once the API no longer has it. The SDK's terminate_pod ignores
-    the answer (a 500 looks like success), so the read-back is what says it happened."""
-    why = ""
-    for i in range(attempts):
-        try:
-            _call(f"podTerminate {pod_id}", _sdk().terminate_pod, gql_escape(pod_id), attempts=1)
-            pod = status(pod_id, sleep=sleep)
-            if pod is None or pod.get("desiredStatus") == "TERMINATED":
-                return
-            why = f"the API still reports it {pod.get('desiredStatus')}"
-        except TransientAPIError as e:
-            why = str(e)
-        console.print(f"[yellow]terminating pod {pod_id} failed ({why}); attempt {i + 1}/{attempts}")
-        if i + 1 < attempts:
-            sleep(min(60.0, 5.0 * 2 ** i))
-    raise TransientAPIError(f"could not terminate pod {pod_id} after {attempts} attempts: {why}")
+    """Terminate the pod, verified: the API must no longer have it. The SDK's terminate_pod ignores the answer (a 500
+    looks like success), so the read-back is what says it happened."""
+    _verified("podTerminate", _sdk().terminate_pod, pod_id, ("TERMINATED",), attempts, sleep)
 
 
 def resume(pod_id: str, gpu_count: int) -> dict:
