@@ -268,6 +268,63 @@ def s3_uri(cfg: "Config") -> Optional[str]:
     return cfg.ops.s3_uri or os.environ.get("MEDASR_S3_URI") or None
 
 
+# Numeric settings divide, loop or schedule: each must be at least 1 (an int) or above 0 (a float) unless listed here
+# with what it may be. Checked at load, so a 0 or -1 names its key instead of ending in a ZeroDivisionError later.
+ZERO_OK = {
+    "train.smoke_steps", "train.warmup_steps", "train.min_lr", "train.weight_decay", "train.grad_clip",
+    "train.num_workers", "train.batch_tokens", "train.price_per_hour", "data.synth.test_per_term",
+    "data.synth.unseen_test_per_term", "data.synth.test_seen_carrier_per_term", "data.synth.generic_test_rows",
+    "data.synth.workers", "gate.min_rows", "gate.min_per_priority", "model.tiny.llm_vocab_size",
+    "model.tiny.encoder_subsampling_channels", "pretrain.neural_train", "pretrain.max_minutes",
+    "pretrain.warmup_steps", "pretrain.min_lr", "bench.warmup_steps", "ops.kill_grace_s", "model.tiny_asr.tdt_durations",
+}
+ANY_NUMBER = {"train.seed", "data.seed", "pretrain.seed"}
+FRACTIONS = {"data.synth.unseen_fraction": (0.0, 1.0, False), "gate.ker_threshold": (0.0, 1.0, True),
+             "model.tiny.lora_dropout": (0.0, 1.0, False), "pretrain.ctc_weight": (0.0, 1.0, True)}
+MINUS_ONE_OK = {"train.keep_last": "-1 keeps every checkpoint"}
+
+
+def _numbers(obj, prefix: str = ""):
+    """(key, value) for every numeric setting (lists of numbers item by item), walking the dataclasses."""
+    from dataclasses import fields, is_dataclass
+
+    for f in fields(obj):
+        v, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        if is_dataclass(v):
+            yield from _numbers(v, key + ".")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            yield key, v
+        elif isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            yield from ((key, x) for x in v)
+
+
+def check_numbers(cfg: "Config") -> None:
+    """Refuse a numeric setting that would divide by zero, loop no times or schedule backwards (ValueError naming
+    the key, its value and what it may be)."""
+    for key, v in _numbers(cfg):
+        if key in ANY_NUMBER:
+            continue
+        if key in FRACTIONS:
+            lo, hi, closed = FRACTIONS[key]
+            if not (lo <= v <= hi if closed else lo <= v < hi):
+                raise ValueError(f"{key}={v}: must be in [{lo}, {hi}{']' if closed else ')'}")
+        elif key in MINUS_ONE_OK and v == -1:
+            continue
+        elif key in ZERO_OK:
+            if v < 0:
+                raise ValueError(f"{key}={v}: must be 0 or more")
+        elif (v < 1 if isinstance(v, int) else v <= 0):
+            extra = f" ({MINUS_ONE_OK[key]})" if key in MINUS_ONE_OK else ""
+            raise ValueError(f"{key}={v}: must be {'at least 1' if isinstance(v, int) else 'above 0'}{extra}: it "
+                             "divides, counts or schedules something")
+    for section in ("data.synth", "pretrain"):
+        obj = cfg.data.synth if section == "data.synth" else cfg.pretrain
+        if obj.rate_min > obj.rate_max:
+            raise ValueError(f"{section}.rate_min={obj.rate_min} is above {section}.rate_max={obj.rate_max}")
+    if cfg.data.synth.max_test is not None and cfg.data.synth.max_test < 1:
+        raise ValueError(f"data.synth.max_test={cfg.data.synth.max_test}: must be at least 1 (or null for all rows)")
+
+
 def available_presets() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
@@ -296,6 +353,7 @@ def load_config(preset: str, overrides: Optional[list[str]] = None) -> Config:
         raise ValueError("train.devices > 1 is supported for SALM presets (canary-qwen-2.5b, tiny, mini); the Parakeet "
                          "path trains on one device: set train.devices=1")
     check_prompts(cfg.model.prompt, cfg.model.prompts_by_source)
+    check_numbers(cfg)
     s = cfg.data.synth
     for key, voices in (("train_voices", s.train_voices), ("test_voices", s.test_voices),
                         ("pretrain.voices", cfg.pretrain.voices), ("pretrain.heldout_voice", [cfg.pretrain.heldout_voice]),
