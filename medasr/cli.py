@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import json
 import os
 import sys
@@ -31,7 +33,57 @@ from medasr.runstate import mark_failed
 # that service still holds the killed run's id, and the relaunch would fail with "run ID is in use".
 os.environ.pop("WANDB_SERVICE", None)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# What a user can get wrong (a path, a file, credentials) ends a command in one line naming it and the fix, exit 2;
+# anything else is a bug and keeps its traceback. Matched by class name so the CLI imports no heavy module for it.
+USER_ERROR_NAMES = {"FileNotFoundError", "NotADirectoryError", "IsADirectoryError", "PermissionError", "ManifestError",
+                    "AdapterError", "StorageError", "NoCredentialsError", "PartialCredentialsError", "HFValidationError"}
+FIX = {  # per command: what to do when a file it needs is missing
+    "eval": "build the data first (`medasr build -p P -d RUN`), or pass --manifest",
+    "train": "build the data first (`medasr build -p P -d RUN`)",
+    "preflight": "build the data first (`medasr build -p P -d RUN`)",
+    "score": "give a manifest holding text and pred_text (the hyps.json `medasr eval` writes)",
+    "compare": "give two eval folders, each holding the metrics.json `medasr eval` writes",
+    "export": "give a checkpoint file (RUN/train/checkpoints/*.ckpt)",
+    "average": "give checkpoint files (RUN/train/checkpoints/*.ckpt)",
+    "transcribe": "give an export folder (medasr_adapter.json), a SALM folder, a .nemo file or a Hub id (org/name)",
+    "sync": "give the run directory to upload",
+}
+
+
+def _user_message(e: BaseException, command: str) -> str:
+    names = {c.__name__ for c in type(e).__mro__}
+    if names & {"NoCredentialsError", "PartialCredentialsError"}:
+        return f"{e}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (environment or .env)"
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {(e.strerror or str(e)).lower()}" + (f"; {FIX[command]}" if command in FIX else "")
+    return str(e)
+
+
+class _App(typer.Typer):
+    """Typer whose commands turn user errors into one line (MEDASR_DEBUG=1 keeps the traceback)."""
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+
+        def decorate(fn):
+            @functools.wraps(fn)
+            def guarded(*a, **k):
+                try:
+                    return fn(*a, **k)
+                except Exception as e:  # noqa: BLE001 - sorted: user errors get a line, bugs their traceback
+                    names = {c.__name__ for c in type(e).__mro__}
+                    if not (names & USER_ERROR_NAMES) or os.environ.get("MEDASR_DEBUG"):
+                        raise
+                    console.print(f"[red]{escape(_user_message(e, fn.__name__.rstrip('_')))}[/]")
+                    raise typer.Exit(2)
+
+            register(guarded)
+            return fn
+
+        return decorate
+
+
+app = _App(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
 @app.callback()
@@ -57,6 +109,14 @@ def _cfg(preset: str, overrides: Optional[List[str]]):
 
 def _run_dir(cfg, run_dir: Optional[Path]) -> Path:
     return run_dir or Path("runs") / cfg.name
+
+
+def _need_file(path: Path, what: str) -> Path:
+    """A file the command reads, checked before it creates or loads anything (a wrong path must not build a model)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(errno.EISDIR if Path(path).is_dir() else errno.ENOENT,
+                                f"{'a folder, not ' if Path(path).is_dir() else 'no '}{what}", str(path))
+    return path
 
 
 @app.command()
@@ -134,6 +194,7 @@ def eval_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Op
 
     cfg = _cfg(preset, set_)
     rd = _run_dir(cfg, run_dir)
+    _need_file(manifest or rd / "data" / "test.json", "manifest")
     m = evaluate(cfg, manifest or rd / "data" / "test.json", rd / "eval" / f"cycle{cycle}",
                  adapter or resolve_base(cfg, rd), f"Cycle {cycle}", rd)
     console.print((rd / "eval" / f"cycle{cycle}" / "report.md").read_text())
@@ -194,6 +255,8 @@ def train_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: O
 
     cfg = _cfg(preset, set_)
     rd = _run_dir(cfg, run_dir)
+    for split in ("train", "val"):
+        _need_file(rd / "data" / f"{split}.json", "manifest")
     base = resolve_base(cfg, rd)
     if is_rank_zero():  # other DDP ranks re-run this command after rank zero has checked
         ensure_current(cfg, rd, base, say=console.print)
@@ -229,7 +292,7 @@ def pretrain_mini(preset: str = typer.Option("mini", "--preset", "-p", help="pre
     console.print(f"mini base written to {out or MINI_DIR} (model card: MODEL_CARD.md there)")
 
 
-bench_app = typer.Typer(no_args_is_help=True, help="Speed and memory of a preset's model on this machine (docs/PERFORMANCE.md).")
+bench_app = _App(no_args_is_help=True, help="Speed and memory of a preset's model on this machine (docs/PERFORMANCE.md).")
 app.add_typer(bench_app, name="bench")
 BenchOutOpt = typer.Option(None, "--out", "-o", help="where bench_*.json/.md go (default runs/bench/<preset>)")
 
@@ -271,6 +334,7 @@ def export(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: O
     cfg = _cfg(preset, set_)
     rd = _run_dir(cfg, run_dir)
     if ckpt:
+        _need_file(ckpt, "checkpoint file")
         console.print((export_nemo if cfg.model.kind == "asr" else export_adapter)(cfg, rd, resolve_base(cfg, rd), ckpt))
         return
     done = rd / "train" / "DONE"
@@ -290,10 +354,8 @@ def average(ckpts: List[Path] = typer.Argument(..., help="training checkpoints o
     """Uniform average of the weights in several checkpoints (export it with `medasr export --ckpt OUT`)."""
     from medasr.train.average import AverageError, average_checkpoints
 
-    missing = [str(c) for c in ckpts if not c.exists()]
-    if missing:
-        console.print(f"[red]checkpoint not found:[/] {', '.join(missing)}")
-        raise typer.Exit(2)
+    for c in ckpts:
+        _need_file(c, "checkpoint file")
     try:
         console.print_json(json.dumps(average_checkpoints(list(ckpts), out)))
     except AverageError as e:
@@ -382,6 +444,9 @@ def compare(before_dir: Path, after_dir: Path, out: Path = typer.Option(..., "--
 
     cfg = _cfg(preset, None)
     cfg.gate.priority = list(priority)
+    for d in (before_dir, after_dir):
+        for name in ("metrics.json", "hyps.json"):
+            _need_file(d / name, f"{name} (an eval folder?)")
     try:
         c = run_compare(cfg, before_dir, after_dir, out)
     except ValueError as e:  # no common rows, or the same rows scored against other references
@@ -473,6 +538,8 @@ def rehearse(preset: str = PresetOpt, work: Path = typer.Option(None, "--work", 
 def sync(run_dir: Path = typer.Option(..., "--run-dir", "-d"), to: str = typer.Option(..., "--to", help="s3://bucket/prefix"),
          include_audio: bool = typer.Option(False, help="also upload data/audio/")):
     """Upload a run dir to S3 (checkpoints, adapter, reports, manifests): idempotent, verified, resumable."""
+    if not run_dir.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such run directory", str(run_dir))
     try:
         r = sync_up(run_dir, to, include_audio=include_audio)
     except StorageError as e:
@@ -493,7 +560,7 @@ def restore(from_: str = typer.Option(..., "--from", help="s3://bucket/prefix"),
     console.print(f"restored {len(pulled)} file(s) into {run_dir}")
 
 
-runpod_app = typer.Typer(no_args_is_help=True, help="Run the POC on a RunPod GPU pod: up, status, logs, cost, watch, down.")
+runpod_app = _App(no_args_is_help=True, help="Run the POC on a RunPod GPU pod: up, status, logs, cost, watch, down.")
 app.add_typer(runpod_app, name="runpod")
 
 

@@ -44,6 +44,10 @@ def test_errors_are_classified():
         assert is_transient(wrapped)  # the cause decides
     assert not is_transient(HfHubHTTPError(404)) and not is_transient(ValueError("bad manifest row"))
     assert not is_transient(FileNotFoundError("no such dataset"))
+    import httpx  # huggingface_hub's client: a DNS failure or a dropped download is transient, not a FAILED run
+
+    assert is_transient(httpx.ConnectError("Name or service not known")) and is_transient(httpx.ReadTimeout("slow"))
+    assert is_transient(httpx.RemoteProtocolError("peer closed connection"))
 
 
 def test_a_permanent_error_marks_the_run_failed_with_its_stage(tmp_path, monkeypatch):

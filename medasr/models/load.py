@@ -6,6 +6,7 @@ another to get a model.
 
 from __future__ import annotations
 
+import errno
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,6 +174,9 @@ def load_model(spec: str | Path, kind: Optional[str] = None, device: Optional[st
     """Resolve a model argument: SALM export dir, SALM base dir, .nemo file, or a Hub id (kind guessed from the id
     unless given: canary-qwen → salm, anything else → asr). Moves the model to `device` (default: cuda if present)."""
     p = Path(spec)
+    if not p.exists() and looks_like_path(str(spec)):  # never sent to the Hub as a repo id
+        raise FileNotFoundError(errno.ENOENT, "no such model (a local path that does not exist; a Hub id reads "
+                                "org/name)", str(spec))
     if (p / "medasr_adapter.json").exists():
         model, meta = load_adapted(p)
         loaded = Loaded(model, "salm", str(spec), meta["prompt"], meta.get("prompts_by_source") or {})
@@ -181,13 +185,21 @@ def load_model(spec: str | Path, kind: Optional[str] = None, device: Optional[st
     elif (p / "config.json").exists() or kind == "salm" or (kind is None and "canary-qwen" in str(spec).lower()):
         loaded = Loaded(salm.load_base(spec), "salm", str(spec), salm_default_prompt())
     elif p.exists():
-        raise ValueError(f"{spec}: not a model (expected a medasr SALM export with medasr_adapter.json, a SALM folder "
-                         "with config.json, or a .nemo file)")
+        raise FileNotFoundError(errno.ENOENT, "not a model (expected a medasr SALM export with medasr_adapter.json, "
+                                "a SALM folder with config.json, or a .nemo file)", str(spec))
     else:
         loaded = Loaded(asr.load_base(spec), "asr", str(spec))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded.model = loaded.model.to(device)
     return loaded
+
+
+def looks_like_path(spec: str) -> bool:
+    """A model argument meant as a local path: absolute, relative (./ ../ ~), a file name with a model suffix, or more
+    than one slash. A Hub id is org/name."""
+    return (spec.startswith(("/", "./", "../", "~", ".")) or spec.count("/") > 1
+            or Path(spec).suffix in (".nemo", ".json", ".safetensors", ".ckpt") or "\\" in spec
+            or (spec.count("/") == 1 and Path(spec).parent.is_dir()))  # runs/x where runs/ is a local folder
 
 
 def salm_default_prompt() -> str:

@@ -16,6 +16,8 @@ TRANSIENT_NAMES = {
     "ConnectTimeout", "ReadTimeout", "ChunkedEncodingError", "ProtocolError", "NewConnectionError", "MaxRetryError",
     "ReadTimeoutError", "ConnectTimeoutError", "EndpointConnectionError", "ConnectionClosedError", "IncompleteRead",
     "RemoteDisconnected", "ServerDisconnectedError", "ClientConnectorError",
+    # httpx (huggingface_hub's client): the transport failures, under their common bases
+    "TransportError", "NetworkError", "TimeoutException", "RemoteProtocolError",
 }
 NETWORK_ERRNOS = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH,
                   errno.ENETDOWN, errno.EPIPE, errno.ECONNABORTED}
