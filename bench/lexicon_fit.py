@@ -1,10 +1,13 @@
-"""Which lexicon's term error rate tracks the PriMock57 leaderboard's medical WER? (issue 21: a lexicon that fits)
+"""Which lexicon's term error rate tracks the PriMock57 leaderboard's medical WER (issue 21: a lexicon that fits), and
+how well does medasr's WER (its normaliser) rank the systems as the leaderboard's published WER does (issue 33)?
 
 Scores every system's published long-form transcripts from a checkout of Omi-Health/medical-STT-eval (its
 results/transcripts/<system>/<consultation>_conversation_transcript.txt against data/cleaned_transcripts/
 <consultation>_pure_text.txt, the two excluded consultations left out) with medasr's term error rate, once per lexicon,
 and prints, across systems, the Pearson and Spearman correlation of each with the leaderboard's M-WER
-(results/comparisons/leaderboard.json, a hand-made 179-word list) plus how many term occurrences each lexicon tags.
+(results/comparisons/leaderboard.json, a hand-made 179-word list) plus how many term occurrences each lexicon tags;
+then the same correlations of medasr's WER (corpus, and the per-consultation mean the leaderboard publishes) with the
+published WER.
 
     git clone https://github.com/Omi-Health/medical-STT-eval /data/omi      # or any checkout / archive of it
     .venv/bin/python bench/lexicon_fit.py /data/omi [--out lexicon_fit.json]
@@ -51,6 +54,8 @@ def main() -> None:
         rows = [{"id": c, "text": ref, "pred_text": (d / f"{c}_conversation_transcript.txt").read_text()}
                 for c, ref in refs.items() if (d / f"{c}_conversation_transcript.txt").exists()]
         s = {"name": m["name"], "m_wer": m["m_wer"], "wer": m["wer"], "files": len(rows)}
+        plain = compute_metrics(rows, n_boot=0)
+        s["ours"] = {"wer": plain["wer"], "wer_mean_utt": plain["wer_mean_utt"]}
         for name, lex in lexicons.items():
             met = compute_metrics(rows, n_boot=0, lexicon=lex)
             s[name] = {"term_error_rate": met["term_error_rate"],
@@ -66,7 +71,11 @@ def main() -> None:
             "pearson": float(np.corrcoef(ter, mwer)[0, 1]),
             "spearman": float(np.corrcoef(_ranks(ter), _ranks(mwer))[0, 1]),
             "occurrences_in_references": systems[0][name]["occurrences"]}
-    print(json.dumps(result["by_lexicon"], indent=1))
+    wer = np.array([s["wer"] for s in systems])
+    result["wer_agreement"] = {
+        agg: {"pearson": float(np.corrcoef(ours, wer)[0, 1]), "spearman": float(np.corrcoef(_ranks(ours), _ranks(wer))[0, 1])}
+        for agg in ("wer", "wer_mean_utt") for ours in [np.array([s["ours"][agg] for s in systems])]}
+    print(json.dumps({k: result[k] for k in ("by_lexicon", "wer_agreement")}, indent=1))
     if a.out:
         a.out.write_text(json.dumps(result | {"per_system": systems}, indent=1))
 

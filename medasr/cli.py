@@ -421,8 +421,10 @@ def transcribe(inputs: List[Path] = typer.Argument(..., help="audio files, folde
 @app.command()
 def score(manifest: Path, out: Path = typer.Option(..., "--out"),
           normalizer: str = typer.Option("whisper", help="whisper | basic | none"),
-          lexicon: str = typer.Option("core", help="core (174 curated terms) | extended (+ drugs, ICD-10-CM conditions)")):
-    """Score a manifest that holds `text` and `pred_text` (and optionally `term`, `entity_category`)."""
+          lexicon: str = typer.Option("auto", help="auto (as eval: core for an all-synthetic manifest, else extended) | "
+                                      "core (174 curated terms) | extended (+ drugs, ICD-10-CM conditions)")):
+    """Score a manifest that holds `text` and `pred_text` (and optionally `term`, `entity_category`); metrics.json
+    records the lexicon used."""
     from medasr.config import Config
     from medasr.evaluate.stage import score_manifest
 
