@@ -102,3 +102,29 @@ def test_tied_embeddings_pass_preflight_and_stay_out_of_slim_checkpoints(tiny_da
     ckpt = {"state_dict": model.state_dict()}
     slim_checkpoint_callback().on_save_checkpoint(None, model, ckpt)
     assert not pair & set(ckpt["state_dict"]) and any(".lora_" in k for k in ckpt["state_dict"])
+
+
+def test_preflight_compares_the_token_ids_decoding_really_sends(tiny_data_and_base):
+    """Issue 33 item 4: preflight built its own inference prompt (f"{context} {AUDIO_TAG}") beside the decoder's
+    (which strips a leading space), so "prompt matches inference" did not prove what decoding sends. Now one function
+    makes the ids for both; here they are caught where SALM embeds them, and an empty prompt is checked as well."""
+    import numpy as np
+
+    from medasr.models.salm import load_base, transcribe_arrays
+
+    rd = tiny_data_and_base
+    model = load_base(rd / "model/base")
+    audio = np.zeros(16000, dtype=np.float32)
+    for empty in (False, True):
+        cfg = load_config("tiny")
+        if empty:
+            cfg.model.prompt, cfg.model.prompts_by_source = "<|audioplaceholder|>", {}
+        rep = model_preflight(cfg, rd, rd / "model/base")["prompt"]
+        seen = []
+        hook = model.embed_tokens.register_forward_hook(lambda mod, args, out: seen.append(args[0].clone()))
+        transcribe_arrays(model, [audio], cfg.model.prompt, max_new_tokens=1, contexts=[rep["context"]])
+        hook.remove()
+        tag = model.audio_locator_tag_id  # SALM embeds the audio tag's position as token 0
+        assert seen[0][0].tolist() == [0 if t == tag else t for t in rep["inference_prompt_ids"]]
+        assert rep["prompt_matches_inference"] and rep["training_prompt_ids"] == rep["inference_prompt_ids"]
+    assert rep["context"] == "" and rep["rendered_inference_prompt"].startswith("<|im_start|>user\n <|audioplaceholder|>")

@@ -76,6 +76,23 @@ def _decode(model, ids: torch.Tensor) -> str:
 
 
 @torch.no_grad()
+def prompt_turns(context: str) -> list[dict]:
+    """The user turn decoding sends for a prompt context (medasr.prompts): the context, a space, the audio tag — as
+    SALM's training pipeline joins them, even for an empty context (" <|audioplaceholder|>": stripping that space,
+    as decoding once did, sent other tokens than training saw; preflight now compares the ids)."""
+    return [{"role": "user", "content": f"{context} {AUDIO_TAG}"}]
+
+
+def prompt_ids(model, context: str) -> torch.Tensor:
+    """The token ids decoding sends for a prompt context: `prompt_turns` through the model's prompt formatter, as
+    SALM.generate formats a prompt given as turns. transcribe_arrays sends exactly these ids, and preflight compares
+    them with a rendered training example, so "the prompt matches inference" is about what is really sent."""
+    from nemo.collections.common.prompts import PromptFormatter
+
+    formatter = PromptFormatter.resolve(model.cfg.prompt_format)(model.tokenizer)
+    return formatter.encode_dialog(turns=prompt_turns(context))["input_ids"]
+
+
 def transcribe_arrays(
     model,
     audios: list[np.ndarray],
@@ -89,6 +106,8 @@ def transcribe_arrays(
     """Greedy transcription of mono float arrays at the model's rate, batched longest-first (less padding); shorter
     audio in a batch is zero-padded and its true length passed to SALM. bf16 autocast on a GPU.
     `contexts[i]`, when given and not None, is audio i's prompt text (medasr.prompts); else `prompt`'s."""
+    from nemo.collections.speechlm2.data.salm_dataset import left_collate_vectors
+
     default = split_prompt(prompt)
     contexts = contexts or [None] * len(audios)
     model.eval()
@@ -102,7 +121,8 @@ def transcribe_arrays(
         batch = torch.zeros(len(idx), int(lens.max()))
         for j, i in enumerate(idx):
             batch[j, : len(audios[i])] = torch.from_numpy(np.asarray(audios[i], dtype=np.float32))
-        prompts = [[{"role": "user", "content": f"{default if contexts[i] is None else contexts[i]} {AUDIO_TAG}".strip()}] for i in idx]
+        prompts = left_collate_vectors([prompt_ids(model, default if contexts[i] is None else contexts[i]) for i in idx],
+                                       padding_value=model.text_pad_id).to(dev)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             ids = model.generate(
                 prompts=prompts,

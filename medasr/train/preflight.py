@@ -24,7 +24,7 @@ from medasr.data.manifest import read_manifest
 from medasr.models import asr
 from medasr.models.asr import param_table
 from medasr.models.load import FreezePatternError, apply_freeze, print_param_table
-from medasr.models.salm import hub_ref, load_base
+from medasr.models.salm import hub_ref, load_base, prompt_ids
 from medasr.prompts import AUDIO_TAG, prompted_manifests
 from medasr.train.trainer import data_config
 
@@ -111,7 +111,6 @@ def load_checked(cfg: Config, base: str | Path):
 def render_training_example(model, cfg: Config, run_dir: Path) -> dict:
     """The first training row as the model sees it, through SALM's own Lhotse pipeline, and the inference prompt."""
     from nemo.collections.common.data.lhotse import get_lhotse_dataloader_from_config
-    from nemo.collections.common.prompts import PromptFormatter
     from nemo.collections.speechlm2 import SALMDataset
     from omegaconf import OmegaConf
 
@@ -125,11 +124,10 @@ def render_training_example(model, cfg: Config, run_dir: Path) -> dict:
     batch = next(iter(dl))
     ids = batch["input_ids"][0].tolist()
     hf = model.tokenizer.tokenizer  # raw decode keeps the chat and audio tokens visible
-    formatter = PromptFormatter.resolve(model.cfg.prompt_format)(model.tokenizer)
-    infer = formatter.encode_dialog([{"role": "user", "slots": {"message": f"{context} {AUDIO_TAG}"}}])
-    infer_ids = infer["input_ids"].tolist()
+    infer_ids = prompt_ids(model, context).tolist()  # what decoding sends (medasr.models.salm.transcribe_arrays)
     return {"context": context, "rendered_training_example": hf.decode(ids, skip_special_tokens=False),
             "rendered_inference_prompt": hf.decode(infer_ids, skip_special_tokens=False),
+            "training_prompt_ids": ids[: len(infer_ids)], "inference_prompt_ids": infer_ids,
             "prompt_matches_inference": ids[: len(infer_ids)] == infer_ids,
             "audio_placeholder_in_example": model.tokenizer.text_to_ids(AUDIO_TAG)[0] in ids}
 
@@ -187,6 +185,8 @@ def model_preflight(cfg: Config, run_dir: Path, base: str | Path) -> dict:
     if "prompt" in report:
         console.print("[bold]training example as the model sees it:[/]")
         console.print(report["prompt"]["rendered_training_example"], highlight=False, markup=False)
+        console.print("[bold]the prompt decoding sends for it (the same token ids):[/]")
+        console.print(report["prompt"]["rendered_inference_prompt"], highlight=False, markup=False)
     console.print(f"validation: {plan['validations']} run(s), every {plan['val_every_n_steps']} steps "
                   f"({plan['batches_per_epoch']} batches per epoch, {plan['epochs']} epochs)", highlight=False)
     out = run_dir / "train" / "preflight.json"
