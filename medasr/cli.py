@@ -36,7 +36,8 @@ os.environ.pop("WANDB_SERVICE", None)
 # What a user can get wrong (a path, a file, credentials) ends a command in one line naming it and the fix, exit 2;
 # anything else is a bug and keeps its traceback. Matched by class name so the CLI imports no heavy module for it.
 USER_ERROR_NAMES = {"FileNotFoundError", "NotADirectoryError", "IsADirectoryError", "PermissionError", "ManifestError",
-                    "AdapterError", "StorageError", "NoCredentialsError", "PartialCredentialsError", "HFValidationError"}
+                    "AdapterError", "StorageError", "NoCredentialsError", "PartialCredentialsError", "HFValidationError",
+                    "PromptChangeError"}
 FIX = {  # per command: what to do when a file it needs is missing
     "eval": "build the data first (`medasr build -p P -d RUN`), or pass --manifest",
     "train": "build the data first (`medasr build -p P -d RUN`)",
@@ -187,12 +188,17 @@ def eval_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Op
           adapter: Optional[Path] = typer.Option(None, "--adapter", "--model",
                                                  help="evaluate this export (SALM adapter folder or .nemo) instead of the base"),
           cycle: int = typer.Option(0, help="cycle number: results go to RUN/eval/cycle<N>/"),
-          manifest: Optional[Path] = typer.Option(None, help="manifest to evaluate (default RUN/data/test.json)")):
-    """Transcribe a manifest and score it (WER, CER, KER by category, seen vs unseen terms)."""
+          manifest: Optional[Path] = typer.Option(None, help="manifest to evaluate (default RUN/data/test.json)"),
+          allow_prompt_change: bool = typer.Option(False, help="decode an export under other prompts than it was "
+                                                   "fine-tuned with (refused otherwise)")):
+    """Transcribe a manifest and score it (WER, CER, KER by category, seen vs unseen terms). An export is decoded
+    under the prompts it was fine-tuned with; other prompts (the preset's, or --set model.prompt=…) are refused
+    unless --allow-prompt-change; metrics.json → prompts_used says which."""
     from medasr.evaluate.stage import evaluate
     from medasr.flywheel import resolve_base
 
     cfg = _cfg(preset, set_)
+    cfg.eval.allow_prompt_change = cfg.eval.allow_prompt_change or allow_prompt_change
     rd = _run_dir(cfg, run_dir)
     _need_file(manifest or rd / "data" / "test.json", "manifest")
     m = evaluate(cfg, manifest or rd / "data" / "test.json", rd / "eval" / f"cycle{cycle}",
@@ -370,7 +376,10 @@ def transcribe(inputs: List[Path] = typer.Argument(..., help="audio files, folde
                kind: Optional[str] = typer.Option(None, help="salm | asr, for a Hub id (default: guessed from the id)"),
                out: Optional[Path] = typer.Option(None, help="write per-file outputs + transcripts.json here"),
                format_: str = typer.Option("txt,json,srt", "--format", help="comma-separated: txt, json, srt"),
-               prompt: Optional[str] = typer.Option(None, help="SALM only; default: the export's training prompt"),
+               prompt: Optional[str] = typer.Option(None, help="SALM only; default: the prompts the export was "
+                                                    "fine-tuned with (each row by its source)"),
+               allow_prompt_change: bool = typer.Option(False, help="use --prompt although the export was fine-tuned "
+                                                        "with other prompts (refused otherwise)"),
                batch_size: int = 16, max_new_tokens: int = 256,
                chunk_s: Optional[float] = typer.Option(None, help="long-form chunk length (default SALM 30, ASR 600)"),
                overlap_s: Optional[float] = typer.Option(None, help="chunk overlap (default 10)"),
@@ -382,7 +391,7 @@ def transcribe(inputs: List[Path] = typer.Argument(..., help="audio files, folde
     from rich.progress import Progress
 
     from medasr.transcribe import POLICIES, collect_inputs, model_decoder, stamp_prompts, transcribe_rows, write_outputs
-    from medasr.models.load import load_model
+    from medasr.models.load import check_prompt_change, load_model
 
     if not model:
         console.print("[red]give --model[/] (a SALM export folder, a SALM folder, a .nemo file or a Hub id)")
@@ -396,6 +405,7 @@ def transcribe(inputs: List[Path] = typer.Argument(..., help="audio files, folde
     if bad := sorted(set(formats) - {"txt", "json", "srt"}):
         console.print(f"[red]unknown --format {', '.join(bad)}[/]: use txt, json, srt (comma-separated)")
         raise typer.Exit(2)
+    check_prompt_change(model, prompt, None, allow_prompt_change)  # before the model loads
     loaded = load_model(model, kind=kind)
     try:
         policy = replace(POLICIES[loaded.kind], **{k: v for k, v in (("chunk_s", chunk_s), ("overlap_s", overlap_s),
@@ -413,9 +423,10 @@ def transcribe(inputs: List[Path] = typer.Argument(..., help="audio files, folde
         written = write_outputs(results, rows, out, formats, loaded.source, policy)
         console.print(f"{len(results)} file(s) → {out} ({len(written)} files written)", highlight=False)
     else:
-        for res in results:
+        for row, res in zip(rows, results):
             sys.stdout.write(json.dumps({"audio_filepath": res.audio_filepath, "pred_text": res.text,
-                                         "duration": res.duration, "chunks": len(res.chunks)}) + "\n")
+                                         "duration": res.duration, "chunks": len(res.chunks)}
+                                        | ({"context": row["context"]} if "context" in row else {})) + "\n")
 
 
 @app.command()

@@ -175,6 +175,8 @@ class EvalConfig:
     redact_transcripts: bool = False  # W&B tables get SHA-256 prefixes instead of text (PHI)
     static_cache: bool = False  # fixed-size KV cache in generate (transformers compiles the decode step on a GPU)
     n_boot: int = 1000
+    # decode an export under other prompts than it was fine-tuned with (refused otherwise: medasr.models.load)
+    allow_prompt_change: bool = False
 
 
 @dataclass
@@ -269,14 +271,16 @@ def s3_uri(cfg: "Config") -> Optional[str]:
 
 
 # Numeric settings divide, loop or schedule: each must be at least 1 (an int) or above 0 (a float) unless listed here
-# with what it may be. Checked at load, so a 0 or -1 names its key instead of ending in a ZeroDivisionError later.
+# with what it may be (pretrain.lr may be 0: continuing a shipped base at lr 0 proves the weights carried over).
+# Checked at load, so a 0 or -1 names its key instead of ending in a ZeroDivisionError later.
 ZERO_OK = {
     "train.smoke_steps", "train.warmup_steps", "train.min_lr", "train.weight_decay", "train.grad_clip",
     "train.num_workers", "train.batch_tokens", "train.price_per_hour", "data.synth.test_per_term",
     "data.synth.unseen_test_per_term", "data.synth.test_seen_carrier_per_term", "data.synth.generic_test_rows",
     "data.synth.workers", "gate.min_rows", "gate.min_per_priority", "model.tiny.llm_vocab_size",
     "model.tiny.encoder_subsampling_channels", "pretrain.neural_train", "pretrain.max_minutes",
-    "pretrain.warmup_steps", "pretrain.min_lr", "bench.warmup_steps", "ops.kill_grace_s", "model.tiny_asr.tdt_durations",
+    "pretrain.warmup_steps", "pretrain.min_lr", "pretrain.lr", "bench.warmup_steps", "ops.kill_grace_s",
+    "model.tiny_asr.tdt_durations",
 }
 ANY_NUMBER = {"train.seed", "data.seed", "pretrain.seed"}
 FRACTIONS = {"data.synth.unseen_fraction": (0.0, 1.0, False), "gate.ker_threshold": (0.0, 1.0, True),

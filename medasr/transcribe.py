@@ -31,7 +31,7 @@ from medasr.audio import SAMPLE_RATE, read_audio
 from medasr.data.manifest import read_manifest, write_manifest
 from medasr.models import asr, salm
 from medasr.models.load import Loaded, salm_default_prompt
-from medasr.prompts import with_contexts
+from medasr.prompts import AUDIO_TAG, with_contexts
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".opus"}
 SRT_MAX_WORDS = 12
@@ -248,7 +248,7 @@ def write_outputs(results: list[FileResult], rows: list[dict], out_dir: Path, fo
         raise ValueError(f"unknown output format(s) {sorted(bad)}: use txt, json, srt")
     out_dir.mkdir(parents=True, exist_ok=True)
     written, used = [], set()
-    for res in results:
+    for row, res in zip(rows, results):
         stem = Path(res.audio_filepath).stem
         n, name = 1, stem
         while name in used:
@@ -260,7 +260,8 @@ def write_outputs(results: list[FileResult], rows: list[dict], out_dir: Path, fo
             written[-1].write_text(res.text + "\n")
         if "json" in formats:
             written.append(out_dir / f"{name}.json")
-            written[-1].write_text(json.dumps(res.to_json(model, policy), indent=2))
+            written[-1].write_text(json.dumps(res.to_json(model, policy) | (
+                {"prompt": f"{row['context']} {AUDIO_TAG}"} if "context" in row else {}), indent=2))
         if "srt" in formats:
             written.append(out_dir / f"{name}.srt")
             written[-1].write_text(to_srt(res))

@@ -216,7 +216,7 @@ def test_cli_transcribe_with_adapter(tiny_run):
 
 def test_gate_stops_the_flywheel_unless_forced(tiny_data_and_base):
     run_dir = tiny_data_and_base
-    cfg = load_config("tiny", ["gate.ker_threshold=1.01", "train.max_steps=4", "train.ckpt_every_n_steps=2",
+    cfg = load_config("tiny", ["gate.ker_threshold=1.0", "train.max_steps=4", "train.ckpt_every_n_steps=2",
                                "train.val_every_n_steps=2", "eval.max_new_tokens=4"])
     s = run_flywheel(cfg, run_dir)
     assert s["status"].startswith("stopped at gate (expand_terms)")

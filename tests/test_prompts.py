@@ -90,3 +90,70 @@ def test_metrics_report_the_output_style():
     style = compute_metrics(rows, n_boot=10)["style"]
     assert style["hypotheses"] == {"n": 2, "cased": 0.5, "punctuated": 0.0}
     assert style["references"] == {"n": 3, "cased": 2 / 3, "punctuated": 2 / 3}
+
+
+def _small_test_manifest(run_dir, path, n_synthetic=12, n_generic=4):
+    from medasr.data.manifest import write_manifest
+
+    rows = read_manifest(run_dir / "data/test.json")
+    pick = [r for r in rows if r["source"].startswith("synthetic")][:n_synthetic] + \
+        [r for r in rows if r["source"].startswith("generic")][:n_generic]
+    write_manifest(path, pick)
+    return pick
+
+
+def test_merged_carries_its_prompts_and_decodes_as_the_adapter_does(tiny_run, tmp_path):
+    """Issue 33 item 1: `transcribe --model …/merged` (the form NeMo and vLLM load) decoded every row with the default
+    prompt, also rows whose source was fine-tuned under another (8 of 32 on a tiny run). merged/ now carries
+    medasr_prompts.json; each row gets its trained prompt and the same transcript as from the adapter."""
+    from typer.testing import CliRunner
+
+    from medasr.cli import app
+
+    _, run_dir, _ = tiny_run
+    export = run_dir / "canary-qwen-medical-lora"
+    saved = json.loads((export / "merged/medasr_prompts.json").read_text())
+    assert saved["prompts_by_source"] == {"synthetic": "Transcribe this medical dictation verbatim. <|audioplaceholder|>"}
+    manifest = tmp_path / "m.json"
+    _small_test_manifest(run_dir, manifest)
+    outs = {}
+    for name, model in (("adapter", export), ("merged", export / "merged")):
+        res = CliRunner().invoke(app, ["transcribe", "--model", str(model), str(manifest), "--out", str(tmp_path / name),
+                                       "--format", "json", "--max-new-tokens", "12"])
+        assert res.exit_code == 0, res.output
+        outs[name] = read_manifest(tmp_path / name / "transcripts.json")
+    contexts = {r["source"].split("-")[0]: r["context"] for r in outs["merged"]}
+    assert contexts == {"synthetic": "Transcribe this medical dictation verbatim.", "generic": "Transcribe the following:"}
+    assert [r["context"] for r in outs["merged"]] == [r["context"] for r in outs["adapter"]]
+    assert [r["pred_text"] for r in outs["merged"]] == [r["pred_text"] for r in outs["adapter"]]
+    one = json.loads(next((tmp_path / "merged").glob("*.json")).read_text())
+    assert one["prompt"].endswith(" <|audioplaceholder|>")  # each output says which prompt decoded it
+
+
+def test_an_export_is_not_decoded_under_other_prompts_unless_allowed(tiny_run, tmp_path):
+    """Issue 33 item 2: `eval --model EXPORT` with a prompt override exited 0 and decoded with it (18 of 32 rows
+    changed). Now eval and transcribe refuse, naming both prompts, unless --allow-prompt-change; metrics say which."""
+    from typer.testing import CliRunner
+
+    from medasr.cli import app
+
+    _, run_dir, _ = tiny_run
+    export = run_dir / "canary-qwen-medical-lora"
+    manifest = tmp_path / "m.json"
+    _small_test_manifest(run_dir, manifest, 4, 2)
+    other = "Say what you hear. <|audioplaceholder|>"
+    args = ["eval", "-p", "tiny", "--model", str(export), "--manifest", str(manifest), "--run-dir", str(tmp_path / "r"),
+            "--set", f"model.prompt={other}", "--set", "eval.max_new_tokens=8"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "fine-tuned with prompt 'Transcribe the following: <|audioplaceholder|>'" in res.output
+    assert other in res.output and "--allow-prompt-change" in res.output and not (tmp_path / "r/eval").exists()
+    res = CliRunner().invoke(app, args + ["--allow-prompt-change"])
+    assert res.exit_code == 0, res.output
+    used = json.loads((tmp_path / "r/eval/cycle0/metrics.json").read_text())["prompts_used"]
+    assert used["changed_from_trained"] and used["prompt"] == other and used["trained"]["prompt"] != other
+    res = CliRunner().invoke(app, ["transcribe", "--model", str(export / "merged"), str(manifest), "--prompt", other])
+    assert res.exit_code == 2 and "fine-tuned with prompt" in res.output
+    res = CliRunner().invoke(app, ["transcribe", "--model", str(export / "merged"), str(manifest), "--prompt", other,
+                                   "--allow-prompt-change", "--max-new-tokens", "8"])
+    assert res.exit_code == 0 and {json.loads(x)["context"] for x in res.output.splitlines() if x.startswith("{")} == \
+        {"Say what you hear."}

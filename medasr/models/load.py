@@ -110,6 +110,45 @@ class AdapterError(RuntimeError):
     pass
 
 
+PROMPTS_FILE = "medasr_prompts.json"  # in merged/: the prompts the model was fine-tuned with (NeMo ignores the file)
+PROMPTS_FORMAT = "medasr-prompts/1"
+
+
+class PromptChangeError(ValueError):
+    """Decoding an export under other prompts than it was fine-tuned with (allow it explicitly)."""
+
+
+def trained_prompts(spec: str | Path) -> dict | None:
+    """{"prompt", "prompts_by_source"} a medasr export was fine-tuned with (its adapter meta, or merged/'s
+    medasr_prompts.json); None for a base model or a Hub id (nothing recorded: the release's own prompt applies)."""
+    p = Path(spec)
+    for f in (p / "medasr_adapter.json", p / PROMPTS_FILE):
+        if f.is_file():
+            meta = json.loads(f.read_text())
+            return {"prompt": meta["prompt"], "prompts_by_source": dict(meta.get("prompts_by_source") or {}),
+                    "preset": meta.get("preset")}
+    return None
+
+
+def check_prompt_change(spec: str | Path, prompt: str | None, by_source: dict | None, allow: bool) -> None:
+    """Refuse prompts other than the ones `spec` was fine-tuned with (PromptChangeError naming both), unless `allow`.
+    `prompt` None: the trained ones are used; `by_source` None: only the default prompt is given (it then applies to
+    every row, so any trained per-source prompt would be dropped)."""
+    trained = trained_prompts(spec)
+    if trained is None or allow or prompt is None:
+        return
+    asked = {"prompt": prompt, "prompts_by_source": dict(by_source or {})}
+    if asked != {k: trained[k] for k in asked}:
+        raise PromptChangeError(
+            f"{spec} was fine-tuned with prompt {trained['prompt']!r}"
+            + (f" and per-source prompts {trained['prompts_by_source']}" if trained["prompts_by_source"] else "")
+            + f"; asked to decode with {asked['prompt']!r}"
+            + (f" and {asked['prompts_by_source']}" if asked["prompts_by_source"] else "")
+            + ": decode with the prompts it was fine-tuned with (transcribe: leave out --prompt; eval: its preset"
+            + (f" {trained['preset']!r}" if trained.get("preset") else "") + " without prompt overrides), or allow the "
+            "change (--allow-prompt-change)")
+
+
 def meta_path(export: Path) -> Path:
     """The meta file of an export: `X.json` beside `X.nemo`, or `medasr_adapter.json` inside a SALM adapter folder."""
     export = Path(export)
@@ -183,7 +222,9 @@ def load_model(spec: str | Path, kind: Optional[str] = None, device: Optional[st
     elif p.suffix == ".nemo" or kind == "asr" and not p.is_dir():
         loaded = Loaded(asr.load_base(spec), "asr", str(spec))
     elif (p / "config.json").exists() or kind == "salm" or (kind is None and "canary-qwen" in str(spec).lower()):
-        loaded = Loaded(salm.load_base(spec), "salm", str(spec), salm_default_prompt())
+        trained = trained_prompts(p)  # merged/ carries the prompts it was fine-tuned with
+        loaded = Loaded(salm.load_base(spec), "salm", str(spec), (trained or {}).get("prompt") or salm_default_prompt(),
+                        (trained or {}).get("prompts_by_source") or {})
     elif p.exists():
         raise FileNotFoundError(errno.ENOENT, "not a model (expected a medasr SALM export with medasr_adapter.json, "
                                 "a SALM folder with config.json, or a .nemo file)", str(spec))

@@ -29,9 +29,10 @@ from safetensors.torch import save_file
 from medasr import __version__
 from medasr.config import Config
 from medasr.models import asr
-from medasr.models.load import (EXPORT_NAME, FORMAT, MERGED, NEMO_EXPORT, NEMO_FORMAT, AdapterError, apply_freeze,
-                                load_training_checkpoint, meta_path)
+from medasr.models.load import (EXPORT_NAME, FORMAT, MERGED, NEMO_EXPORT, NEMO_FORMAT, PROMPTS_FILE, PROMPTS_FORMAT,
+                                AdapterError, apply_freeze, load_training_checkpoint, meta_path)
 from medasr.models.salm import load_base
+from medasr.prompts import AUDIO_TAG
 from medasr.models.speed import state_key
 
 
@@ -98,7 +99,15 @@ def export_adapter(cfg: Config, run_dir: Path, base: str | Path, ckpt: Path | No
         "num_parameters": int(sum(t.numel() for t in tensors.values())),
         "preset": cfg.name,
     }
+    meta["audio_tag"] = AUDIO_TAG
     meta["merged"] = write_merged(model, tmp / MERGED, torch.bfloat16 if cfg.model.precision.startswith("bf16") else None)
+    # merged/ is what NeMo and vLLM load: it carries the prompts too, so `transcribe --model merged/` decodes each row
+    # under the prompt it was fine-tuned with (medasr.models.load.trained_prompts)
+    (tmp / MERGED / PROMPTS_FILE).write_text(json.dumps(
+        {"format": PROMPTS_FORMAT, "prompt": meta["prompt"], "prompts_by_source": meta["prompts_by_source"],
+         "audio_tag": AUDIO_TAG, "prompt_format": meta["prompt_format"], "preset": cfg.name,
+         "rule": "a row's own context, else prompts_by_source for the longest key its source starts with, else prompt"},
+        indent=2))
     (tmp / "medasr_adapter.json").write_text(json.dumps(meta, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
@@ -247,7 +256,10 @@ fine-tuned speech encoder and projection. The LLM itself is frozen and **not** i
 ## Use
 ```bash
 medasr transcribe --model {EXPORT_NAME}/ recording.wav --out transcripts/
+medasr transcribe --model {EXPORT_NAME}/merged/ recording.wav   # the merged weights: the same prompts
 ```
+`merged/{PROMPTS_FILE}` records the prompts above for loaders that read `merged/` alone (NeMo, vLLM): serve each
+source under its own prompt. Decoding under another prompt is refused unless `--allow-prompt-change`.
 ```python
 from medasr.models.load import load_adapted
 model, meta = load_adapted("{EXPORT_NAME}")
