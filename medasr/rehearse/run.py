@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-from medasr.config import load_config
 from medasr.console import console
 from medasr.data.validate import nemo_reader_check
 from medasr.rehearse.datasets import primock57_replica
@@ -68,11 +67,6 @@ def _texts(out: Path) -> list[str]:
     return [json.loads(line)["pred_text"] for line in (out / "transcripts.json").read_text().splitlines() if line.strip()]
 
 
-def summary_prompt(run_dir: Path) -> str:
-    """The prompt the export used for these (test) rows: the merged form carries no medasr prompt metadata."""
-    return load_config(str(run_dir / "config.yaml")).model.prompt
-
-
 def check_manifests(run_dir: Path) -> dict:
     paths = [run_dir / "data" / f"{s}.json" for s in ("train", "val", "test")]
     paths += sorted((run_dir / "train" / "data").glob("*.json"))  # SALM: the prompted copies training reads
@@ -118,9 +112,9 @@ def rehearse(preset: str, work: Path, extra: list[str] | None = None, timeout_mi
     if rc != 0 or not (out / "transcripts.json").exists():
         raise RehearsalError(f"{preset}: the export {export} did not reload in a fresh process (see {log})")
     report["export"] = {"path": str(export), "reloaded_in_fresh_process": True}
-    if (export / "merged").is_dir():  # SALM: the merged form loads with NeMo alone and says the same
-        out_m = work / "transcripts-merged"
-        rc = _cli(["transcribe", "--model", str(export / "merged"), "--prompt", summary_prompt(run_dir),
+    if (export / "merged").is_dir():  # SALM: the merged form loads with NeMo alone and, under the prompts it
+        out_m = work / "transcripts-merged"  # carries (merged/medasr_prompts.json), says the same
+        rc = _cli(["transcribe", "--model", str(export / "merged"),
                    *[r["audio_filepath"] for r in test_rows], "--out", str(out_m)], env, log, 600)
         texts = [_texts(d) for d in (out, out_m) if (d / "transcripts.json").exists()]
         if rc != 0 or len(texts) != 2 or texts[0] != texts[1]:
