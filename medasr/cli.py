@@ -139,7 +139,7 @@ def flywheel(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_:
     from medasr.models.asr import UnsupportedBaseError
     from medasr.train.preflight import ModelPreflightError
     from medasr.train.smoke import SmokeRunError
-    from medasr.train.trainer import TrainingWatchdogError
+    from medasr.train.callbacks import TrainingWatchdogError
 
     cfg = _cfg(preset, list(set_ or []) + (["data.skip_bad=true"] if skip_bad else [])
                + (["eval.redact_transcripts=true"] if redact_transcripts else []))
@@ -257,7 +257,8 @@ def train_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: O
     """Fine-tune: SALM LoRA or ASR full SFT, per the preset (resumes from RUN/train/checkpoints/last.ckpt)."""
     from medasr.flywheel import resolve_base
     from medasr.train.inputs import ensure_current
-    from medasr.train.trainer import TrainingWatchdogError, is_rank_zero, train
+    from medasr.train.callbacks import TrainingWatchdogError
+    from medasr.train.trainer import is_rank_zero, train
 
     cfg = _cfg(preset, set_)
     rd = _run_dir(cfg, run_dir)

@@ -131,14 +131,34 @@ class DataConfig:
 
 
 @dataclass
+class OptimizerConfig:
+    """The optimizer that trains: a torch.optim class and its arguments, passed unchanged to every model family and to
+    the smoke run (medasr/models/optim.py); RUN/train/recipe.json records the one that ran."""
+
+    name: str = "AdamW"
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-8
+    weight_decay: float = 1e-3
+
+
+@dataclass
+class LRSchedulerConfig:
+    """A NeMo scheduler (nemo.core.optim.lr_scheduler) by name, stepped every optimizer step up to train.max_steps;
+    null keeps the learning rate constant. The smoke run always holds it constant."""
+
+    name: Optional[str] = "CosineAnnealing"
+    warmup_steps: int = 10
+    min_lr: float = 1e-5
+
+
+@dataclass
 class TrainConfig:
     max_steps: int = 200
     smoke_steps: int = 20  # smoke run before the full run (medasr/train/smoke.py); 0 skips it
     batch_size: int = 8
-    lr: float = 1e-3
-    warmup_steps: int = 10
-    min_lr: float = 1e-5
-    weight_decay: float = 1e-3
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    lr_scheduler: LRSchedulerConfig = field(default_factory=LRSchedulerConfig)
     grad_clip: float = 1.0
     ckpt_every_n_steps: int = 50
     keep_last: int = 3  # periodic checkpoints kept (older ones pruned; -1 keeps all); the best by val WER is kept too
@@ -229,6 +249,9 @@ class PretrainConfig:
     lr: float = 2e-3
     warmup_steps: int = 300
     min_lr: float = 1e-4
+    # the rest of its AdamW (its schedule is its own: medasr.train.pretrain_mini.lr_at)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.01
     ctc_weight: float = 0.5  # auxiliary CTC loss on the encoder (hybrid CTC/attention): the decoder finds the audio sooner
     eval_every: int = 250
     eval_rows: int = 100  # held-out rows decoded at each evaluation (all n_heldout at the end)
@@ -274,7 +297,8 @@ def s3_uri(cfg: "Config") -> Optional[str]:
 # with what it may be (pretrain.lr may be 0: continuing a shipped base at lr 0 proves the weights carried over).
 # Checked at load, so a 0 or -1 names its key instead of ending in a ZeroDivisionError later.
 ZERO_OK = {
-    "train.smoke_steps", "train.warmup_steps", "train.min_lr", "train.weight_decay", "train.grad_clip",
+    "train.smoke_steps", "train.lr_scheduler.warmup_steps", "train.lr_scheduler.min_lr",
+    "train.optimizer.weight_decay", "pretrain.weight_decay", "train.grad_clip",
     "train.num_workers", "train.batch_tokens", "train.price_per_hour", "data.synth.test_per_term",
     "data.synth.unseen_test_per_term", "data.synth.test_seen_carrier_per_term", "data.synth.generic_test_rows",
     "data.synth.workers", "gate.min_rows", "gate.min_per_priority", "model.tiny.llm_vocab_size",
@@ -284,7 +308,11 @@ ZERO_OK = {
 }
 ANY_NUMBER = {"train.seed", "data.seed", "pretrain.seed"}
 FRACTIONS = {"data.synth.unseen_fraction": (0.0, 1.0, False), "gate.ker_threshold": (0.0, 1.0, True),
-             "model.tiny.lora_dropout": (0.0, 1.0, False), "pretrain.ctc_weight": (0.0, 1.0, True)}
+             "model.tiny.lora_dropout": (0.0, 1.0, False), "pretrain.ctc_weight": (0.0, 1.0, True),
+             "train.optimizer.betas": (0.0, 1.0, False), "pretrain.betas": (0.0, 1.0, False)}
+# keys that moved: a preset or --set still using the old name is told the new one (the schema rejects unknown keys)
+RENAMED = {"train.lr": "train.optimizer.lr", "train.weight_decay": "train.optimizer.weight_decay",
+           "train.warmup_steps": "train.lr_scheduler.warmup_steps", "train.min_lr": "train.lr_scheduler.min_lr"}
 MINUS_ONE_OK = {"train.keep_last": "-1 keeps every checkpoint"}
 
 
@@ -341,11 +369,17 @@ def load_config(preset: str, overrides: Optional[list[str]] = None) -> Config:
     if not path.exists():
         raise FileNotFoundError(f"no preset {preset!r}: choose one of {', '.join(available_presets())} or pass a .yaml path")
     schema = OmegaConf.structured(Config)
-    merged = OmegaConf.merge(schema, OmegaConf.load(path))
+    loaded = OmegaConf.load(path)
+    for old, new in RENAMED.items():
+        if OmegaConf.select(loaded, old) is not None:
+            raise ValueError(f"{path}: {old} is now {new}")
+    merged = OmegaConf.merge(schema, loaded)
     for o in overrides or []:
         key, sep, value = o.partition("=")
         if not sep:
             raise ValueError(f"override {o!r}: expected key=value, e.g. train.max_steps=50")
+        if key.strip() in RENAMED:
+            raise ValueError(f"override {o!r}: {key.strip()} is now {RENAMED[key.strip()]}")
         # update() understands list indices (data.mix.0.local=...) and, on a structured config, rejects unknown keys
         OmegaConf.update(merged, key.strip(), yaml.safe_load(value) if value.strip() else None, merge=True)
     cfg = OmegaConf.to_object(merged)

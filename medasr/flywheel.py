@@ -39,7 +39,8 @@ from medasr.train.inputs import ensure_current
 from medasr.train.preflight import model_preflight
 from medasr.train.select import reload_check, select_checkpoint
 from medasr.train.smoke import smoke_current, smoke_run
-from medasr.train.trainer import TrainingWatchdogError, is_done, train
+from medasr.train.callbacks import TrainingWatchdogError
+from medasr.train.trainer import is_done, train
 
 # RUN/FAILED's "stage": a short key per stage display name
 STAGE_KEYS = {"preflight (validate manifests)": "preflight-data", "base model": "base", "eval cycle0 (base)": "eval-cycle0",

@@ -113,7 +113,7 @@ def test_refuses_streaming_nemotron_base(tmp_path):
 def test_parakeet_preset_carries_the_stock_recipe():
     cfg = load_config("parakeet-tdt-0.6b-v2")
     assert (cfg.model.kind, cfg.model.base, cfg.model.precision) == ("asr", "nvidia/parakeet-tdt-0.6b-v2", "bf16-mixed")
-    assert (cfg.train.lr, cfg.train.batch_size, cfg.train.grad_clip) == (3e-4, 4, 1.0)
+    assert (cfg.train.optimizer.lr, cfg.train.batch_size, cfg.train.grad_clip) == (3e-4, 4, 1.0)
     assert cfg.model.tokenizer_dir is None  # the base's tokenizer is kept unless asked
     # 3 epochs of the 2,000-row training subset at batch 4
     assert cfg.train.max_steps == 3 * cfg.data.max_train // cfg.train.batch_size

@@ -54,7 +54,7 @@ def test_changed_training_inputs_start_a_new_run(tmp_path):
     (run / "train" / "checkpoints" / "last.ckpt").write_bytes(b"step 300")
     more = load_config("tiny", ["train.max_steps=600", "train.val_every_n_steps=100"])  # how long, not what: resume
     assert ensure_current(more, run, base) == fp and (run / "train/checkpoints/last.ckpt").exists()
-    lr = load_config("tiny", ["train.lr=1e-4"])
+    lr = load_config("tiny", ["train.optimizer.lr=1e-4"])
     said = []
     new = ensure_current(lr, run, base, say=said.append)
     assert new != fp and not (run / "train/checkpoints").exists()

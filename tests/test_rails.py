@@ -10,7 +10,7 @@ from medasr.ops.supervisor import Supervisor
 from medasr.train.smoke import SmokeRunError
 from medasr.train.trainer import TrainingWatchdogError
 
-DIVERGE = ["train.smoke_steps=0", "train.max_steps=40", "train.lr=1e6", "train.warmup_steps=0", "train.grad_clip=0", "train.val_every_n_steps=5",
+DIVERGE = ["train.smoke_steps=0", "train.max_steps=40", "train.optimizer.lr=1e6", "train.lr_scheduler.warmup_steps=0", "train.grad_clip=0", "train.val_every_n_steps=5",
            "train.ckpt_every_n_steps=100", "train.limit_val_batches=1", "gate.ker_threshold=0"]
 
 
@@ -21,7 +21,7 @@ def test_nan_loss_stops_the_run_and_marks_it_failed(tiny_data_and_base):
     progress = json.loads((rd / "train/progress.json").read_text())
     assert progress["global_step"] < 10  # stopped within a few steps, not after 40
     failed = json.loads((rd / "FAILED").read_text())
-    assert failed["stage"] == "train" and failed["error"] == "TrainingWatchdogError" and "lower train.lr" in failed["reason"].lower()
+    assert failed["stage"] == "train" and failed["error"] == "TrainingWatchdogError" and "lower train.optimizer.lr" in failed["reason"].lower()
     assert not (rd / "train/DONE").exists() and not (rd / "canary-qwen-medical-lora").exists()
 
 
@@ -187,7 +187,7 @@ def test_watchdog_stops_a_blind_run(tiny_data_and_base):
 @pytest.mark.slow
 def test_watchdog_stops_on_a_nan_validation_loss(tiny_data_and_base):
     with pytest.raises(TrainingWatchdogError, match="validation loss is nan at step 2"):
-        _fit_with_watchdog(tiny_data_and_base, ["train.max_steps=20", "train.lr=1e6", "train.warmup_steps=0",
+        _fit_with_watchdog(tiny_data_and_base, ["train.max_steps=20", "train.optimizer.lr=1e6", "train.lr_scheduler.warmup_steps=0",
                                                 "train.grad_clip=0"], 2, 2)
 
 

@@ -309,17 +309,17 @@ def test_up_passes_overrides_torch_index_budget_and_ssh(api):
     """Issue 22 item 6: --set and --torch-index reach the pod; the pod knows its price and cap; SSH only when asked
     (dockerArgs replaces the image's start script, which is what starts sshd)."""
     res = CliRunner().invoke(app, ["runpod", "up", "--repo", "https://example.invalid/m.git", "--yes", "--max-usd", "40",
-                                   "--set", "train.max_steps=500", "--set", "train.lr=1e-4",
+                                   "--set", "train.max_steps=500", "--set", "train.optimizer.lr=1e-4",
                                    "--torch-index", "https://download.pytorch.org/whl/cu128", "--ssh"])
     assert res.exit_code == 0, res.output
     sent = api.created[0]
     env = {e["key"]: e["value"] for e in sent["env"]}
-    assert env["MEDASR_SET"] == "train.max_steps=500\ntrain.lr=1e-4"
+    assert env["MEDASR_SET"] == "train.max_steps=500\ntrain.optimizer.lr=1e-4"
     assert env["MEDASR_TORCH_INDEX"] == "https://download.pytorch.org/whl/cu128"
     assert env["MEDASR_MAX_USD"] == "40.00" and env["MEDASR_PRICE_PER_HOUR"] == "1.6400"
     assert sent["startSsh"] is True and "/start.sh" in sent["dockerArgs"]
     assert sent["allowedCudaVersions"] == ["12.8", "12.9", "13.0"]  # hosts whose driver runs the cu128 torch and image
-    assert json.loads(Path(".medasr-pod.json").read_text())["overrides"] == ["train.max_steps=500", "train.lr=1e-4"]
+    assert json.loads(Path(".medasr-pod.json").read_text())["overrides"] == ["train.max_steps=500", "train.optimizer.lr=1e-4"]
     bad = CliRunner().invoke(app, ["runpod", "up", "--repo", "x", "--set", "train.max_step=5"])
     assert bad.exit_code != 0 and len(api.created) == 1  # a typo is refused here, not on a billed pod
     plain = pods.PodSpec()

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medasr.models.optim import apply_recipe
 from medasr.models.salm import hub_ref, quiet_nemo
 from medasr.models.tdt_loss import use_cpu_tdt_loss
 
@@ -93,8 +94,8 @@ def _rebuild_loss(model) -> None:
 
 
 def prepare_for_training(model, cfg) -> dict:
-    """Full SFT: every parameter trains; optimizer = AdamW + cosine annealing with warmup (NeMo's own optim setup,
-    called by ModelPT.configure_optimizers). Optionally switch tokenizer; on CPU swap in the CPU TDT loss."""
+    """Full SFT: every parameter trains; the preset's optimizer and schedule (medasr.models.optim) go into NeMo's own
+    optim setup (ModelPT.configure_optimizers). Optionally switch tokenizer; on CPU swap in the CPU TDT loss."""
     from omegaconf import open_dict
 
     switch_tokenizer(model, cfg.model.tokenizer_dir)
@@ -107,14 +108,7 @@ def prepare_for_training(model, cfg) -> dict:
     model.compute_eval_loss = True
     with open_dict(model.cfg):
         model.cfg.compute_eval_loss = True
-        model.cfg.optim = {
-            "name": "adamw",
-            "lr": cfg.train.lr,
-            "betas": [0.9, 0.98],
-            "weight_decay": cfg.train.weight_decay,
-            "sched": {"name": "CosineAnnealing", "warmup_steps": cfg.train.warmup_steps, "min_lr": cfg.train.min_lr,
-                      "max_steps": cfg.train.max_steps},
-        }
+    apply_recipe(model, cfg.train, "asr")
     return param_table(model)
 
 

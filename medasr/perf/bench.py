@@ -24,6 +24,7 @@ from medasr.atomic import write_text_atomic
 from medasr.config import Config
 from medasr.console import console as shared
 from medasr.models.load import apply_freeze
+from medasr.models.optim import torch_optimizer
 from medasr.models.salm import quiet_nemo
 from medasr.models.speed import apply_speed, target_loss, train_inputs
 from medasr.models.tiny import build_llm_folder, new_salm
@@ -210,8 +211,7 @@ def bench_train(cfg: Config, work: Path, console=None) -> dict:
     console, dev, dtype, ceiling, model, table, speed = _setup(cfg, work, console)
     sizes = _sizes_with_vocab(cfg, model)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=(0.9, 0.98), weight_decay=cfg.train.weight_decay,
-                            fused=dev.type == "cuda")
+    opt = torch_optimizer(params, cfg.train.optimizer, fused=dev.type == "cuda")
     model.train()
     rows = []
     for tokens in cfg.bench.train_batch_tokens:

@@ -28,13 +28,14 @@ import numpy as np
 import torch
 
 from medasr.atomic import write_text_atomic
-from medasr.config import Config, to_dict
+from medasr.config import Config, OptimizerConfig, to_dict
 from medasr.console import console as shared
 from medasr.data.build import synth_workers
 from medasr.data.generic_speech import plan_generic, synthesize_generic
 from medasr.data.generic_text import generic_sentences
 from medasr.data.manifest import read_manifest, write_manifest
 from medasr.models.mini import LLM_PLACEHOLDER, MINI_DIR, install_mini, shipped, write_card
+from medasr.models.optim import torch_optimizer
 from medasr.models.salm import load_base, quiet_nemo
 from medasr.models.tiny import build_llm_folder, new_salm, save_base
 from medasr.perf.bench import device_name
@@ -283,7 +284,7 @@ def pretrain(cfg: Config, work: Path, out_dir: Path = MINI_DIR, console=None, in
     model.to(dev)
     ctc_head.to(dev)
     params = trainable(model) + list(ctc_head.parameters())
-    opt = torch.optim.AdamW(params, lr=p.lr, weight_decay=0.01)
+    opt = torch_optimizer(params, OptimizerConfig(lr=p.lr, betas=list(p.betas), weight_decay=p.weight_decay))
     step, elapsed, start = 0, 0.0, 0
     if init and not ckpt.exists():
         from safetensors.torch import load_file

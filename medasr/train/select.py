@@ -1,7 +1,7 @@
 """Checkpoint selection by validation WER, and the export reload check.
 
 SALM's own validation gives loss and token accuracy only, and the lowest loss is not always the lowest WER. So at every
-validation during training, `val_wer_callback` decodes a fixed subset of the validation set (the first
+validation during training, `ValWER` decodes a fixed subset of the validation set (the first
 `train.select_rows` rows, with their training prompts) with the model's own generate/transcribe and logs its corpus WER
 as `val_wer_norm` (same normaliser as the test evaluation). Lightning's ModelCheckpoint keeps the best checkpoint by
 that metric beside the last `train.keep_last` periodic ones (older ones are pruned).
@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from medasr.atomic import write_text_atomic
 from medasr.config import Config
@@ -72,28 +73,24 @@ def model_wer(cfg: Config, model, rows: list[dict]) -> float:
         model.train(was_training)
 
 
-def val_wer_callback(cfg: Config, run_dir: Path):
+class ValWER(Callback):
     """Logs `val_wer_norm` at every validation of the fit and appends {step: wer} to RUN/train/val_wer.json."""
-    from lightning.pytorch.callbacks import Callback
 
-    rows = selection_rows(cfg, run_dir)
-    out = run_dir / "train" / "val_wer.json"
+    def __init__(self, cfg: Config, run_dir: Path):
+        self.cfg, self.rows, self.out = cfg, selection_rows(cfg, run_dir), run_dir / "train" / "val_wer.json"
 
-    class _ValWER(Callback):
-        def on_validation_epoch_end(self, trainer, pl_module):
-            if trainer.sanity_checking or trainer.state.fn != "fit":
-                return
-            wer = model_wer(cfg, pl_module, rows)
-            # every DDP rank decodes the same rows; the mean is what ModelCheckpoint and the history both use
-            pl_module.log(METRIC, wer, prog_bar=True, batch_size=1, sync_dist=True)
-            if not trainer.is_global_zero:
-                return
-            wer = float(trainer.callback_metrics.get(METRIC, wer))
-            hist = json.loads(out.read_text()) if out.exists() else {}
-            hist[str(int(trainer.global_step))] = round(wer, 6)
-            write_text_atomic(out, json.dumps(hist, indent=2))
-
-    return _ValWER()
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        wer = model_wer(self.cfg, pl_module, self.rows)
+        # every DDP rank decodes the same rows; the mean is what ModelCheckpoint and the history both use
+        pl_module.log(METRIC, wer, prog_bar=True, batch_size=1, sync_dist=True)
+        if not trainer.is_global_zero:
+            return
+        wer = float(trainer.callback_metrics.get(METRIC, wer))
+        hist = json.loads(self.out.read_text()) if self.out.exists() else {}
+        hist[str(int(trainer.global_step))] = round(wer, 6)
+        write_text_atomic(self.out, json.dumps(hist, indent=2))
 
 
 def checkpoint_callbacks(cfg: Config, ckpt_dir: Path) -> list:

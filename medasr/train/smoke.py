@@ -16,11 +16,14 @@ import time
 from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from medasr.config import Config
 from medasr.console import console
 from medasr.data.manifest import read_manifest, write_manifest
+from medasr.models.optim import apply_recipe
 from medasr.ops.spend import price_per_hour
+from medasr.train.callbacks import RecipeRecord
 from medasr.train.trainer import prepare
 
 
@@ -47,27 +50,24 @@ def loss_verdict(losses: list[float]) -> tuple[bool, str]:
     return True, f"loss falls from {first:.4f} to {last:.4f} (mean of first/last {q} steps)"
 
 
-def _recorder():
-    from lightning.pytorch.callbacks import Callback
+class StepRecorder(Callback):
+    """Each step's loss and wall time (the device synchronised, so a step's time is its own)."""
 
-    class _Record(Callback):
-        def __init__(self):
-            self.losses: list[float] = []
-            self.step_s: list[float] = []
+    def __init__(self):
+        self.losses: list[float] = []
+        self.step_s: list[float] = []
 
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.t = time.perf_counter()
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.t = time.perf_counter()
 
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.step_s.append(time.perf_counter() - self.t)
-            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-            self.losses.append(float(loss) if loss is not None else float("nan"))
-
-    return _Record()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.step_s.append(time.perf_counter() - self.t)
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        self.losses.append(float(loss) if loss is not None else float("nan"))
 
 
 def _peak_memory_gib() -> dict:
@@ -76,16 +76,6 @@ def _peak_memory_gib() -> dict:
     import resource
 
     return {"peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}  # KiB on Linux
-
-
-def _constant_lr(model, cfg: Config) -> None:
-    from omegaconf import open_dict
-
-    with open_dict(model.cfg):
-        if cfg.model.kind == "asr":
-            model.cfg.optim.pop("sched", None)
-        else:
-            model.cfg.pop("lr_scheduler", None)
 
 
 def smoke_run(cfg: Config, run_dir: Path, base: str | Path) -> dict:
@@ -102,13 +92,13 @@ def smoke_run(cfg: Config, run_dir: Path, base: str | Path) -> dict:
     torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed, workers=True)
     model, fit_kw, _ = prepare(cfg, work / "input", base, work)
-    _constant_lr(model, cfg)
+    apply_recipe(model, cfg.train, cfg.model.kind, constant_lr=True)  # the preset's optimizer, no schedule
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    rec = _recorder()
+    rec, recipe = StepRecorder(), RecipeRecord(work / "recipe.json")
     # one device even for a multi-device run: the check is the setup, and a DDP launch here would re-run the flywheel
     trainer = Trainer(max_steps=steps, accelerator=cfg.train.accelerator, devices=1,
-                      precision=cfg.model.precision, logger=False, callbacks=[rec], enable_checkpointing=False,
+                      precision=cfg.model.precision, logger=False, callbacks=[rec, recipe], enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                       num_sanity_val_steps=0, gradient_clip_val=cfg.train.grad_clip, use_distributed_sampler=False,
                       default_root_dir=str(work))
@@ -133,6 +123,7 @@ def smoke_run(cfg: Config, run_dir: Path, base: str | Path) -> dict:
         "projected_train_hours": round(hours, 3), "max_steps": cfg.train.max_steps,
         "price_per_hour": price, "projected_cost_usd": round(hours * price, 2),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "recipe": recipe.record,  # the optimizer that ran: the preset's train.optimizer at a constant lr
     }
     (run_dir / "train" / "smoke.json").write_text(json.dumps(result, indent=2))
     mem = result.get("peak_gpu_memory_gib", result.get("peak_rss_gib"))
@@ -140,7 +131,7 @@ def smoke_run(cfg: Config, run_dir: Path, base: str | Path) -> dict:
                   f"full run ({cfg.train.max_steps} steps) <= {hours:.2f} h" + (f", <= ${hours * price:.2f}" if price else ""),
                   highlight=False)
     if not ok:
-        raise SmokeRunError(f"smoke run failed: {reason}. Lower train.lr, check the data (medasr validate) and "
+        raise SmokeRunError(f"smoke run failed: {reason}. Lower train.optimizer.lr, check the data (medasr validate) and "
                             f"precision; details in {run_dir / 'train' / 'smoke.json'}")
     return result
 

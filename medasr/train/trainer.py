@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,14 +23,16 @@ from medasr.atomic import write_text_atomic
 from medasr.config import Config, s3_uri, to_dict
 from medasr.console import console
 from medasr.models import asr
-from medasr.models.load import CheckpointError, apply_freeze, missing_trainable, print_param_table
+from medasr.models.load import apply_freeze, print_param_table
+from medasr.models.optim import apply_recipe
 from medasr.models.salm import load_base, quiet_nemo
-from medasr.models.speed import apply_speed, state_key
+from medasr.models.speed import apply_speed
 from medasr.ops.spend import price_per_hour
-from medasr.ops.storage import BackgroundSync
 from medasr.ops.tracking import offline, run_id
 from medasr.prompts import AUDIO_TAG, prompted_manifests
-from medasr.train.select import checkpoint_callbacks, val_wer_callback
+from medasr.train.callbacks import (AtomicCheckpointIO, Progress, RecipeRecord, ResumeLog, S3Sync, SlimCheckpoints,
+                                    StopSignalCheckpoint, Throughput, TrainingWatchdog)
+from medasr.train.select import ValWER, checkpoint_callbacks
 
 
 def data_config(model, cfg: Config, data_dir: Path) -> dict:
@@ -79,192 +80,6 @@ def data_config(model, cfg: Config, data_dir: Path) -> dict:
     }
 
 
-class AtomicCheckpointIO:
-    """Lightning CheckpointIO that writes to a temp file and renames, so a kill during a save never leaves a
-    truncated checkpoint under a name that resume would pick up. Beside `last.ckpt` it writes `last.json` (its step),
-    which S3 sync uploads first, so the watcher can tell how current the checkpoint on S3 is."""
-
-    def __new__(cls):
-        from lightning.pytorch.plugins.io import TorchCheckpointIO
-
-        class _Atomic(TorchCheckpointIO):
-            def save_checkpoint(self, checkpoint, path, storage_options=None):
-                path = Path(path)
-                tmp = path.with_name(path.name + ".partial")
-                super().save_checkpoint(checkpoint, tmp, storage_options)
-                os.replace(tmp, path)
-                if path.name == "last.ckpt":
-                    write_text_atomic(path.with_name("last.json"), json.dumps(
-                        {"global_step": int(checkpoint.get("global_step", 0)), "time": time.time()}))
-
-        return _Atomic()
-
-
-def resume_log_callback(train_dir: Path, resumed_from: str | None):
-    """Appends one line per launch to train/resume_log.jsonl: the global step training (re)starts from."""
-    from lightning.pytorch.callbacks import Callback
-
-    class _ResumeLog(Callback):
-        def on_train_start(self, trainer, pl_module):
-            if not trainer.is_global_zero:
-                return
-            with open(train_dir / "resume_log.jsonl", "a") as f:
-                f.write(json.dumps({"start_step": int(trainer.global_step), "resumed_from": resumed_from, "pid": os.getpid()}) + "\n")
-
-    return _ResumeLog()
-
-
-def slim_checkpoint_callback():
-    """Checkpoints hold what training changes: trainable parameters (LoRA, encoder, projection), all buffers,
-    optimizer/scheduler state and loop position. The frozen LLM is dropped (for the real model that is 1.7 B
-    parameters per checkpoint) and comes back on resume from the base model, which is always loaded first.
-    Resume refuses a checkpoint that lacks any trainable parameter."""
-    from lightning.pytorch.callbacks import Callback
-
-    class _Slim(Callback):
-        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-            # every name of a frozen tensor: a tied one (Qwen3's lm_head = embed_tokens) is listed once by default
-            frozen = {state_key(n) for n, p in pl_module.named_parameters(remove_duplicate=False) if not p.requires_grad}
-            sd = checkpoint["state_dict"]
-            for k in [k for k in sd if k in frozen]:
-                del sd[k]
-            checkpoint["medasr_slim"] = {"dropped_frozen_tensors": len(frozen), "kept_tensors": len(sd)}
-
-        def on_load_checkpoint(self, trainer, pl_module, checkpoint):
-            if missing := missing_trainable(pl_module, checkpoint["state_dict"]):
-                raise CheckpointError(f"checkpoint lacks {len(missing)} trainable tensors (e.g. {missing[:3]}): "
-                                      "it does not belong to this model/preset")
-
-    return _Slim()
-
-
-def stop_signal_checkpoint(ckpt_dir: Path):
-    """Lightning turns SIGTERM into SIGTERMException at the next batch boundary and saves nothing (FACTS §6).
-    On SIGTERM or Ctrl-C this writes `last.ckpt` (atomically) so the next launch resumes from the very step."""
-    from lightning.pytorch.callbacks import Callback
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    class _StopCheckpoint(Callback):
-        def on_exception(self, trainer, pl_module, exception):
-            if isinstance(exception, (SIGTERMException, KeyboardInterrupt)) and trainer.global_step > 0:
-                trainer.save_checkpoint(str(ckpt_dir / "last.ckpt"))
-                console.print(f"[yellow]stop signal: saved last.ckpt at step {trainer.global_step}")
-
-    return _StopCheckpoint()
-
-
-def throughput_callback(price_per_hour: float):
-    """Logs samples/s, audio seconds per second of wall time, and the money this launch has cost so far."""
-    from lightning.pytorch.callbacks import Callback
-
-    class _Throughput(Callback):
-        def on_train_start(self, trainer, pl_module):
-            self.t0 = self.t = time.time()
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            self.t = time.time()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            dt = max(time.time() - self.t, 1e-6)
-            if isinstance(batch, dict):  # SALMDataset
-                lens, sr = batch["audio_lens"], pl_module.sampling_rate
-            else:  # NeMo ASR datasets: (audio, audio_lens, tokens, token_lens)
-                lens, sr = batch[1], pl_module.cfg.sample_rate
-            pl_module.log_dict({"throughput/samples_per_s": len(lens) / dt,
-                                "throughput/audio_s_per_s": float(lens.sum()) / sr / dt,
-                                "cost/usd_this_launch": price_per_hour * (time.time() - self.t0) / 3600},
-                               on_step=True, batch_size=1)
-
-    return _Throughput()
-
-
-class TrainingWatchdogError(RuntimeError):
-    """The run cannot succeed as configured (non-finite loss, validation not running): stop instead of burning hours."""
-
-
-def watchdog_callback(val_every_n_steps: int, max_nonfinite_steps: int = 3):
-    """Stops training with a reason when the training loss is NaN/inf for `max_nonfinite_steps` steps in a row, when
-    the validation loss is NaN/inf, or when validation has not run for 2x its interval."""
-    import math
-
-    from lightning.pytorch.callbacks import Callback
-
-    class _Watchdog(Callback):
-        def on_train_start(self, trainer, pl_module):
-            self.last_val_step, self.bad = int(trainer.global_step), 0
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-            step = int(trainer.global_step)
-            nonfinite = loss is not None and not math.isfinite(float(loss))
-            # every DDP rank must stop at the same step, or the others wait in the next all-reduce: agree first
-            if trainer.strategy.reduce_boolean_decision(nonfinite, all=False):
-                self.bad += 1
-                if self.bad >= max_nonfinite_steps:
-                    shown = float(loss) if nonfinite else "not finite on another rank"
-                    raise TrainingWatchdogError(
-                        f"training loss is {shown} for {self.bad} steps in a row (step {step}): the run diverged. "
-                        "Lower train.lr, check the data (preflight) and the precision (bf16 for TDT, not fp16)")
-            else:
-                self.bad = 0
-            if step - self.last_val_step > 2 * val_every_n_steps:
-                raise TrainingWatchdogError(
-                    f"validation has not run since step {self.last_val_step} (now {step}, interval {val_every_n_steps}): "
-                    "the run is blind; check train.val_every_n_steps and the validation manifest")
-
-        def on_validation_end(self, trainer, pl_module):
-            if trainer.sanity_checking or trainer.state.fn != "fit":  # not the before/after trainer.validate calls
-                return
-            self.last_val_step = int(trainer.global_step)
-            v = trainer.callback_metrics.get("val_loss")
-            if v is not None and not math.isfinite(float(v)):
-                raise TrainingWatchdogError(f"validation loss is {float(v)} at step {self.last_val_step}: the run diverged. "
-                                            "Lower train.lr or check the data and precision")
-
-    return _Watchdog()
-
-
-def progress_callback(train_dir: Path):
-    """`train/progress.json` = {global_step, max_steps, time, pid} after every step: a heartbeat for supervisors."""
-    from lightning.pytorch.callbacks import Callback
-
-    class _Progress(Callback):
-        def on_train_batch_end(self, trainer, *args):
-            if not trainer.is_global_zero:
-                return
-            write_text_atomic(train_dir / "progress.json", json.dumps(
-                {"global_step": int(trainer.global_step), "max_steps": int(trainer.max_steps), "time": time.time(),
-                 "pid": os.getpid()}))
-
-    return _Progress()
-
-
-def s3_sync_callback(run_dir: Path, uri: str):
-    """After every checkpoint (and at the end of training), sync the run to S3 in the background."""
-    from lightning.pytorch.callbacks import Callback
-
-    class _S3Sync(Callback):
-        def __init__(self):
-            self.sync = BackgroundSync(run_dir, uri)
-            self._pending = False
-
-        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-            self._pending = True
-
-        def on_train_batch_end(self, trainer, *args):
-            if self._pending:  # runs after ModelCheckpoint wrote the file (callback order)
-                self._pending = False
-                self.sync.request()
-
-        def on_train_end(self, trainer, pl_module):
-            self.sync.request()
-            self.sync.join(timeout=600)
-            if self.sync.errors:
-                console.print(f"[yellow]S3 sync errors (will retry on the next sync): {self.sync.errors[-1]}")
-
-    return _S3Sync()
-
-
 def wandb_logger(cfg: Config, train_dir: Path):
     from lightning.pytorch.loggers import WandbLogger
 
@@ -299,18 +114,7 @@ def _prepare_salm(cfg: Config, data_dir: Path, base: str | Path, work_dir: Path)
     from nemo.collections.speechlm2 import DataModule, SALMDataset
 
     model = load_base(base)
-    model.cfg.optimizer = {
-        "_target_": "torch.optim.AdamW",
-        "lr": cfg.train.lr,
-        "betas": [0.9, 0.98],
-        "weight_decay": cfg.train.weight_decay,
-    }
-    model.cfg.lr_scheduler = {
-        "_target_": "nemo.core.optim.lr_scheduler.CosineAnnealing",
-        "warmup_steps": cfg.train.warmup_steps,
-        "min_lr": cfg.train.min_lr,
-        "max_steps": cfg.train.max_steps,
-    }
+    apply_recipe(model, cfg.train, "salm")
     table = apply_freeze(model, list(cfg.model.freeze_params))
     speed = apply_speed(model, cfg.train)  # after freezing: the wrappers rename parameters, not state-dict keys
     model.strict_loading = False  # slim checkpoints: frozen weights come from the base, checked in on_load_checkpoint
@@ -371,12 +175,11 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
         strategy="ddp" if cfg.train.devices > 1 else "auto",
         precision=cfg.model.precision,
         logger=wandb_logger(cfg, train_dir),
-        callbacks=[*checkpoint_callbacks(cfg, ckpt_dir), val_wer_callback(cfg, run_dir),
-                   LearningRateMonitor(logging_interval="step"), resume_log_callback(train_dir, resume_from),
-                   stop_signal_checkpoint(ckpt_dir), progress_callback(train_dir), slim_checkpoint_callback(),
-                   watchdog_callback(cfg.train.val_every_n_steps),
-                   throughput_callback(price_per_hour(cfg))]
-        + ([s3_sync_callback(run_dir, s3_uri(cfg))] if s3_uri(cfg) and zero else []),
+        callbacks=[*checkpoint_callbacks(cfg, ckpt_dir), ValWER(cfg, run_dir),
+                   LearningRateMonitor(logging_interval="step"), ResumeLog(train_dir, resume_from),
+                   RecipeRecord(train_dir / "recipe.json"), StopSignalCheckpoint(ckpt_dir), Progress(train_dir),
+                   SlimCheckpoints(), TrainingWatchdog(cfg.train.val_every_n_steps), Throughput(price_per_hour(cfg))]
+        + ([S3Sync(run_dir, s3_uri(cfg))] if s3_uri(cfg) and zero else []),
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=sys.stderr.isatty(),
         check_val_every_n_epoch=None,  # finite manifests: an epoch is a few batches (FACTS §7)
