@@ -86,7 +86,7 @@ def test_tied_embeddings_pass_preflight_and_stay_out_of_slim_checkpoints(tiny_da
     from medasr.models.tiny import build_tiny_base
     from medasr.models.salm import load_base
     from medasr.train.preflight import checkpoint_shapes
-    from medasr.train.trainer import slim_checkpoint_callback
+    from medasr.train.callbacks import SlimCheckpoints
     from medasr.models.load import apply_freeze
 
     rd = tiny_data_and_base
@@ -100,7 +100,7 @@ def test_tied_embeddings_pass_preflight_and_stay_out_of_slim_checkpoints(tiny_da
     model = load_base(base)
     apply_freeze(model, list(cfg.model.freeze_params))
     ckpt = {"state_dict": model.state_dict()}
-    slim_checkpoint_callback().on_save_checkpoint(None, model, ckpt)
+    SlimCheckpoints().on_save_checkpoint(None, model, ckpt)
     assert not pair & set(ckpt["state_dict"]) and any(".lora_" in k for k in ckpt["state_dict"])
 
 

@@ -8,7 +8,7 @@ from medasr.config import load_config
 from medasr.flywheel import run_flywheel
 from medasr.ops.supervisor import Supervisor
 from medasr.train.smoke import SmokeRunError
-from medasr.train.trainer import TrainingWatchdogError
+from medasr.train.callbacks import TrainingWatchdogError
 
 DIVERGE = ["train.smoke_steps=0", "train.max_steps=40", "train.optimizer.lr=1e6", "train.lr_scheduler.warmup_steps=0", "train.grad_clip=0", "train.val_every_n_steps=5",
            "train.ckpt_every_n_steps=100", "train.limit_val_batches=1", "gate.ker_threshold=0"]
@@ -165,14 +165,15 @@ def _fit_with_watchdog(rd, overrides, val_check_interval, watchdog_interval):
     """A real Lightning fit of the tiny SALM with the watchdog, validation every `val_check_interval` steps."""
     from lightning.pytorch import Trainer
 
-    from medasr.train.trainer import prepare, watchdog_callback
+    from medasr.train.callbacks import TrainingWatchdog
+    from medasr.train.trainer import prepare
 
     cfg = load_config("tiny", overrides)
     model, fit_kw, _ = prepare(cfg, rd / "data", rd / "model/base", rd / "train")
     trainer = Trainer(max_steps=cfg.train.max_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                       check_val_every_n_epoch=None, val_check_interval=val_check_interval, limit_val_batches=1,
-                      gradient_clip_val=cfg.train.grad_clip, callbacks=[watchdog_callback(watchdog_interval)])
+                      gradient_clip_val=cfg.train.grad_clip, callbacks=[TrainingWatchdog(watchdog_interval)])
     trainer.fit(model, **fit_kw)
     return trainer
 
