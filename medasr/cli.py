@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import json
@@ -16,12 +15,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from medasr.console import console
+from medasr.errors import MedasrError
 from medasr.data.lexicon import core_lexicon, lexicon_tsv
 from medasr.data.lexicon_sources import extended_lexicon
 from medasr.data.manifest import read_manifest, write_manifest
 from medasr.models.mini import MINI_DIR
 from medasr.ops.secrets import load_secrets
-from medasr.ops.storage import (StorageError, parse_uri, remote_checkpoint_current, remote_progress_token, remote_run_state,
+from medasr.ops.storage import (parse_uri, remote_checkpoint_current, remote_progress_token, remote_run_state,
                                 restore as do_restore, sync_up)
 from medasr.runstate import mark_failed
 
@@ -35,9 +35,9 @@ os.environ.pop("WANDB_SERVICE", None)
 
 # What a user can get wrong (a path, a file, credentials) ends a command in one line naming it and the fix, exit 2;
 # anything else is a bug and keeps its traceback. Matched by class name so the CLI imports no heavy module for it.
-USER_ERROR_NAMES = {"FileNotFoundError", "NotADirectoryError", "IsADirectoryError", "PermissionError", "ManifestError",
-                    "AdapterError", "StorageError", "NoCredentialsError", "PartialCredentialsError", "HFValidationError",
-                    "PromptChangeError"}
+# Our own errors are MedasrError (medasr/errors.py: headline, exit code); these are the others' a user causes.
+USER_ERROR_NAMES = {"FileNotFoundError", "NotADirectoryError", "IsADirectoryError", "PermissionError",
+                    "NoCredentialsError", "PartialCredentialsError", "HFValidationError"}
 FIX = {  # per command: what to do when a file it needs is missing
     "eval": "build the data first (`medasr build -p P -d RUN`), or pass --manifest",
     "train": "build the data first (`medasr build -p P -d RUN`)",
@@ -71,6 +71,13 @@ class _App(typer.Typer):
             def guarded(*a, **k):
                 try:
                     return fn(*a, **k)
+                except MedasrError as e:
+                    if os.environ.get("MEDASR_DEBUG"):
+                        raise
+                    written = f" (stage {e.stage}: RUN/FAILED written)" if e.stage else ""
+                    console.print((f"[red]{escape(e.headline)}[/] " if e.headline else "")
+                                  + f"[red]{escape(str(e))}[/]{escape(written)}")
+                    raise typer.Exit(e.exit_code)
                 except Exception as e:  # noqa: BLE001 - sorted: user errors get a line, bugs their traceback
                     names = {c.__name__ for c in type(e).__mro__}
                     if not (names & USER_ERROR_NAMES) or os.environ.get("MEDASR_DEBUG"):
@@ -135,25 +142,11 @@ def flywheel(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_:
              skip_bad: bool = typer.Option(False, help="preflight: continue without rejected rows (still reported)"),
              redact_transcripts: bool = typer.Option(False, help="W&B eval tables get SHA-256 prefixes instead of text (PHI)")):
     """Run every stage: build → preflight → eval → gate → train → export → re-eval → compare. Re-running resumes."""
-    from medasr.flywheel import PreflightError, run_flywheel
-    from medasr.models.asr import UnsupportedBaseError
-    from medasr.train.preflight import ModelPreflightError
-    from medasr.train.smoke import SmokeRunError
-    from medasr.train.callbacks import TrainingWatchdogError
+    from medasr.flywheel import run_flywheel
 
     cfg = _cfg(preset, list(set_ or []) + (["data.skip_bad=true"] if skip_bad else [])
                + (["eval.redact_transcripts=true"] if redact_transcripts else []))
-    try:
-        run_flywheel(cfg, _run_dir(cfg, run_dir), force_train=force)
-    except PreflightError as e:
-        console.print(f"[red]preflight stopped the run:[/] {escape(str(e))}")
-        raise typer.Exit(1)
-    except UnsupportedBaseError as e:
-        console.print(f"[red]{escape(str(e))}[/]")
-        raise typer.Exit(2)
-    except (ModelPreflightError, SmokeRunError, TrainingWatchdogError) as e:
-        console.print(f"[red]the run cannot succeed as configured (RUN/FAILED written):[/] {escape(str(e))}")
-        raise typer.Exit(1)
+    run_flywheel(cfg, _run_dir(cfg, run_dir), force_train=force)
 
 
 @app.command()
@@ -167,19 +160,14 @@ def build(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Op
           force: bool = typer.Option(False, help="rebuild even if a valid build exists")):
     """Build the data: NeMo manifests train/val/test.json (+ audio) under RUN/data/, contamination-checked."""
     from medasr.data.build import build as do_build
-    from medasr.data.sources import SourceError
 
     extra = [f"data.{k}={v}" for k, v in (("source", source), ("local", local and local.resolve()), ("max_train", max_train),
                                           ("max_val", val), ("text_column", text_column), ("audio_column", audio_column),
                                           ("speaker_column", speaker_column)) if v is not None]
     cfg = _cfg(preset, list(set_ or []) + extra)
-    try:
-        rep = do_build(cfg, _run_dir(cfg, run_dir), force=force)
-    except SourceError as e:
-        console.print(f"[red]{escape(str(e))}[/]")
-        raise typer.Exit(2)
+    rep = do_build(cfg, _run_dir(cfg, run_dir), force=force)
     console.print_json(json.dumps({"splits": rep["splits"], "contamination_dropped": rep["contamination"]["dropped"],
-                                   "adapter_dropped": rep.get("adapter", {}).get("dropped", {})}))
+                                   "reader_dropped": rep.get("reader", {}).get("dropped", {})}))
 
 
 
@@ -233,21 +221,16 @@ def preflight(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_
     the run would be doomed."""
     from medasr.data.build import build as do_build
     from medasr.flywheel import resolve_base
-    from medasr.train.preflight import ModelPreflightError, model_preflight
-    from medasr.train.smoke import SmokeRunError, smoke_run
+    from medasr.train.preflight import model_preflight
+    from medasr.train.smoke import smoke_run
 
     cfg = _cfg(preset, set_)
     rd = _run_dir(cfg, run_dir)
     do_build(cfg, rd)
     base = resolve_base(cfg, rd)
-    try:
-        model_preflight(cfg, rd, base)
-        if smoke:
-            smoke_run(cfg, rd, base)
-    except (ModelPreflightError, SmokeRunError) as e:
-        console.print(f"[red]{'model preflight' if isinstance(e, ModelPreflightError) else 'smoke run'} failed:[/] "
-                      f"{escape(str(e))}")
-        raise typer.Exit(1)
+    model_preflight(cfg, rd, base)
+    if smoke:
+        smoke_run(cfg, rd, base)
     console.print(f"[green]preflight passed[/]: {rd / 'train' / 'preflight.json'}"
                   + (f", {rd / 'train' / 'smoke.json'}" if smoke else ""))
 
@@ -272,8 +255,8 @@ def train_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: O
     except TrainingWatchdogError as e:  # the run cannot succeed as configured: the supervisor must not relaunch it
         if is_rank_zero():
             mark_failed(rd, "train", e)
-        console.print(f"[red]training stopped:[/] {escape(str(e))}")
-        raise typer.Exit(1)
+            e.stage = "train"
+        raise
 
 
 @app.command("pretrain-mini")
@@ -288,14 +271,10 @@ def pretrain_mini(preset: str = typer.Option("mini", "--preset", "-p", help="pre
                   set_: Optional[List[str]] = SetOpt):
     """Pretrain the `mini` base on generic (non-medical) synthetic speech (espeak-ng, plus Kokoro with
     pretrain.neural_train > 0), and ship it."""
-    from medasr.train.pretrain_mini import PretrainError, pretrain
+    from medasr.train.pretrain_mini import pretrain
 
     cfg = _cfg(preset, set_)
-    try:
-        pretrain(cfg, work_dir, out or MINI_DIR, console, init_from=init_from)
-    except PretrainError as e:
-        console.print(f"[red]pretrain-mini stopped:[/] {escape(str(e))}")
-        raise typer.Exit(1)
+    pretrain(cfg, work_dir, out or MINI_DIR, console, init_from=init_from)
     console.print(f"mini base written to {out or MINI_DIR} (model card: MODEL_CARD.md there)")
 
 
@@ -305,15 +284,11 @@ BenchOutOpt = typer.Option(None, "--out", "-o", help="where bench_*.json/.md go 
 
 
 def _bench(kind: str, preset: str, out: Optional[Path], set_: Optional[List[str]]) -> None:
-    from medasr.perf.bench import BenchError, bench_eval, bench_train
+    from medasr.perf.bench import bench_eval, bench_train
 
     cfg = _cfg(preset, set_)
     out = out or Path("runs") / "bench" / cfg.name
-    try:
-        (bench_train if kind == "train" else bench_eval)(cfg, out, console)
-    except BenchError as e:
-        console.print(f"[red]bench stopped:[/] {escape(str(e))}")
-        raise typer.Exit(1)
+    (bench_train if kind == "train" else bench_eval)(cfg, out, console)
     console.print((out / f"bench_{kind}.md").read_text())
     console.print(f"results: {out / f'bench_{kind}.json'}")
 
@@ -359,15 +334,11 @@ def export(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: O
 def average(ckpts: List[Path] = typer.Argument(..., help="training checkpoints of one run (e.g. the last K step*.ckpt)"),
             out: Path = typer.Option(..., "--out", help="where to write the averaged checkpoint")):
     """Uniform average of the weights in several checkpoints (export it with `medasr export --ckpt OUT`)."""
-    from medasr.train.average import AverageError, average_checkpoints
+    from medasr.train.average import average_checkpoints
 
     for c in ckpts:
         _need_file(c, "checkpoint file")
-    try:
-        console.print_json(json.dumps(average_checkpoints(list(ckpts), out)))
-    except AverageError as e:
-        console.print(f"[red]{escape(str(e))}[/]")
-        raise typer.Exit(2)
+    console.print_json(json.dumps(average_checkpoints(list(ckpts), out)))
 
 
 @app.command()
@@ -397,23 +368,15 @@ def transcribe(inputs: List[Path] = typer.Argument(..., help="audio files, folde
     if not model:
         console.print("[red]give --model[/] (a SALM export folder, a SALM folder, a .nemo file or a Hub id)")
         raise typer.Exit(2)
-    try:
-        rows = collect_inputs(inputs)
-    except (FileNotFoundError, ValueError) as e:
-        console.print(f"[red]{escape(str(e))}[/]")
-        raise typer.Exit(2)
+    rows = collect_inputs(inputs)
     formats = [f.strip() for f in format_.split(",") if f.strip()]
     if bad := sorted(set(formats) - {"txt", "json", "srt"}):
         console.print(f"[red]unknown --format {', '.join(bad)}[/]: use txt, json, srt (comma-separated)")
         raise typer.Exit(2)
     check_prompt_change(model, prompt, None, allow_prompt_change)  # before the model loads
     loaded = load_model(model, kind=kind)
-    try:
-        policy = replace(POLICIES[loaded.kind], **{k: v for k, v in (("chunk_s", chunk_s), ("overlap_s", overlap_s),
-                                                                     ("max_single_s", max_single_s)) if v is not None})
-    except ValueError as e:
-        console.print(f"[red]{escape(str(e))}[/]")
-        raise typer.Exit(2)
+    policy = replace(POLICIES[loaded.kind], **{k: v for k, v in (("chunk_s", chunk_s), ("overlap_s", overlap_s),
+                                                                 ("max_single_s", max_single_s)) if v is not None})
     decode = model_decoder(loaded, batch_size, max_new_tokens, prompt)
     # an explicit --prompt applies to every row (a manifest row's own `context` still wins); else the export's
     # per-source prompts, as in training
@@ -461,11 +424,7 @@ def compare(before_dir: Path, after_dir: Path, out: Path = typer.Option(..., "--
     for d in (before_dir, after_dir):
         for name in ("metrics.json", "hyps.json"):
             _need_file(d / name, f"{name} (an eval folder?)")
-    try:
-        c = run_compare(cfg, before_dir, after_dir, out)
-    except ValueError as e:  # no common rows, or the same rows scored against other references
-        console.print(f"[red]{escape(str(e))}[/]")
-        raise typer.Exit(2)
+    c = run_compare(cfg, before_dir, after_dir, out)  # refuses rows not in common, or scored on other references
     console.print((out / "compare.md").read_text())
     return c
 
@@ -537,13 +496,9 @@ def rehearse(preset: str = PresetOpt, work: Path = typer.Option(None, "--work", 
     """Run a real preset (canary-qwen-2.5b, parakeet-tdt-0.6b-v2) offline against scaled-down replicas of the Hub
     models and datasets it downloads (HF_HUB_OFFLINE=1): supervise to done, the export reloaded in a fresh process,
     every manifest row through NeMo's own reader. WORK/rehearse.json; exit 1 with the reason otherwise."""
-    from medasr.rehearse.run import RehearsalError, rehearse as do_rehearse
+    from medasr.rehearse.run import rehearse as do_rehearse
 
-    try:
-        rep = do_rehearse(preset, work or Path("runs") / f"rehearse-{preset}", list(set_ or []))
-    except RehearsalError as e:
-        console.print(f"[red]{escape(str(e))}[/]")
-        raise typer.Exit(1)
+    rep = do_rehearse(preset, work or Path("runs") / f"rehearse-{preset}", list(set_ or []))
     console.print_json(json.dumps({k: rep[k] for k in ("preset", "status", "export", "nemo_reader_rows", "minutes")}))
     console.print(f"[green]rehearsal of {preset} passed[/]")
 
@@ -554,11 +509,7 @@ def sync(run_dir: Path = typer.Option(..., "--run-dir", "-d"), to: str = typer.O
     """Upload a run dir to S3 (checkpoints, adapter, reports, manifests): idempotent, verified, resumable."""
     if not run_dir.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such run directory", str(run_dir))
-    try:
-        r = sync_up(run_dir, to, include_audio=include_audio)
-    except StorageError as e:
-        console.print(f"[red]{escape(str(e))}[/]")
-        raise typer.Exit(2)
+    r = sync_up(run_dir, to, include_audio=include_audio)
     console.print(f"uploaded {len(r.uploaded)} ({r.bytes_uploaded:,} bytes), already there {len(r.skipped)} → {to}")
 
 
@@ -566,11 +517,7 @@ def sync(run_dir: Path = typer.Option(..., "--run-dir", "-d"), to: str = typer.O
 def restore(from_: str = typer.Option(..., "--from", help="s3://bucket/prefix"),
             run_dir: Path = typer.Option(..., "--run-dir", "-d")):
     """Pull a run dir back from S3 (only what is missing or different locally)."""
-    try:
-        pulled = do_restore(from_, run_dir)
-    except StorageError as e:
-        console.print(f"[red]{escape(str(e))}[/]")
-        raise typer.Exit(2)
+    pulled = do_restore(from_, run_dir)
     console.print(f"restored {len(pulled)} file(s) into {run_dir}")
 
 
@@ -587,18 +534,6 @@ def _spec(preset, run_name, gpu, gpu_count, cloud, image, volume_gb, network_vol
 
 
 _GPU = typer.Option("NVIDIA A100 80GB PCIe", help="RunPod GPU id, e.g. 'NVIDIA H100 80GB HBM3', 'NVIDIA L40S'")
-
-
-@contextlib.contextmanager
-def _pod_errors():
-    """RunPod API failures end a `runpod` command with their reason, not a traceback (medasr.ops.pods sorts them)."""
-    from medasr.ops.pods import PodError
-
-    try:
-        yield
-    except PodError as e:
-        console.print(f"[red]{escape(str(e))}[/]")
-        raise typer.Exit(2)
 
 
 @runpod_app.command("up")
@@ -620,7 +555,7 @@ def runpod_up(preset: str = typer.Option("canary-qwen-2.5b", "--preset", "-p"), 
               watch_: bool = typer.Option(False, "--watch", help="then watch it until done or over budget")):
     """Show the price and the estimated cost, then (with --yes) create the pod running run.sh. --set overrides are
     checked here and passed to the pod's supervise command."""
-    from medasr.ops.pods import PodError, create, estimate_hours, hourly_price, save_state
+    from medasr.ops.pods import create, estimate_hours, hourly_price, save_state
 
     cfg = _cfg(preset, set_)  # unknown keys are refused here, not on the pod
     spec = _spec(preset, run_name, gpu, gpu_count, cloud, image, volume_gb, network_volume, data_center, repo)
@@ -629,12 +564,8 @@ def runpod_up(preset: str = typer.Option("canary-qwen-2.5b", "--preset", "-p"), 
         spec.env["MEDASR_SET"] = "\n".join(set_)  # run.sh passes each line as --set
     if torch_index:
         spec.env["MEDASR_TORCH_INDEX"] = torch_index
-    try:
-        cuda = spec.allowed_cuda()
-        price = hourly_price(spec)
-    except (PodError, ValueError) as e:
-        console.print(f"[red]{escape(str(e))}[/]")
-        raise typer.Exit(2)
+    cuda = spec.allowed_cuda()  # a plain ValueError here names a bad --cloud or CUDA pin
+    price = hourly_price(spec)
     est = estimate_hours(cfg.train.max_steps, cfg.train.batch_size, batch_tokens=cfg.train.batch_tokens,
                          kind=cfg.model.kind)
     cost = price * est["total_hours"]
@@ -652,8 +583,7 @@ def runpod_up(preset: str = typer.Option("canary-qwen-2.5b", "--preset", "-p"), 
     if base := os.environ.get("MEDASR_S3_URI"):
         # one prefix per run: a pod restores whatever its prefix holds, so a second run must not share the first's
         spec.env["MEDASR_S3_URI"] = f"{base.rstrip('/')}/{run_name}"
-    with _pod_errors():
-        pod = create(spec)
+    pod = create(spec)
     public_env = {k: v for k, v in spec.env.items() if k.startswith("MEDASR_")}  # no secrets in the local state
     save_state({"pod_id": pod["id"], "preset": preset, "run_name": run_name, "max_usd": max_usd, "price_per_hour": price,
                 "overrides": list(set_ or []), "spec": spec.__dict__ | {"env": public_env},
@@ -675,8 +605,7 @@ def runpod_status(pod_id: Optional[str] = typer.Option(None, "--pod-id")):
     from medasr.ops.pods import spent_usd, status
 
     pid = _pod_id(pod_id)
-    with _pod_errors():
-        pod = status(pid)
+    pod = status(pid)
     if pod is None:
         console.print(f"[red]pod {pid} does not exist (terminated)")
         raise typer.Exit(2)
@@ -691,8 +620,7 @@ def runpod_cost(pod_id: Optional[str] = typer.Option(None, "--pod-id")):
     from medasr.ops.spend import WatchLedger
 
     pid = _pod_id(pod_id)
-    with _pod_errors():
-        pod = status(pid)
+    pod = status(pid)
     ledger = WatchLedger()
     console.print(f"${ledger.observe(pid, pod) if pod else ledger.total():.2f} spent")
 
@@ -704,12 +632,11 @@ def runpod_down(pod_id: Optional[str] = typer.Option(None, "--pod-id"),
     from medasr.ops.pods import stop, terminate
 
     pid = _pod_id(pod_id)
-    with _pod_errors():
-        if terminate_:
-            terminate(pid)
-            console.print(f"pod {pid} terminated")
-        else:
-            stop(pid)  # verified: the pod's state is read back
+    if terminate_:
+        terminate(pid)
+        console.print(f"pod {pid} terminated")
+    else:
+        stop(pid)  # verified: the pod's state is read back
 
 
 @runpod_app.command("logs")

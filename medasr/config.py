@@ -13,7 +13,7 @@ from typing import Any, Optional
 import yaml
 from omegaconf import OmegaConf
 
-from medasr.data.voices import held_out_violations, parse_voice
+from medasr.voices import held_out_violations, parse_voice
 from medasr.prompts import check_prompts
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"

@@ -20,6 +20,7 @@ from medasr.console import console
 from medasr.data.build import build
 from medasr.data.manifest import read_manifest, write_manifest
 from medasr.data.validate import MAX_SECONDS, validate_manifest, write_report
+from medasr.errors import InputError, MedasrError, RunError
 from medasr.evaluate.compare import compare_rows
 from medasr.evaluate.gate import decide
 from medasr.evaluate.report import compare_markdown
@@ -42,10 +43,12 @@ from medasr.train.smoke import smoke_current, smoke_run
 from medasr.train.callbacks import TrainingWatchdogError
 from medasr.train.trainer import is_done, train
 
-# RUN/FAILED's "stage": a short key per stage display name
-STAGE_KEYS = {"preflight (validate manifests)": "preflight-data", "base model": "base", "eval cycle0 (base)": "eval-cycle0",
-              "preflight (model)": "preflight", "smoke run": "smoke", "select + export": "export",
-              "eval cycle1 (fine-tuned)": "eval-cycle1", "sync to S3": "sync"}
+# Every flywheel stage by its key (RUN/FAILED's "stage", summary.json's timings_s), with the title shown for it: a
+# title can change without changing what a supervisor, a watcher or a test reads.
+STAGES = {"build": "build", "validate": "validate manifests", "base": "base model",
+          "eval-cycle0": "eval cycle0 (base)", "preflight": "preflight (model)", "smoke": "smoke run", "train": "train",
+          "export": "select + export", "eval-cycle1": "eval cycle1 (fine-tuned)", "compare": "compare",
+          "sync": "sync to S3"}
 SUMMARY_KEYS = ("wer", "cer", "ker", "ker_seen", "ker_unseen", "term_error_rate")
 
 
@@ -71,7 +74,7 @@ def run_compare(cfg: Config, before_dir: Path, after_dir: Path, out_dir: Path) -
     before, after = (json.loads((d / "metrics.json").read_text()) for d in (before_dir, after_dir))
     lexicons = {m.get("lexicon", "core") for m in (before, after)}
     if len(lexicons) > 1:
-        raise ValueError(f"the evaluations tagged terms with different lexicons ({', '.join(sorted(lexicons))}): "
+        raise InputError(f"the evaluations tagged terms with different lexicons ({', '.join(sorted(lexicons))}): "
                          "score both with the same eval.lexicon")
     c = compare_rows(
         read_manifest(before_dir / "hyps.json"),
@@ -119,11 +122,13 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-class PreflightError(RuntimeError):
-    pass
+class ManifestValidationError(RunError):
+    """Bad manifest rows: the report names them (data.skip_bad=true continues without them)."""
+
+    headline = "manifest validation stopped the run:"
 
 
-def preflight_manifests(cfg: Config, run_dir: Path) -> dict:
+def validate_manifests(cfg: Config, run_dir: Path) -> dict:
     """Validate every manifest before any model time; stop with the report unless data.skip_bad is set."""
     out = {}
     for split in ("train", "val", "test"):
@@ -135,7 +140,7 @@ def preflight_manifests(cfg: Config, run_dir: Path) -> dict:
         out[split] = {"accepted": rep.accepted, "rejected": len(rep.rejected), "report": str(report_path)}
         if rep.rejected:
             if not cfg.data.skip_bad:
-                raise PreflightError(
+                raise ManifestValidationError(
                     f"{len(rep.rejected)} bad row(s) in {m}, e.g. line {rep.rejected[0]['line']}: {rep.rejected[0]['reason']}. "
                     f"Full list: {report_path}. Fix them, or set data.skip_bad=true to continue without them (still reported)."
                 )
@@ -212,7 +217,9 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
     except Exception as e:
         # (a base refused before the run dir exists leaves nothing behind; on a pod run.sh has made the dir)
         if not is_transient(e) and run_dir.exists() and not read_failed(run_dir):
-            mark_failed(run_dir, STAGE_KEYS.get(current[0], current[0]), e)
+            mark_failed(run_dir, current[0], e)
+            if isinstance(e, MedasrError):
+                e.stage = current[0]
         raise
 
 
@@ -227,26 +234,26 @@ def _run_flywheel(cfg: Config, run_dir: Path, force_train: bool, current: list) 
     save_config(cfg, run_dir / "config.yaml")
     timings: dict[str, float] = {}
 
-    def stage(name: str, fn):
-        current[0] = name
-        console.rule(f"[bold]{name}")
+    def stage(key: str, fn):
+        current[0] = key
+        console.rule(f"[bold]{STAGES[key]}")
         t = time.time()
         try:
             return fn()
         finally:
             release_memory()
-            timings[name] = round(time.time() - t, 1)
+            timings[key] = round(time.time() - t, 1)
 
     report = stage("build", lambda: build(cfg, run_dir))
-    summary_preflight = stage("preflight (validate manifests)", lambda: preflight_manifests(cfg, run_dir))
-    base = stage("base model", lambda: resolve_base(cfg, run_dir))
+    summary_validation = stage("validate", lambda: validate_manifests(cfg, run_dir))
+    base = stage("base", lambda: resolve_base(cfg, run_dir))
     test = run_dir / "data" / "test.json"
-    before = stage("eval cycle0 (base)", lambda: evaluate(cfg, test, run_dir / "eval" / "cycle0", base, "Cycle 0 — base model", run_dir))
+    before = stage("eval-cycle0", lambda: evaluate(cfg, test, run_dir / "eval" / "cycle0", base, "Cycle 0 — base model", run_dir))
     gate = decide(before, cfg.gate)
     (run_dir / "eval" / "gate.json").write_text(json.dumps(gate.to_dict() | {"forced": force_train and not gate.train}, indent=2))
     console.print(f"gate: {gate.reason}")
     summary = {"preset": cfg.name, "run_dir": str(run_dir), "gate": gate.to_dict(), "base_model": base,
-               "preflight": summary_preflight, "contamination_dropped": report["contamination"]["dropped"]}
+               "validation": summary_validation, "contamination_dropped": report["contamination"]["dropped"]}
     if not gate.train and not force_train:
         summary["status"] = f"stopped at gate ({gate.route}); use --force to train anyway"
     else:
@@ -256,15 +263,15 @@ def _run_flywheel(cfg: Config, run_dir: Path, force_train: bool, current: list) 
         train_fp = ensure_current(cfg, run_dir, base, say=console.print)  # other inputs: train afresh, not resume
         fresh = not is_done(run_dir / "train", cfg.train.max_steps)
         if fresh and not _preflight_current(run_dir, base):
-            stage("preflight (model)", lambda: model_preflight(cfg, run_dir, base))
+            stage("preflight", lambda: model_preflight(cfg, run_dir, base))
         started = (run_dir / "train" / "checkpoints" / "last.ckpt").exists()
         if fresh and not started and cfg.train.smoke_steps > 0 and not smoke_current(run_dir, base):
-            stage("smoke run", lambda: smoke_run(cfg, run_dir, base))
+            stage("smoke", lambda: smoke_run(cfg, run_dir, base))
         done = stage("train", lambda: train(cfg, run_dir, base) if cfg.train.devices == 1 else train_ddp(cfg, run_dir))
-        selection = stage("select + export", lambda: export_selected(cfg, run_dir, base, done["global_step"], train_fp))
+        selection = stage("export", lambda: export_selected(cfg, run_dir, base, done["global_step"], train_fp))
         adapter = export_path(cfg, run_dir)
         after = stage(
-            "eval cycle1 (fine-tuned)",
+            "eval-cycle1",
             lambda: evaluate(cfg, test, run_dir / "eval" / "cycle1", adapter, "Cycle 1 — fine-tuned", run_dir),
         )
         cmp = stage("compare", lambda: run_compare(cfg, run_dir / "eval" / "cycle0", run_dir / "eval" / "cycle1", run_dir / "eval" / "compare"))
@@ -282,14 +289,14 @@ def _run_flywheel(cfg: Config, run_dir: Path, force_train: bool, current: list) 
             "deltas": {k: cmp["deltas"][k] for k in ("wer", "ker", "term_error_rate", "ker[priority]", "ker[seen]",
                                                     "ker[unseen]", "ker[seen, seen speaker]", "ker[seen, new speaker]")
                        if k in cmp["deltas"]},
-            "adapter": str(adapter),
+            "export": str(adapter),
             "inputs": {"train": train_fp, "cycle0": before.get("inputs"), "cycle1": after.get("inputs")},
             "train_done": is_done(run_dir / "train", cfg.train.max_steps),
         }
     summary["timings_s"] = timings
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if uri := s3_uri(cfg):
-        res = stage("sync to S3", lambda: sync_up(run_dir, uri, include_audio=cfg.ops.s3_include_audio))
+        res = stage("sync", lambda: sync_up(run_dir, uri, include_audio=cfg.ops.s3_include_audio))
         console.print(f"S3: {len(res.uploaded)} uploaded, {len(res.skipped)} already there → {uri}")
     console.rule("[bold]summary")
     console.print_json(json.dumps({k: v for k, v in summary.items() if k != "gate"}))

@@ -11,10 +11,7 @@ Prompts are written with the audio tag at the end; the context is the text befor
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Mapping, Optional
-
-from medasr.data.manifest import read_manifest, write_manifest
 
 AUDIO_TAG = "<|audioplaceholder|>"  # SALM's audio locator tag (Canary-Qwen's config: audio_locator_tag)
 
@@ -47,16 +44,6 @@ def context_for(row: Mapping, prompt: str, by_source: Optional[Mapping[str, str]
 
 def with_contexts(rows: list[dict], prompt: str, by_source: Optional[Mapping[str, str]] = None) -> list[dict]:
     return [r | {"context": context_for(r, prompt, by_source)} for r in rows]
-
-
-def prompted_manifests(cfg, data_dir: Path, out: Path) -> Path:
-    """out/{train,val}.json (RUN/train/data for a run): data_dir's manifests with each row's `context` stamped from the
-    config, which is what SALM training reads. Rewritten on every launch so a changed prompt config takes effect."""
-    out.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "val"):
-        rows = with_contexts(read_manifest(data_dir / f"{split}.json"), cfg.model.prompt, cfg.model.prompts_by_source)
-        write_manifest(out / f"{split}.json", rows)
-    return out
 
 
 def prompt_summary(rows: list[dict]) -> dict[str, int]:

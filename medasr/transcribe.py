@@ -29,6 +29,7 @@ import soundfile as sf
 
 from medasr.audio import SAMPLE_RATE, read_audio
 from medasr.data.manifest import read_manifest, write_manifest
+from medasr.errors import InputError
 from medasr.models import asr, salm
 from medasr.models.load import Loaded, salm_default_prompt
 from medasr.prompts import AUDIO_TAG, with_contexts
@@ -45,7 +46,7 @@ class ChunkPolicy:
 
     def __post_init__(self):
         if not 0 <= self.overlap_s < self.chunk_s <= self.max_single_s:
-            raise ValueError(f"need 0 <= overlap ({self.overlap_s}) < chunk ({self.chunk_s}) <= max single pass "
+            raise InputError(f"need 0 <= overlap ({self.overlap_s}) < chunk ({self.chunk_s}) <= max single pass "
                              f"({self.max_single_s}) seconds")
 
 
@@ -131,7 +132,7 @@ def collect_inputs(inputs: list[Path]) -> list[dict]:
         elif i.suffix.lower() in AUDIO_EXTENSIONS:
             rows.append({"audio_filepath": str(i)})
         else:
-            raise ValueError(f"{i}: not audio ({', '.join(sorted(AUDIO_EXTENSIONS))}), a folder or a .json manifest")
+            raise InputError(f"{i}: not audio ({', '.join(sorted(AUDIO_EXTENSIONS))}), a folder or a .json manifest")
     return rows
 
 
@@ -245,7 +246,7 @@ def write_outputs(results: list[FileResult], rows: list[dict], out_dir: Path, fo
     (the input rows' fields kept, so a manifest with `text` can go straight to `medasr score`)."""
     bad = set(formats) - {"txt", "json", "srt"}
     if bad:
-        raise ValueError(f"unknown output format(s) {sorted(bad)}: use txt, json, srt")
+        raise InputError(f"unknown output format(s) {sorted(bad)}: use txt, json, srt")
     out_dir.mkdir(parents=True, exist_ok=True)
     written, used = [], set()
     for row, res in zip(rows, results):

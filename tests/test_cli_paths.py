@@ -1,4 +1,4 @@
-"""Issue 33 item 6: every subcommand given a missing file, a missing folder, or a folder without the file it needs
+"""Every subcommand given a missing file, a missing folder, or a folder without the file it needs
 answers in one line naming the path (and the fix), exit 2, never a traceback; a path-like --model that does not exist
 is never sent to the Hub (it was: an 88-line traceback ending in HFValidationError)."""
 

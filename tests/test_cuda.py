@@ -1,4 +1,4 @@
-"""Issue 22 item 6: the pod's torch matches its host's driver, and requirements.lock resolves on the pod.
+"""The pod's torch matches its host's driver, and requirements.lock resolves on the pod.
 
 The lock used to be a pip freeze of this CPU machine: it pinned triton 3.9.0 while PyPI's CUDA build of torch 2.13.0
 requires triton==3.7.1, so the pod's `pip install -r requirements.txt -c requirements.lock` could not resolve. The

@@ -5,7 +5,7 @@ import pytest
 import soundfile as sf
 
 from medasr.config import load_config
-from medasr.data.voices import parse_voice
+from medasr.voices import parse_voice
 from medasr.data.lexicon import CATEGORIES, Lexicon, Term, core_lexicon
 from medasr.data.manifest import ManifestError, read_manifest, write_manifest
 from medasr.data.synth import add_noise, plan_corpus
@@ -88,7 +88,7 @@ def test_plan_is_deterministic_and_split_is_honest():
 
 
 def test_test_sentences_are_new_carriers():
-    """Issue 21 item 1: every test row's sentence pattern is one no training or validation row used, except the rows
+    """Every test row's sentence pattern is one no training or validation row used, except the rows
     that reuse a training carrier on purpose (carrier_seen), one per term, both voices across terms."""
     a = _plan(7)
     train, val = ({u.carrier for u in a if u.split == sp} for sp in ("train", "val"))
@@ -109,7 +109,7 @@ def _ipa(voice: str, text: str) -> str:
 
 
 def test_test_voice_is_a_new_speaker_and_accent():
-    """Issue 21 item 2: the old test voice (en-gb-scotland+f2) was a pitch variant of two training voices, with
+    """The old test voice (en-gb-scotland+f2) was a pitch variant of two training voices, with
     byte-identical phonemes. The test voice's language variant must be used by no training or pretraining voice, and
     its phonemes must differ from every one of theirs."""
     said = "The water in the car was hot. Bad dog, start the warfarin."

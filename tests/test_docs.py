@@ -1,4 +1,4 @@
-"""Issue 23: a README a newcomer reads in five minutes, and documentation whose links all resolve."""
+"""A README a newcomer reads in five minutes, and documentation whose links all resolve."""
 
 import re
 from pathlib import Path

@@ -138,7 +138,7 @@ def test_parallel_scoring_matches_serial():
 
 
 def test_curly_apostrophes_score_like_straight_ones():
-    """Issue 21 item 6 (part): the Whisper normaliser expands only straight-apostrophe contractions, so "don’t" vs
+    """The Whisper normaliser expands only straight-apostrophe contractions, so "don’t" vs
     "don't" cost 2 word errors."""
     from medasr.evaluate.metrics import score_row
     from medasr.normalize import normalize

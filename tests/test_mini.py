@@ -1,4 +1,4 @@
-"""The `mini` base (issue 8): the shipped weights recognise generic speech, its training text holds no medical term,
+"""The `mini` base: the shipped weights recognise generic speech, its training text holds no medical term,
 `medasr pretrain-mini` trains/resumes/ships, and the mini demo's before/after numbers agree with `medasr compare`."""
 
 import json
@@ -13,7 +13,7 @@ from medasr.cli import app
 from medasr.config import load_config
 from medasr.data.generic_speech import plan_generic, render
 from medasr.data.generic_text import generic_sentences
-from medasr.data.voices import held_out_violations
+from medasr.voices import held_out_violations
 from medasr.models.mini import MINI_DIR, MiniModelError, install_mini
 
 pytestmark = pytest.mark.slow
@@ -72,10 +72,10 @@ def test_shipped_card_tells_the_shipped_record(tmp_path):
 
 
 def test_shipped_mini_meets_the_generic_wer_target():
-    """Issue 8's target: ≤ 25 % WER on held-out generic speech (pretraining voices, 200 sentences never trained on)."""
+    """The base's target: ≤ 25 % WER on held-out generic speech (pretraining voices, 200 sentences never trained on)."""
     meta = json.loads((MINI_DIR / "pretrain.json").read_text())
     assert meta["heldout_wer_seen_voice"] <= 0.25
-    # issue 24: it has learnt some Kokoro speech (the espeak-only base scored 101 % on these rows), a British speaker
+    # it has learnt some Kokoro speech (the espeak-only base scored 101 % on these rows), a British speaker
     # it never heard included, and the medical test voices are none of its pretraining voices
     assert meta["heldout_wer_neural_seen_voice"] < 0.7 and meta["heldout_wer_neural_new_voice"] < 0.8
     heard = [*meta["voices"], *meta["neural_voices"], meta["heldout_voice"], meta["neural_heldout_voice"]]
@@ -283,7 +283,7 @@ def test_mini_demo_metrics_agree_with_medasr_compare(mini_run, tmp_path):
 
 
 def test_a_brief_mini_fine_tune_lowers_seen_term_ker(mini_run):
-    """Issue 21 item 9: adaptation happened, measured where it is honest: terms seen in fine-tuning, said by a training
+    """Adaptation happened, measured where it is honest: terms seen in fine-tuning, said by a training
     voice in a sentence pattern never trained on, with a term-clustered paired bootstrap whose CI excludes zero."""
     _, run_dir, _ = mini_run
     c = json.loads((run_dir / "eval" / "compare" / "compare.json").read_text())

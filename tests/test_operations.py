@@ -1,4 +1,4 @@
-"""Issue 5: SIGTERM writes a checkpoint within 5 s; the supervisor survives SIGKILLs and only stops when done."""
+"""SIGTERM writes a checkpoint within 5 s; the supervisor survives SIGKILLs and only stops when done."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Issue 6: the Parakeet-TDT second path — CPU TDT loss, tiny-parakeet flywheel, resume, refusal, tokenizer switch."""
+"""The Parakeet-TDT second path — CPU TDT loss, tiny-parakeet flywheel, resume, refusal, tokenizer switch."""
 
 import json
 import signal
@@ -66,7 +66,7 @@ def test_tiny_parakeet_flywheel_end_to_end(tiny_parakeet_run):
 
     cfg, run_dir, summary = tiny_parakeet_run
     assert summary["status"] == "done" and summary["train_done"]
-    assert summary["adapter"] == str(run_dir / "adapted_model.nemo")
+    assert summary["export"] == str(run_dir / "adapted_model.nemo")
     assert summary["val_loss"]["final"] < summary["val_loss"]["base"]  # full SFT moved the model on held-out rows
     meta = json.loads((run_dir / "adapted_model.json").read_text())
     sel = json.loads((run_dir / "train/selection.json").read_text())

@@ -1,7 +1,7 @@
-"""Issue 22: a pod never burns money or loses work. Permanent errors stop the run (and the pod) after one attempt;
+"""A pod never burns money or loses work. Permanent errors stop the run (and the pod) after one attempt;
 run.sh never loops; the pod enforces its own budget cap; all rehearsed with run.sh as a pod runs it, against the
 local RunPod API server (tests/runpod_api.py) and S3 on loopback that checks signatures and checksums as S3 does
-(tests/s3_standin.py). Issue 32: run.sh as PID 1, a stop from outside, a replacement pod restoring from S3."""
+(tests/s3_standin.py). `run.sh` as PID 1, a stop from outside, a replacement pod restoring from S3."""
 
 import json
 import os
@@ -51,7 +51,7 @@ def test_errors_are_classified():
 
 
 def test_a_permanent_error_marks_the_run_failed_with_its_stage(tmp_path, monkeypatch):
-    """Issue 22 item 1: only preflight, smoke and watchdog errors wrote FAILED; a bad dataset was retried 20 times."""
+    """Only preflight, smoke and watchdog errors wrote FAILED; a bad dataset was retried 20 times."""
     from medasr.flywheel import run_flywheel
 
     cfg = load_config("tiny", [f"data.source=folder:{tmp_path / 'no-such-folder'}"])
@@ -120,7 +120,7 @@ def test_pod_with_a_bad_dataset_fails_once_syncs_and_stays_stopped(pod_env, tmp_
 
 @pytest.mark.slow
 def test_pod_whose_setup_fails_marks_failed_and_stops_instead_of_looping(pod_env, tmp_path):
-    """Issue 22 item 2: run.sh slept 300 s and exited, RunPod restarted it, forever, billing the GPU."""
+    """`run.sh` slept 300 s and exited, RunPod restarted it, forever, billing the GPU."""
     api, pod_id, env = pod_env
     run_dir = tmp_path / "no-setup"
     env |= {"MEDASR_SETUP_CMD": "false", "MEDASR_S3_URI": f"{URI}/no-setup"}
@@ -133,7 +133,7 @@ def test_pod_whose_setup_fails_marks_failed_and_stops_instead_of_looping(pod_env
 
 @pytest.mark.slow
 def test_pod_stops_itself_at_its_budget_with_no_watcher(pod_env, tmp_path):
-    """Issue 22 item 4: the cap lived only in `runpod watch` on the user's machine. At $360/h the pod's $3 cap is
+    """The cap lived only in `runpod watch` on the user's machine. At $360/h the pod's $3 cap is
     30 s of its own time: it is reached mid-run, the flywheel is stopped, BUDGET synced, the pod stopped."""
     api, pod_id, env = pod_env
     run_dir = tmp_path / "budget"
@@ -193,9 +193,9 @@ def test_pod_stopped_from_outside_then_replaced_on_an_empty_volume_resumes_from_
     1. run.sh is PID 1 of its own PID namespace (`exec ./run.sh` in the container). A SIGKILLed flywheel (an OOM kill)
        is restarted by the supervisor and resumes from its last checkpoint.
     2. The pod is stopped from outside (the watcher, the console, RunPod's low-balance stop): the stand-in signals PID 1
-       as Docker does. Issue 32 item 6: bash as PID 1 ignored SIGTERM (no handler), so the trainer never saved and
+       as Docker does. Bash as PID 1 ignored SIGTERM (no handler), so the trainer never saved and
        nothing was synced before the SIGKILL. Now run.sh passes it on: last.ckpt at the current step, synced.
-    3. The volume is lost: a replacement pod on an empty volume. Issue 32 item 3: restore happened only into an empty
+    3. The volume is lost: a replacement pod on an empty volume. Restore happened only into an empty
        run dir, and run.sh writes setup.log first, so it started from scratch. Now it restores what S3 has (and
        rebuilds the audio S3 does not keep), resumes at the step S3 holds, and its spend starts from the first pod's.
     The finished tiny run is raised by 40 steps so this costs 40 training steps, not a whole run."""

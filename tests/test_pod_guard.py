@@ -1,4 +1,4 @@
-"""Issue 32: the pod's own safety, outside Python — scripts/pod_guard.sh (the wall-clock guard and the verified stop),
+"""The pod's own safety, outside Python — scripts/pod_guard.sh (the wall-clock guard and the verified stop),
 run.sh and the pod's start command — against the RunPod API stand-in (tests/runpod_api.py), which fails as the real
 API fails and stops a container as Docker does (SIGTERM to its PID 1, SIGKILL after a grace), and the S3 stand-in
 (tests/s3_standin.py), which verifies every signature with botocore's signer. No training here: setup is a stand-in
@@ -65,7 +65,7 @@ def _finish(p, timeout):
 
 
 def test_a_failed_self_stop_is_retried_until_it_holds(pod):
-    """Issue 32 item 1: run.sh's stop ignored HTTP errors and GraphQL errors inside a 200, printed that the pod had
+    """`run.sh`'s stop ignored HTTP errors and GraphQL errors inside a 200, printed that the pod had
     stopped, and slept forever while it billed. Each failure mode now is logged and retried; "stopped" is printed only
     once the API reports the pod EXITED, and RunPod's SIGTERM then ends run.sh."""
     api, pod_id, env, run_dir = pod
@@ -86,7 +86,7 @@ def test_a_failed_self_stop_is_retried_until_it_holds(pod):
 
 
 def test_the_guard_stops_a_pod_whose_setup_hangs(pod):
-    """Issue 32 item 2a: nothing counted time before `medasr supervise` started, so a hung setup (or git pull) billed
+    """Nothing counted time before `medasr supervise` started, so a hung setup (or git pull) billed
     without end. The guard counts from the container's start: at $3600/h a $4 cap is 4 s of pod time; it writes BUDGET,
     pushes it to S3 (no venv needed), stops the pod; RunPod's SIGTERM reaches run.sh, which ends the setup."""
     api, pod_id, env, run_dir = pod
@@ -182,7 +182,7 @@ def test_the_start_command_guards_the_clone_and_runs_run_sh_as_the_pod_does(pod)
 
 
 def test_a_stop_that_is_accepted_but_does_not_hold_is_asked_again(pod):
-    """Review of issue 32: "verified" reads desiredStatus, which RunPod sets when it accepts the request; if the
+    """Found in review: "verified" reads desiredStatus, which RunPod sets when it accepts the request; if the
     container then runs on, nothing asked again. run.sh (and the guard after a budget stop) still running
     MEDASR_GUARD_RESTOP_S after the stop was accepted is the proof that it did not hold: they stop the pod again."""
     api, pod_id, env, _ = pod

@@ -1,4 +1,4 @@
-"""Issue 7, rail 1: model preflight refuses doomed runs before any training time."""
+"""Model preflight refuses doomed runs before any training time."""
 
 import json
 import shutil
@@ -105,7 +105,7 @@ def test_tied_embeddings_pass_preflight_and_stay_out_of_slim_checkpoints(tiny_da
 
 
 def test_preflight_compares_the_token_ids_decoding_really_sends(tiny_data_and_base):
-    """Issue 33 item 4: preflight built its own inference prompt (f"{context} {AUDIO_TAG}") beside the decoder's
+    """Preflight built its own inference prompt (f"{context} {AUDIO_TAG}") beside the decoder's
     (which strips a leading space), so "prompt matches inference" did not prove what decoding sends. Now one function
     makes the ids for both; here they are caught where SALM embeds them, and an empty prompt is checked as well."""
     import numpy as np

@@ -1,4 +1,4 @@
-"""Issue 7, rail 6: per-row prompts from config, the same at train and eval time, recorded in the model card."""
+"""Per-row prompts from config, the same at train and eval time, recorded in the model card."""
 
 import json
 
@@ -103,7 +103,7 @@ def _small_test_manifest(run_dir, path, n_synthetic=12, n_generic=4):
 
 
 def test_merged_carries_its_prompts_and_decodes_as_the_adapter_does(tiny_run, tmp_path):
-    """Issue 33 item 1: `transcribe --model …/merged` (the form NeMo and vLLM load) decoded every row with the default
+    """`transcribe --model …/merged` (the form NeMo and vLLM load) decoded every row with the default
     prompt, also rows whose source was fine-tuned under another (8 of 32 on a tiny run). merged/ now carries
     medasr_prompts.json; each row gets its trained prompt and the same transcript as from the adapter."""
     from typer.testing import CliRunner
@@ -131,7 +131,7 @@ def test_merged_carries_its_prompts_and_decodes_as_the_adapter_does(tiny_run, tm
 
 
 def test_an_export_is_not_decoded_under_other_prompts_unless_allowed(tiny_run, tmp_path):
-    """Issue 33 item 2: `eval --model EXPORT` with a prompt override exited 0 and decoded with it (18 of 32 rows
+    """`eval --model EXPORT` with a prompt override exited 0 and decoded with it (18 of 32 rows
     changed). Now eval and transcribe refuse, naming both prompts, unless --allow-prompt-change; metrics say which."""
     from typer.testing import CliRunner
 

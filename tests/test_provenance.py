@@ -1,4 +1,4 @@
-"""Issue 21 item 4: results record what produced them, and a stage re-runs when its inputs changed."""
+"""Results record what produced them, and a stage re-runs when its inputs changed."""
 
 import json
 import shutil

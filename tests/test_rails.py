@@ -1,4 +1,4 @@
-"""Issue 7: training safety rails — divergence watchdog, RUN/FAILED honoured by the supervisor."""
+"""Training safety rails — divergence watchdog, RUN/FAILED honoured by the supervisor."""
 
 import json
 

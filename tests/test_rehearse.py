@@ -1,4 +1,4 @@
-"""Issue 20: the real presets, unchanged but for sizes, steps and CPU, run offline against replicas of the Hub repos and
+"""The real presets, unchanged but for sizes, steps and CPU, run offline against replicas of the Hub repos and
 datasets they download (HF_HUB_OFFLINE=1): supervise reaches done, the export reloads in a fresh process, every
 manifest row loads through NeMo's own Lhotse reader, SALM checkpoints hold no frozen tensor."""
 

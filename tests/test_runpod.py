@@ -102,7 +102,7 @@ def test_watch_lifecycle(api):
 
 
 def test_watch_never_resumes_a_failed_or_budget_run(api):
-    """Issue 22 item 3: FAILED on S3 (a permanent error; the pod stopped itself) used to be ignored, and the watcher
+    """FAILED on S3 (a permanent error; the pod stopped itself) used to be ignored, and the watcher
     resumed the pod at every interval."""
     spec = pods.PodSpec()
     for verdict in ("failed", "budget"):
@@ -117,7 +117,7 @@ def test_watch_never_resumes_a_failed_or_budget_run(api):
 
 
 def test_spend_counts_every_session_and_survives_a_watcher_restart(api):
-    """Issue 22 item 4: spend was price x uptime of the current session; if uptime starts again on resume, the cap
+    """Spend was price x uptime of the current session; if uptime starts again on resume, the cap
     never trips. The ledger banks each session (and lives in a file, so a new watcher continues the count)."""
     spec = pods.PodSpec()
     pod = pods.create(spec)  # $1.64/h
@@ -157,8 +157,8 @@ def test_spend_is_not_counted_twice_when_uptime_is_cumulative(api, tmp_path):
 
 
 def test_resume_failures_are_retried_and_a_failed_create_keeps_the_watch_going(api):
-    """Issue 22 item 5: any exception from resume terminated the pod (deleting a non-network volume) and recreated it;
-    a failed create then crashed the watcher holding a terminated pod's id. Issue 32 item 3: three resume errors of
+    """Any exception from resume terminated the pod (deleting a non-network volume) and recreated it;
+    a failed create then crashed the watcher holding a terminated pod's id. Three resume errors of
     any kind still led to terminate + recreate; only RunPod's "no free GPU" answers may count towards that."""
     spec = pods.PodSpec()
     pod = pods.create(spec)
@@ -194,7 +194,7 @@ def short_sdk_timeout(monkeypatch):
 
 
 def test_watch_survives_api_errors_and_stops_on_a_refused_key(api, monkeypatch, short_sdk_timeout):
-    """Issue 32 item 7: one HTML 502 from the API killed `medasr runpod watch` (the SDK calls .json() on the body).
+    """One HTML 502 from the API killed `medasr runpod watch` (the SDK calls .json() on the body).
     Every transient failure mode is now logged and retried at the next check; a 401 ends the watch with a message."""
     spec = pods.PodSpec()
     pod = pods.create(spec)
@@ -212,7 +212,7 @@ def test_watch_survives_api_errors_and_stops_on_a_refused_key(api, monkeypatch, 
 
 
 def test_stop_is_verified_and_a_failed_stop_is_never_reported_done(api):
-    """Issue 32 item 1 (the watcher's side): a stop is done when the API reports the pod EXITED; failures are retried
+    """A stop is done when the API reports the pod EXITED; failures are retried
     with backoff, and a stop that keeps failing is raised, not printed as done; at the cap the watcher keeps trying."""
     spec = pods.PodSpec()
     pod = pods.create(spec)
@@ -255,7 +255,7 @@ def test_a_pod_that_never_progresses_is_not_resumed_forever(api):
 
 
 def test_replacement_is_priced_today_and_told_the_spend_so_far(api):
-    """Issue 32 minor: replacement pods reused the price `up` saw; the replacement's guard also starts from the run's
+    """Replacement pods reused the price `up` saw; the replacement's guard also starts from the run's
     spend so far (MEDASR_SPENT_BEFORE_USD), so its own cap counts what earlier pods cost."""
     from runpod_api import GPUS
 
@@ -286,7 +286,7 @@ def test_a_terminated_pod_is_recreated_only_when_its_work_is_safe(api):
 
 
 def test_cloud_all_is_priced_at_the_higher_price_and_ssh_opens_22(api):
-    """Issue 32 minor: cloud type ALL was priced at the community price, though the pod may land on secure; --ssh
+    """Cloud type ALL was priced at the community price, though the pod may land on secure; --ssh
     started sshd but exposed no port."""
     assert pods.hourly_price(pods.PodSpec(cloud_type="ALL")) == 1.64
     assert pods.hourly_price(pods.PodSpec(cloud_type="COMMUNITY")) == 1.19
@@ -306,7 +306,7 @@ def test_up_gives_each_run_its_own_s3_prefix(api, monkeypatch):
 
 
 def test_up_passes_overrides_torch_index_budget_and_ssh(api):
-    """Issue 22 item 6: --set and --torch-index reach the pod; the pod knows its price and cap; SSH only when asked
+    """--set and --torch-index reach the pod; the pod knows its price and cap; SSH only when asked
     (dockerArgs replaces the image's start script, which is what starts sshd)."""
     res = CliRunner().invoke(app, ["runpod", "up", "--repo", "https://example.invalid/m.git", "--yes", "--max-usd", "40",
                                    "--set", "train.max_steps=500", "--set", "train.optimizer.lr=1e-4",
@@ -354,7 +354,7 @@ def test_estimate_is_explained():
     # the canary preset trains in 24,000-token batches: 150 rows of 8 s (160 tokens each) per step
     t = pods.estimate_hours(max_steps=2000, batch_size=16, batch_tokens=24000)
     assert t["assumptions"]["batch_size"] == 150 and t["tokens"] == 2000 * 150 * 160
-    # Parakeet's full fine-tune counts its own model (issue 22 item 6: it was priced as the SALM)
+    # Parakeet's full fine-tune counts its own model (it was priced as the SALM)
     a = pods.estimate_hours(max_steps=2000, batch_size=16, kind="asr")
     assert a["tflop_per_step"] == round(16 * (6 * 0.6e9 * 100 + 6 * 100 * 41 * 640 * 1029) / 1e12, 2) != e["tflop_per_step"]
 
@@ -384,7 +384,7 @@ def test_s3_errors_under_the_watcher_are_retried_or_end_it_clearly(api):
 
 
 def test_a_failed_terminate_is_retried_before_the_replacement_is_created(api):
-    """Review of issue 32: the state dropped the old pod's id before terminating it; a terminate that failed was never
+    """Found in review: the state dropped the old pod's id before terminating it; a terminate that failed was never
     retried, and the old pod with its volume stayed, billed, once the replacement existed."""
     spec = pods.PodSpec()
     pod = pods.create(spec)

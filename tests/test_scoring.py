@@ -1,4 +1,4 @@
-"""Issue 3: the scorer's keys, agreement with an independent implementation, long rows, HTML rendering."""
+"""The scorer's keys, agreement with an independent implementation, long rows, HTML rendering."""
 
 import json
 import shutil
@@ -133,7 +133,7 @@ def test_gate_exit_codes(tmp_path):
 
 
 def test_compare_floors_p_and_refuses_other_references():
-    """Issue 21 item 7: a bootstrap of n draws cannot show p below 1/(n+1) (three fixed rows gave p = 0.0), and rows
+    """A bootstrap of n draws cannot show p below 1/(n+1) (three fixed rows gave p = 0.0), and rows
     with the same id but another reference are not a paired comparison."""
     from medasr.evaluate.compare import compare_rows
 
@@ -162,7 +162,7 @@ def test_compare_uses_the_lexicon_the_evaluations_used(tmp_path):
     assert res.exit_code == 2 and "different lexicons (core, extended)" in res.output
 
 
-# --- one normaliser for WER, KER and term error rate (issue 21 item 6) -------------------------------------------
+# --- one normaliser for WER, KER and term error rate -------------------------------------------
 @pytest.mark.parametrize("said, written", [
     ("type two diabetes", "type 2 diabetes"), ("HbA1c", "hba 1 c"), ("A1c", "a 1 c"), ("vitamin B12", "vitamin b 12"),
     ("Crohn's disease", "crohns disease"), ("Crohn’s disease", "Crohn's disease"), ("x-ray", "X ray"),
@@ -216,7 +216,7 @@ def test_every_core_term_is_found_in_its_own_sentence():
         assert [o[0] for o in s.occurrences] == [t.term], t.term
 
 
-# --- clustered confidence intervals (issue 21 item 5) --------------------------------------------------------------
+# --- clustered confidence intervals --------------------------------------------------------------
 def _clustered_rows(copies: int = 1):
     """40 terms, each said twice (correlated: the same term), by the same model; `copies` duplicates every row."""
     rows = []
@@ -268,7 +268,7 @@ def test_seen_flags_are_read_one_way():
 
 
 def test_build_gives_every_row_its_unit_of_independence():
-    from medasr.data.select import cluster_of
+    from medasr.data.split import cluster_of
 
     assert cluster_of({"source": "primock57", "consultation": "day1_consultation01", "speaker": "day1_consultation01_doctor"}) \
         == "consultation:day1_consultation01"  # both channels of a consultation: one unit
@@ -303,7 +303,7 @@ OMI = Path(__file__).parent / "data" / "omi-medical-stt-eval"
 
 
 def test_spoken_variants_are_one_word_on_a_real_consultation(monkeypatch):
-    """Issue 33 item 5: our WER ranked the PriMock57 leaderboard's systems against their published WER at Spearman 0.993
+    """Our WER ranked the PriMock57 leaderboard's systems against their published WER at Spearman 0.993
     before curly apostrophes were straightened and 0.990 after; one form for spoken variants ("okay"/"ok", "yeah"/"yes",
     "alright"/"all right", ...) brings it to 0.997 (bench/lexicon_fit.py). Here on one real consultation (vendored, MIT):
     the variants are what moves these two systems' WER, and the letter K (potassium) is left alone."""
@@ -324,7 +324,7 @@ def test_spoken_variants_are_one_word_on_a_real_consultation(monkeypatch):
 
 
 def test_score_defaults_to_the_lexicon_eval_uses(tmp_path):
-    """Issue 33 item 5: `medasr score` defaulted to the core lexicon while `eval` defaults to auto (extended for real
+    """`medasr score` defaulted to the core lexicon while `eval` defaults to auto (extended for real
     speech), so scoring real transcripts gave the weaker term error rate by default."""
     ref = (OMI / "day1_consultation01_pure_text.txt").read_text()
     hyp = (OMI / "google-gemini-2.5-pro.day1_consultation01_conversation_transcript.txt").read_text()

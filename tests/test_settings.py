@@ -1,4 +1,4 @@
-"""Issue 33 item 3: a numeric setting of 0 or -1 is refused at config load with a message naming the key, never a
+"""A numeric setting of 0 or -1 is refused at config load with a message naming the key, never a
 traceback later (train.val_every_n_steps=0 ended in a ZeroDivisionError)."""
 
 import pytest

@@ -1,4 +1,4 @@
-"""Issue 4: each adapter on a small fixture in its upstream layout, selection, contamination, preflight."""
+"""Each source reader on a small fixture in its upstream layout, selection, contamination, preflight."""
 
 import io
 import json
@@ -15,7 +15,7 @@ import soundfile as sf
 from medasr.config import load_config
 from medasr.data.build import build
 from medasr.data.manifest import read_manifest, write_manifest
-from medasr.data.select import speakers, split_train_val
+from medasr.data.split import speakers, split_train_val
 from medasr.data.sources import SourceError, load_source
 from medasr.data.sources.primock57 import clean_text
 from medasr.data.synth import speak
@@ -76,7 +76,7 @@ def osce_root(tmp_path_factory):
     return root, truth
 
 
-def test_osce_adapter(osce_root, tmp_path):
+def test_osce_reader(osce_root, tmp_path):
     root, truth = osce_root
     res = load_source("osce", tmp_path, local=root)
     assert {k: len(v) for k, v in res.splits.items()} == {"train": 3, "val": 2, "test": 2}
@@ -116,7 +116,7 @@ def test_osce_build_selection_and_contamination(osce_root, tmp_path):
     assert not speakers(train) & speakers(val) and not speakers(train) & speakers(test)
     sel = json.loads((tmp_path / "data/selection.json").read_text())
     assert sel["seed"] == cfg.data.seed and sel["ids"]["train"] == [r["id"] for r in train]
-    assert rep["adapter"]["dropped"]["longer than 40 s (rejected)"] == 1
+    assert rep["reader"]["dropped"]["longer than 40 s (rejected)"] == 1
     assert rep["contamination"]["train_rows_in"] == len(train) + rep["contamination"]["dropped"]
     assert build(cfg, tmp_path)["skipped"] is True
 
@@ -137,7 +137,7 @@ def test_contamination_drops_exact_and_ngram():
     assert rep["by_source"]["synthetic-espeak"] == {"template_overlap_kept": 1, "kept": 1}
 
 
-def test_primock57_adapter_on_the_real_textgrids(tmp_path):
+def test_primock57_reader_on_the_real_textgrids(tmp_path):
     """The real TextGrids of two consultations (vendored from babylonhealth/primock57, CC BY 4.0) with synthetic speech
     in each interval. Upstream counts (all tags): day3_consultation06 doctor 29 intervals / 2 tag-only, patient 25 / 3;
     day1_consultation07 doctor 95 / 5, patient 80 / 5 — 15 tag-only, 12 of them <INAUDIBLE_SPEECH/> or <UNIN/>."""
@@ -160,7 +160,7 @@ def test_primock57_adapter_on_the_real_textgrids(tmp_path):
 
 
 def test_primock57_consultations_are_the_leaderboards_long_form_unit(tmp_path):
-    """Issue 21 item 8: one row per consultation, the two channels mixed (sox -m: each scaled by 1/2) up to the end of
+    """One row per consultation, the two channels mixed (sox -m: each scaled by 1/2) up to the end of
     the last annotated utterance, the reference byte-identical to the leaderboard's own (Omi-Health/medical-STT-eval
     c0e6c11 data/cleaned_transcripts/*_pure_text.txt, MIT, vendored in tests/data/omi_medical_stt_eval), and its two
     excluded consultations left out and counted."""
@@ -203,7 +203,7 @@ def test_primock57_refuses_git_lfs_pointers(tmp_path, monkeypatch):
         load_source("primock57", tmp_path / "out2")
 
 
-def test_hf_parquet_adapter(tmp_path):
+def test_hf_parquet_reader(tmp_path):
     root = tmp_path / "hfset" / "data"
     root.mkdir(parents=True)
     for split, texts in (("train", ["my chest hurts", "I take lisinopril", ""]), ("test", ["my knee is sore"])):
@@ -272,24 +272,24 @@ def test_split_train_val_is_speaker_disjoint():
     assert [r["id"] for r in again[0]] == [r["id"] for r in train]
 
 
-def test_flywheel_preflight_stops_on_bad_rows(tiny_data_and_base):
-    from medasr.flywheel import PreflightError, preflight_manifests
+def test_flywheel_validation_stops_on_bad_rows(tiny_data_and_base):
+    from medasr.flywheel import ManifestValidationError, validate_manifests
 
     run_dir = tiny_data_and_base
     rows = read_manifest(run_dir / "data/train.json")
     rows[3]["text"] = "  "
     write_manifest(run_dir / "data/train.json", rows)
     cfg = load_config("tiny")
-    with pytest.raises(PreflightError, match=r"line 4: empty or whitespace-only text"):
-        preflight_manifests(cfg, run_dir)
+    with pytest.raises(ManifestValidationError, match=r"line 4: empty or whitespace-only text"):
+        validate_manifests(cfg, run_dir)
     cfg = load_config("tiny", ["data.skip_bad=true"])
-    out = preflight_manifests(cfg, run_dir)
+    out = validate_manifests(cfg, run_dir)
     assert out["train"] == {"accepted": len(rows) - 1, "rejected": 1, "report": str(run_dir / "data/preflight/train.json")}
     assert len(read_manifest(run_dir / "data/train.json")) == len(rows) - 1
     assert len(read_manifest(run_dir / "data/train.with_rejected.json")) == len(rows)
 
 
-def test_united_syn_med_adapter(tmp_path):
+def test_united_syn_med_reader(tmp_path):
     root = tmp_path / "usm"
     (root / "data" / "audio").mkdir(parents=True)
     for split, items in (("train", [("a1.mp3", "Take amoxicillin three times a day"), ("a2.mp3", "Apixaban five milligrams")]),
@@ -346,7 +346,7 @@ def test_real_source_rows_load_through_nemos_reader(osce_root, tmp_path):
     write_manifest(tmp_path / "m.json", rows)
     assert nemo_reader_check(tmp_path / "m.json") == len(rows) > 40
     assert validate_manifest(tmp_path / "m.json").ok
-    late = [rows[-1] | {"offset": 120.0}]  # what the adapters used to write
+    late = [rows[-1] | {"offset": 120.0}]  # what the readers used to write
     write_manifest(tmp_path / "late.json", late)
     with pytest.raises(ValueError, match=r"late.json:1: NeMo's reader cannot load this row"):
         nemo_reader_check(tmp_path / "late.json")

@@ -115,7 +115,7 @@ def test_supervisor_restores_empty_run_dir_and_logs_read_s3(s3_server, tmp_path)
 
 
 def test_a_file_replaced_during_upload_is_refused_by_s3_not_reported_verified(s3_server, tmp_path, monkeypatch):
-    """Issue 32 item 9: verification re-read the MD5 metadata the client itself wrote, so a file replaced between
+    """Verification re-read the MD5 metadata the client itself wrote, so a file replaced between
     hashing and upload was reported verified, and restore later failed. Now S3 checks the body against the SHA-256
     computed before the upload (BadDigest), for a single PUT and for each part of a multipart upload."""
     rd = _run_dir(tmp_path)
@@ -171,7 +171,7 @@ def test_signed_requests_are_checked_and_temporary_credentials_work(s3_server, t
 
 
 def test_stdlib_put_is_accepted_by_s3s_signature_check(s3_server, tmp_path, monkeypatch):
-    """Issue 32 item 4: run.sh signed its FAILED push with curl, which S3 would refuse (no x-amz-content-sha256, an
+    """`run.sh` signed its FAILED push with curl, which S3 would refuse (no x-amz-content-sha256, an
     empty payload hash, no session token) while curl exited 0. medasr.ops.s3put (standard library only: it runs
     before any venv exists) is checked here against botocore's signer, with temporary credentials, and fails loudly."""
     import subprocess
@@ -204,7 +204,7 @@ def test_stdlib_put_is_accepted_by_s3s_signature_check(s3_server, tmp_path, monk
 
 
 def test_cleared_markers_are_deleted_on_s3(s3_server, tmp_path):
-    """Issue 32 item 8: sync never deletes, so a FAILED or BUDGET cleared locally stayed on S3 and the watcher
+    """Sync never deletes, so a FAILED or BUDGET cleared locally stayed on S3 and the watcher
     stopped the resumed run again."""
     from medasr.ops.storage import delete_remote, remote_run_state
 
@@ -221,7 +221,7 @@ def test_cleared_markers_are_deleted_on_s3(s3_server, tmp_path):
 
 
 def test_a_checkpoint_on_s3_is_safe_only_when_current(s3_server, tmp_path):
-    """Issue 32 item 3: "checkpoint verified on S3" ignored its age, so a pod whose checkpoint syncs had been failing for
+    """"checkpoint verified on S3" ignored its age, so a pod whose checkpoint syncs had been failing for
     hours could be terminated (its volume with it). Now S3's last.ckpt must carry S3's checksum and its step
     (last.json) be within one checkpoint interval of the step the pod last reported (train/progress.json)."""
     from medasr.ops.storage import remote_checkpoint_current
@@ -270,7 +270,7 @@ def test_stdlib_put_signs_aws_virtual_hosted_requests_as_botocore_does():
 
 
 def test_s3_never_claims_a_newer_checkpoint_than_it_holds(s3_server, tmp_path):
-    """Review of issue 32: last.json went up before last.ckpt, so a last.ckpt upload that failed (a stop's grace
+    """Found in review: last.json went up before last.ckpt, so a last.ckpt upload that failed (a stop's grace
     running out, a file replaced mid-upload) left S3 saying step 500 over step 100's checkpoint, and the watcher could
     terminate the volume holding step 500. The step now lives on the last.ckpt object itself."""
     from medasr.ops.storage import remote_checkpoint_current
@@ -299,7 +299,7 @@ def test_s3_never_claims_a_newer_checkpoint_than_it_holds(s3_server, tmp_path):
 
 
 def test_s3_reads_done_only_once_the_whole_run_is_there(s3_server, tmp_path, monkeypatch):
-    """Review of issue 32: summary.json, train/DONE and the export went up before the checkpoints and reports, so a final
+    """Found in review: summary.json, train/DONE and the export went up before the checkpoints and reports, so a final
     sync that failed half-way left S3 reading "done" (the watcher then never resumed the pod to finish it)."""
     from medasr.ops.storage import remote_run_state
 
@@ -319,7 +319,7 @@ def test_s3_reads_done_only_once_the_whole_run_is_there(s3_server, tmp_path, mon
 
 
 def test_stdlib_put_follows_s3s_region_answer_and_goes_path_style_for_dotted_buckets(s3_server, tmp_path):
-    """Review of issue 32: with AWS_DEFAULT_REGION not the bucket's, S3 refuses the request and names the bucket's
+    """Found in review: with AWS_DEFAULT_REGION not the bucket's, S3 refuses the request and names the bucket's
     region (400 AuthorizationHeaderMalformed with <Region>, x-amz-bucket-region); boto3 follows that, the stdlib PUT
     now does too, once. A bucket name with dots cannot be addressed virtual-hosted over TLS: path-style then."""
     from medasr.ops.s3put import put, request_for

@@ -1,4 +1,4 @@
-"""Issue 32: the supervisor's own failure paths, with stand-in children instead of the flywheel (seconds each): a
+"""The supervisor's own failure paths, with stand-in children instead of the flywheel (seconds each): a
 child that ignores SIGTERM, a full disk under the budget thread, a budget reached during the restart back-off, a
 done run whose final sync fails, markers cleared on S3, restore into a run dir that is not empty."""
 
@@ -35,7 +35,7 @@ IGNORES_SIGTERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG
 
 
 def test_a_child_that_ignores_sigterm_is_killed_and_the_cap_holds(tmp_path, monkeypatch):
-    """Issue 32 item 2b: one SIGTERM, then wait() forever (a trainer stuck in an NCCL collective ignores it)."""
+    """One SIGTERM, then wait() forever (a trainer stuck in an NCCL collective ignores it)."""
     _budget_env(monkeypatch, 3)
     sup = _sup(tmp_path / "run", IGNORES_SIGTERM, monkeypatch)
     t0 = time.time()
@@ -47,7 +47,7 @@ def test_a_child_that_ignores_sigterm_is_killed_and_the_cap_holds(tmp_path, monk
 
 
 def test_a_full_disk_does_not_end_the_budget_check(tmp_path, monkeypatch):
-    """Issue 32 item 2c: one exception (ENOSPC writing supervisor.json or the spend file) ended the heartbeat thread,
+    """One exception (ENOSPC writing supervisor.json or the spend file) ended the heartbeat thread,
     and with it the only budget check."""
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -62,7 +62,7 @@ def test_a_full_disk_does_not_end_the_budget_check(tmp_path, monkeypatch):
 
 
 def test_the_budget_wakes_the_restart_backoff(tmp_path, monkeypatch):
-    """Issue 32 item 2d: a child that keeps failing puts the supervisor in a back-off of up to 300 s; the budget
+    """A child that keeps failing puts the supervisor in a back-off of up to 300 s; the budget
     event did not wake it, so the pod billed on through the wait."""
     _budget_env(monkeypatch, 4)
     sup = _sup(tmp_path / "run", "raise SystemExit(1)", monkeypatch, backoff_base=300.0)
@@ -80,7 +80,7 @@ def _done_run(run_dir: Path) -> None:
 
 
 def test_done_means_synced(s3_server, tmp_path, monkeypatch):
-    """Issue 32 item 5: a run done on the volume whose final sync failed exited 0 without syncing: S3 stayed empty,
+    """A run done on the volume whose final sync failed exited 0 without syncing: S3 stayed empty,
     the watcher read "running" and resumed the pod again and again. Now the final sync is retried, exit 0 comes only
     after it succeeded, and exit 4 says the run is done here but not on S3."""
     monkeypatch.setenv("MEDASR_S3_URI", f"{URI}/done")
@@ -98,7 +98,7 @@ def test_done_means_synced(s3_server, tmp_path, monkeypatch):
 
 
 def test_cleared_markers_leave_s3_too(s3_server, tmp_path, monkeypatch):
-    """Issue 32 item 8: FAILED cleared by --retry-failed and BUDGET cleared by a raised cap stayed on S3 (sync never
+    """FAILED cleared by --retry-failed and BUDGET cleared by a raised cap stayed on S3 (sync never
     deletes), so the watcher stopped the resumed run again."""
     monkeypatch.setenv("MEDASR_S3_URI", f"{URI}/markers")
     run_dir = tmp_path / "run"
@@ -121,7 +121,7 @@ def test_cleared_markers_leave_s3_too(s3_server, tmp_path, monkeypatch):
 
 
 def test_restore_into_a_run_dir_that_is_not_empty(s3_server, tmp_path, monkeypatch):
-    """Issue 32 item 3: run.sh writes setup.log (and the guard its spend file) before the supervisor starts, and restore
+    """`run.sh` writes setup.log (and the guard its spend file) before the supervisor starts, and restore
     happened only into an empty dir, so a pod recreated on an empty volume started training from scratch and its
     spend from zero. Now whatever S3 has and the run lacks comes back whenever last.ckpt is missing."""
     monkeypatch.setenv("MEDASR_S3_URI", f"{URI}/replaced")

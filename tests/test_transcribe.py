@@ -1,4 +1,4 @@
-"""Issue 6: transcription for real use — long-form chunking and merge on a recording whose words are known,
+"""Transcription for real use — long-form chunking and merge on a recording whose words are known,
 txt/json/srt outputs, files/folders/manifests, both model kinds."""
 
 import json

@@ -1,4 +1,4 @@
-"""Issue 24: synthetic voices by engine (espeak-ng, Kokoro-82M), the Kokoro install's checksum, the synthesis cache,
+"""Synthetic voices by engine (espeak-ng, Kokoro-82M), the Kokoro install's checksum, the synthesis cache,
 text normalisation for the synthesiser, parallel rendering, and held-out voices that are really new speakers."""
 
 import hashlib
@@ -10,7 +10,7 @@ from medasr.config import load_config
 from medasr.data import kokoro, synth
 from medasr.data.lexicon import core_lexicon
 from medasr.data.spoken import spoken
-from medasr.data.voices import held_out_violations, parse_voice
+from medasr.voices import held_out_violations, parse_voice
 from medasr.evaluate.metrics import design_cells, held_out_voice_kinds, voice_slices
 from medasr.fingerprint import file_sha256
 

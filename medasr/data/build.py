@@ -1,4 +1,4 @@
-"""Stage 1 — build: NeMo manifests (train / val / test) from the synthetic corpus or a real dataset adapter.
+"""Step 1 (README's workflow) — build: NeMo manifests (train / val / test) from the synthetic corpus or a real dataset reader.
 
 Outputs under RUN/data/: audio/, train.json, val.json, test.json, build_report.json (+ selection.json for real
 sources). Every build ends with the contamination check (training rows equal to, or sharing an 8-gram with, a
@@ -25,7 +25,7 @@ from medasr.data.generic_speech import GenericUtterance, synthesize_generic
 from medasr.data.generic_text import generic_sentences
 from medasr.data.lexicon import core_lexicon
 from medasr.data.manifest import read_manifest, write_manifest
-from medasr.data.select import cluster_of, speaker_of, speakers, split_train_val, stratified_take
+from medasr.data.split import cluster_of, speaker_of, speakers, split_train_val, stratified_take
 from medasr.data.sources import load_source
 from medasr.data.synth import check_engines, plan_corpus, plan_voices, synthesize
 
@@ -117,7 +117,7 @@ def _build_real(cfg: Config, data_dir: Path, want: tuple[str, ...] = SPLITS) -> 
     selection = {"seed": d.seed, "max_train": d.max_train, "max_val": d.max_val,
                  "ids": {"train": [r["id"] for r in train], "val": [r["id"] for r in val], "test": [r["id"] for r in test]}}
     (data_dir / "selection.json").write_text(json.dumps(selection, indent=1))
-    report = {"source": d.source, "local": d.local, "adapter": res.report(),
+    report = {"source": d.source, "local": d.local, "reader": res.report(),
               "selection": {"seed": d.seed, "pool": {"train": len(train_pool), "val": len(val_pool)},
                             "speaker_overlap": {"train&val": len(speakers(train) & speakers(val)),
                                                 "train&test": len(speakers(train) & test_speakers)}}}

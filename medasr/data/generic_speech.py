@@ -1,5 +1,5 @@
 """Generic (non-medical) English speech for pretraining the `mini` base: WordNet sentences spoken by synthetic voices
-(espeak-ng or Kokoro, medasr.data.voices).
+(espeak-ng or Kokoro, medasr.voices).
 
 Train sentences are spoken by the pretraining voices (one voice, rate and noise level per sentence, seeded); a disjoint
 set of held-out sentences is spoken twice: by a pretraining voice (new text) and by a voice never used in pretraining
@@ -24,7 +24,7 @@ import soundfile as sf
 
 from medasr.audio import SAMPLE_RATE
 from medasr.data.synth import NOISE_LEVELS, add_noise, speak, synthesize, voice_id
-from medasr.data.voices import held_out_violations, parse_voice
+from medasr.voices import held_out_violations, parse_voice
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Generic, non-medical English sentences for pretraining the `mini` base model (issue 8).
+"""Generic, non-medical English sentences for pretraining the `mini` base model.
 
 Source: the usage examples of WordNet 3.0 (`/usr/share/wordnet/data.{noun,verb,adj,adv}`, Debian package
 `wordnet-base`, installed by scripts/setup.sh). Licence: the WordNet 3.0 licence (Princeton University) — use, copy,
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medasr.data.lexicon_sources import extended_lexicon
+from medasr.errors import MedasrError
 
 WORDNET_DIR = Path("/usr/share/wordnet")
 WORDNET_LICENCE = "WordNet 3.0 licence (Princeton University); WordNet 3.0 Copyright 2006 by Princeton University"
@@ -26,7 +27,7 @@ _QUOTED = re.compile(r'"([^"]+)"')
 _ALLOWED = re.compile(r"^[A-Za-z][A-Za-z ,'\-]*[A-Za-z][.?!]?$")
 
 
-class GenericTextError(RuntimeError):
+class GenericTextError(MedasrError, RuntimeError):
     pass
 
 

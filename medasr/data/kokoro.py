@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from medasr.audio import to_mono_rate
-from medasr.data.voices import Voice
+from medasr.voices import Voice
+from medasr.errors import MedasrError
 from medasr.fingerprint import file_sha256
 
 KOKORO_SHA256 = "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb"
@@ -46,7 +47,7 @@ MAX_PHONEMES = 510
 STYLE_DIM = 256
 
 
-class KokoroError(RuntimeError):
+class KokoroError(MedasrError, RuntimeError):
     pass
 
 

@@ -1,4 +1,5 @@
-"""NeMo JSON manifests: one JSON object per line, `.json` suffix (NeMo parses `.jsonl` as Lhotse, FACTS §2)."""
+"""NeMo JSON manifests: one JSON object per line, `.json` suffix (NeMo's Lhotse loader takes a
+`.jsonl` path for a Lhotse cut manifest, not a NeMo one)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import json
 from pathlib import Path
 from typing import Iterable
 
+from medasr.errors import InputError
+from medasr.prompts import with_contexts
+
 REQUIRED = ("audio_filepath", "duration", "text")
 
 
-class ManifestError(ValueError):
+class ManifestError(InputError):
     pass
 
 
@@ -53,3 +57,13 @@ def write_manifest(path: str | Path, rows: Iterable[dict]) -> int:
             n += 1
     tmp.replace(path)
     return n
+
+
+def prompted_manifests(cfg, data_dir: Path, out: Path) -> Path:
+    """out/{train,val}.json (RUN/train/data for a run): data_dir's manifests with each row's `context` stamped from the
+    config, which is what SALM training reads. Rewritten on every launch so a changed prompt config takes effect."""
+    out.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val"):
+        rows = with_contexts(read_manifest(data_dir / f"{split}.json"), cfg.model.prompt, cfg.model.prompts_by_source)
+        write_manifest(out / f"{split}.json", rows)
+    return out

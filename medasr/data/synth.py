@@ -1,4 +1,4 @@
-"""Term-targeted synthetic speech: lexicon → sentences → voices (espeak-ng or Kokoro, medasr.data.voices) → noise →
+"""Term-targeted synthetic speech: lexicon → sentences → voices (espeak-ng or Kokoro, medasr.voices) → noise →
 16 kHz mono WAV + manifest rows.
 
 Synthesis is cached by (engine, voice, rate, the text the engine reads, the engine's own identity: espeak-ng's version
@@ -41,13 +41,14 @@ from medasr.data import kokoro
 from medasr.data.lexicon import Lexicon, Term
 from medasr.data.spoken import spoken
 from medasr.data.templates import TEMPLATES, TEST_TEMPLATES, VAL_TEMPLATES, pool, render
-from medasr.data.voices import Voice, held_out_violations, parse_voice
+from medasr.voices import Voice, held_out_violations, parse_voice
+from medasr.errors import MedasrError
 from medasr.fingerprint import file_sha256
 
 NOISE_LEVELS = {"clean": None, "snr15": 15.0, "snr5": 5.0}
 
 
-class SynthError(RuntimeError):
+class SynthError(MedasrError, RuntimeError):
     pass
 
 
@@ -244,7 +245,7 @@ def render_utterance(u: Utterance, audio_dir: Path) -> dict:
 
 
 def voice_id(voice: str, rate: int) -> str:
-    """A row's `voice_id`: `<engine>:<voice>:rate<wpm>` (speaker = the first two fields, medasr.data.select)."""
+    """A row's `voice_id`: `<engine>:<voice>:rate<wpm>` (speaker = the first two fields, medasr.data.split)."""
     v = parse_voice(voice)
     return f"{'espeak-ng' if v.engine == 'espeak' else v.engine}:{v.spec}:rate{rate}"
 

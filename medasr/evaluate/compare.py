@@ -1,6 +1,6 @@
-"""Stage 5b — compare cycle N with cycle N+1 on the same rows, with a paired bootstrap, and decide.
+"""Step 7 (README's workflow) — compare cycle N with cycle N+1 on the same rows, with a paired bootstrap, and decide.
 
-Decision table (FACTS §4), on the paired bootstrap over whole clusters (terms for KER): fewer than `min_clusters`
+Decision table (after NVIDIA's clinical-ASR evaluation skill, NVIDIA/skills `digital-health-clinical-asr-eval`), on the paired bootstrap over whole clusters (terms for KER): fewer than `min_clusters`
 priority terms → "insufficient_evidence"; priority-category KER dropped ≥ 20 % relative (CI excluding zero) → keep; a significant
 but smaller drop → grow the manifest; significantly worse → overfit, grow data; a delta whose CI crosses zero is
 "no measurable change", whatever its sign → check the per-category numbers.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from medasr.data.lexicon import core_lexicon
+from medasr.errors import InputError
 from medasr.evaluate.metrics import (cluster_totals, design_cells, flag, resampled_totals, score_rows, term_clusters,
                                      wer_clusters)
 
@@ -45,10 +46,10 @@ def compare_rows(before_rows: list[dict], after_rows: list[dict], priority: list
     after_by = {key(r): r for r in after_rows}
     pairs = [(r, after_by[key(r)]) for r in before_rows if key(r) in after_by]
     if not pairs:
-        raise ValueError("no rows in common between the two evaluations (matched on id / audio_filepath)")
+        raise InputError("no rows in common between the two evaluations (matched on id / audio_filepath)")
     differ = [key(b) for b, a in pairs if b.get("text") != a.get("text") or b.get("term") != a.get("term")]
     if differ:  # the same id scored against another reference is not a paired comparison
-        raise ValueError(f"{len(differ)} row(s) have a different reference (text or term) in the two evaluations, "
+        raise InputError(f"{len(differ)} row(s) have a different reference (text or term) in the two evaluations, "
                          f"e.g. {differ[:3]}: compare evaluations of the same test manifest")
     if lexicon is None:
         lexicon = core_lexicon()

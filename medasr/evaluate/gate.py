@@ -1,4 +1,5 @@
-"""Stage 3 — gate: fine-tune only when the base model's medical-term errors warrant it (FACTS §4).
+"""Step 3 (README's workflow) — gate: fine-tune only when the base model's medical-term errors warrant it (routing
+and thresholds after NVIDIA's clinical-ASR evaluation skill, NVIDIA/skills `digital-health-clinical-asr-eval`).
 
 Routing on the priority categories' KER: > threshold (0.3) → fine-tune; 0.1–0.3 → expand the term list first;
 < 0.1 → make the evaluation harder. The gate also refuses to decide on too little evidence: at least `min_rows`

@@ -24,7 +24,7 @@ import jiwer
 import numpy as np
 
 from medasr.data.lexicon import core_lexicon
-from medasr.data.select import speaker_of
+from medasr.data.split import speaker_of
 from medasr.normalize import contains_term, normalize, term_tokens
 
 PARALLEL_MIN_ROWS = 4000  # below this, process start-up costs more than it saves
@@ -263,7 +263,7 @@ def compute_metrics(rows: list[dict], normalizer: str = "whisper", n_boot: int =
                                       n_boot, seed) for c in cats}
     seen = {f: _ker(rows, scores, terms, lambda r, f=f: flag(r, "term_seen") is f, n_boot, seed) for f in (True, False)}
     out["ker_seen"], out["ker_unseen"] = seen[True]["ker"], seen[False]["ker"]
-    out["n_seen"], out["n_unseen"] = seen[True]["n"], seen[False]["n"]
+    out["n_ker_seen"], out["n_ker_unseen"] = seen[True]["n"], seen[False]["n"]  # as in each breakdown
     out["per_term"] = {
         t: {"ker": float(np.mean(v)), "n": len(v), "entity_category": term_cat[t]}
         for t, v in sorted(by_term.items(), key=lambda kv: (-np.mean(kv[1]), kv[0]))

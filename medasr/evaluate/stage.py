@@ -1,4 +1,5 @@
-"""Stage 2 / 5 — evaluate a model on the test manifest: hyps.json, metrics.json, report.md under RUN/eval/cycleN/."""
+"""Steps 2 and 6 (README's workflow) — evaluate a model on the test manifest: hyps.json, metrics.json, report.md
+under RUN/eval/cycleN/."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from medasr.config import Config
 from medasr.data.lexicon import core_lexicon
 from medasr.data.lexicon_sources import extended_lexicon
 from medasr.data.manifest import read_manifest, write_manifest
+from medasr.errors import InputError
 from medasr.evaluate.metrics import compute_metrics
 from medasr.evaluate.report import metrics_markdown
 from medasr.evaluate.report_html import eval_html, write
@@ -35,7 +37,7 @@ def load_lexicon(name: str):
         return core_lexicon()
     if name == "extended":
         return extended_lexicon()
-    raise ValueError(f"eval.lexicon={name!r}: use core, extended or auto")
+    raise InputError(f"eval.lexicon={name!r}: use core, extended or auto")
 
 
 def decode_inputs(cfg: Config, manifest: Path, model_spec: str | Path) -> dict:

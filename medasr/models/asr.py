@@ -1,6 +1,6 @@
 """NeMo ASRModel (Parakeet-TDT): load, refuse unsupported bases, prepare a stock full fine-tune, transcribe.
 
-The second model path of the flywheel (FACTS §4): what NeMo's examples/asr/speech_to_text_finetune.py does with
+The second model path of the flywheel: what NeMo's examples/asr/speech_to_text_finetune.py does with
 `+init_from_pretrained_model=nvidia/parakeet-tdt-0.6b-v2`, driven by our own trainer so checkpointing, resume,
 W&B, S3 and the supervisor are the same as for the SALM path.
 """
@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medasr.errors import InputError
 from medasr.models.optim import apply_recipe
 from medasr.models.salm import hub_ref, quiet_nemo
 from medasr.models.tdt_loss import use_cpu_tdt_loss
@@ -20,12 +21,12 @@ from medasr.models.tdt_loss import use_cpu_tdt_loss
 REFUSED = {
     "nvidia/nemotron-speech-streaming-en-0.6b": (
         "stock SFT of the cache-aware streaming Nemotron model collapses its output to <unk> tokens (NVIDIA's clinical "
-        "ASR recipe, FACTS §4). Fine-tune nvidia/parakeet-tdt-0.6b-v2 (preset parakeet-tdt-0.6b-v2) instead"
+        "ASR recipe). Fine-tune nvidia/parakeet-tdt-0.6b-v2 (preset parakeet-tdt-0.6b-v2) instead"
     ),
 }
 
 
-class UnsupportedBaseError(ValueError):
+class UnsupportedBaseError(InputError):
     pass
 
 

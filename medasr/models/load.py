@@ -18,12 +18,13 @@ from safetensors.torch import load_file
 
 from medasr.config import ModelConfig
 from medasr.console import console
+from medasr.errors import InputError, MedasrError
 from medasr.models import asr, salm
 from medasr.models.salm import group_of, load_base
 from medasr.models.speed import state_key
 
 
-class FreezePatternError(RuntimeError):
+class FreezePatternError(MedasrError, RuntimeError):
     pass
 
 
@@ -67,7 +68,7 @@ def print_param_table(table: dict) -> None:
     console.print(t)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MedasrError, RuntimeError):
     pass
 
 
@@ -106,7 +107,7 @@ NEMO_EXPORT = "adapted_model.nemo"
 NEMO_FORMAT = "medasr-nemo-sft/1"
 
 
-class AdapterError(RuntimeError):
+class AdapterError(MedasrError, RuntimeError):
     pass
 
 
@@ -114,7 +115,7 @@ PROMPTS_FILE = "medasr_prompts.json"  # in merged/: the prompts the model was fi
 PROMPTS_FORMAT = "medasr-prompts/1"
 
 
-class PromptChangeError(ValueError):
+class PromptChangeError(InputError):
     """Decoding an export under other prompts than it was fine-tuned with (allow it explicitly)."""
 
 
@@ -175,7 +176,7 @@ def read_meta(adapter_dir: Path) -> dict:
     return meta
 
 
-def resolve_base(adapter_dir: Path, meta: dict) -> str:
+def export_base(adapter_dir: Path, meta: dict) -> str:
     ref = meta["base_model"]
     local = (Path(adapter_dir) / ref).resolve()
     return str(local) if local.exists() else ref
@@ -185,7 +186,7 @@ def load_adapted(adapter_dir: str | Path, map_location: str = "cpu"):
     """Base + adapter. Refuses an adapter whose tensors do not all land in the model with the right shape."""
     adapter_dir = Path(adapter_dir)
     meta = read_meta(adapter_dir)
-    model = load_base(resolve_base(adapter_dir, meta), map_location=map_location)
+    model = load_base(export_base(adapter_dir, meta), map_location=map_location)
     tensors = load_file(str(adapter_dir / "adapter.safetensors"))
     sd = model.state_dict()
     unknown = [k for k in tensors if k not in sd]

@@ -11,11 +11,13 @@ import json
 import shutil
 from pathlib import Path
 
+from medasr.errors import MedasrError
+
 LLM_PLACEHOLDER = "@MINI_LLM@"  # pretrained_llm in the shipped config: the LLM folder's path depends on the install
 MINI_DIR = Path(__file__).resolve().parent.parent / "resources" / "mini"
 
 
-class MiniModelError(RuntimeError):
+class MiniModelError(MedasrError, RuntimeError):
     pass
 
 

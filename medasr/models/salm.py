@@ -51,17 +51,18 @@ def hub_ref(base: str | Path) -> tuple[str, str | None]:
     return s, None
 
 
-def load_base(base: str | Path, map_location: str = "cpu"):
+def load_base(base: str | Path, map_location: str = "cpu", cls=None):
     """`SALM.from_pretrained` on a Hub id (`nvidia/canary-qwen-2.5b`, optionally `@<revision>`) or a local directory
-    with the same layout."""
+    with the same layout; `cls`: a SALM subclass to build instead (training: medasr.models.salm_train.MedasrSALM)."""
     quiet_nemo()
     from nemo.collections.speechlm2.models import SALM
 
+    cls = cls or SALM
     local = Path(base)
     if local.exists():
-        return SALM.from_pretrained(str(local.resolve()), map_location=map_location)
+        return cls.from_pretrained(str(local.resolve()), map_location=map_location)
     repo, rev = hub_ref(base)
-    return SALM.from_pretrained(repo, revision=rev, map_location=map_location)
+    return cls.from_pretrained(repo, revision=rev, map_location=map_location)
 
 
 def _decode(model, ids: torch.Tensor) -> str:

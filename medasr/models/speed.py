@@ -9,14 +9,12 @@ Both use NeMo's and Hugging Face's own mechanisms, so what the benchmark measure
   encoder;
 - logits only at target positions (`train.target_logits_only`): SALM's training step projects every position (audio
   frames, prompt, padding) onto the vocabulary (151,936 words in the release) and the loss then ignores all but the
-  transcript tokens. The switch runs the LLM body, gathers the hidden states the loss reads and projects only those:
-  the same loss and gradients (tested), without the (positions × vocabulary) logits that dominate memory once the
-  layers are checkpointed.
+  transcript tokens. `target_loss` runs the LLM body, gathers the hidden states the loss reads and projects only
+  those: the same loss and gradients (tested), without the (positions × vocabulary) logits that dominate memory once
+  the layers are checkpointed. The training step that uses it is `MedasrSALM.training_step` (models/salm_train.py).
 """
 
 from __future__ import annotations
-
-import types
 
 import torch
 
@@ -37,8 +35,10 @@ def apply_speed(model, train_cfg) -> dict:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         done["activation_checkpointing"] = True
     if train_cfg.target_logits_only:
-        # an instance attribute wins over the class method, and Lightning calls model.training_step
-        model.training_step = types.MethodType(_training_step_target_logits, model)
+        if not hasattr(type(model), "target_logits_only"):
+            raise TypeError(f"train.target_logits_only needs the SALM medasr trains (medasr.models.salm_train."
+                            f"MedasrSALM), not {type(model).__name__}: load it with load_base(..., cls=MedasrSALM)")
+        model.target_logits_only = True  # read by MedasrSALM.training_step
         done["target_logits_only"] = True
     return done
 
@@ -56,7 +56,7 @@ def target_loss(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum") / n, n
 
 
-def train_inputs(model, batch: dict) -> dict:
+def step_inputs(model, batch: dict) -> dict:
     """What SALM.training_step does before its loss: frozen modules to eval mode (no dropout), then prepare_inputs."""
     from nemo.collections.speechlm2.parts.optim_setup import is_frozen
 
@@ -64,25 +64,6 @@ def train_inputs(model, batch: dict) -> dict:
         if is_frozen(m):
             m.eval()
     return model.prepare_inputs(batch)
-
-
-def _training_step_target_logits(self, batch: dict, batch_idx: int):
-    """SALM.training_step (same freezing, loss and logged values) with `target_loss` in place of full logits."""
-    inputs = train_inputs(self, batch)
-    loss, n = target_loss(self, inputs)
-    B, T = inputs["input_embeds"].shape[:2]
-    ans = {
-        "loss": loss,
-        "learning_rate": torch.as_tensor(self.trainer.optimizers[0].param_groups[0]["lr"] if self._trainer is not None else 0),
-        "batch_size": B,
-        "sequence_length": T,
-        "num_frames": n.to(torch.float32),
-        "target_to_input_ratio": n / (B * T),
-        "padding_ratio": (batch["input_ids"] != self.text_pad_id).long().sum() / batch["input_ids"].numel(),
-    }
-    self.log("loss", loss, on_step=True, prog_bar=True)
-    self.log_dict({k: v for k, v in ans.items() if k != "loss"}, on_step=True)
-    return ans
 
 
 def state_key(name: str) -> str:

@@ -152,18 +152,20 @@ def salm_config(llm_dir: Path, t: TinyModelConfig) -> dict:
     }
 
 
-def new_salm(llm_dir: Path, t: TinyModelConfig, empty: bool = False):
+def new_salm(llm_dir: Path, t: TinyModelConfig, empty: bool = False, cls=None):
     """A random-init SALM of sizes `t` over the LLM folder `llm_dir` (build_llm_folder). `empty=True` allocates no
-    weights (parameters on the meta device): enough to count a 2.5 B model's parameters on a laptop."""
+    weights (parameters on the meta device): enough to count a 2.5 B model's parameters on a laptop. `cls`: a SALM
+    subclass to build (`medasr bench`: the MedasrSALM training runs)."""
     from nemo.collections.speechlm2.models import SALM
 
+    klass = cls or SALM
     if not empty:
-        return SALM(salm_config(llm_dir.resolve(), t))
+        return klass(salm_config(llm_dir.resolve(), t))
     # accelerate's context (not torch.device("meta")): NeMo's subsampling computes sizes with real tensors.
     from accelerate import init_empty_weights
 
     with init_empty_weights():
-        model = SALM(salm_config(llm_dir.resolve(), t))
+        model = klass(salm_config(llm_dir.resolve(), t))
     if t.tie_word_embeddings:  # the context re-creates each registered parameter, which undoes HF's tying
         lm_head = next(m for n, m in model.llm.named_modules() if n.endswith("lm_head"))
         lm_head.weight = model.embed_tokens.weight

@@ -35,6 +35,7 @@ from typing import Callable, Optional
 
 from medasr.config import load_config
 from medasr.console import console
+from medasr.errors import MedasrError
 from medasr.ops.cuda import allowed_cuda_versions
 from medasr.ops.failures import is_transient
 from medasr.ops.spend import LEDGER_FILE, WatchLedger
@@ -50,7 +51,7 @@ PERMANENT_MESSAGES = ("syntax error", "cannot query field", "is not defined by t
 STOPPED = ("EXITED", "TERMINATED")
 
 
-class PodError(RuntimeError):
+class PodError(MedasrError, RuntimeError):
     """A permanent problem (a refused key, a bad request, a pod that does not exist): retrying cannot help."""
 
 
@@ -146,7 +147,10 @@ class PodSpec:
 
     def allowed_cuda(self) -> list[str]:
         """Host CUDA versions whose driver runs this image and the torch the pod installs (medasr.ops.cuda)."""
-        return allowed_cuda_versions(self.image, (self.env or {}).get("MEDASR_TORCH_INDEX"))
+        try:  # medasr.ops.cuda is stdlib-only (it runs before the venv exists): its ValueError named here
+            return allowed_cuda_versions(self.image, (self.env or {}).get("MEDASR_TORCH_INDEX"))
+        except ValueError as e:
+            raise PodError(str(e)) from e
 
 
 GUARD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "pod_guard.sh"

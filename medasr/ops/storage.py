@@ -29,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from medasr.atomic import write_text_atomic
+from medasr.errors import MedasrError
 from medasr.runstate import BUDGET, EXPORT_MARKERS, FAILED, run_is_done
 
 PART_SIZE = 16 * 1024 * 1024
@@ -40,7 +41,7 @@ EXCLUDE_SUFFIXES = (".partial", ".tmp")
 HEARTBEAT_FILES = ("supervisor.json", "train/progress.json")
 
 
-class StorageError(RuntimeError):
+class StorageError(MedasrError, RuntimeError):
     pass
 
 

@@ -23,10 +23,12 @@ import torch
 from medasr.atomic import write_text_atomic
 from medasr.config import Config
 from medasr.console import console as shared
+from medasr.errors import RunError
 from medasr.models.load import apply_freeze
 from medasr.models.optim import torch_optimizer
 from medasr.models.salm import quiet_nemo
-from medasr.models.speed import apply_speed, target_loss, train_inputs
+from medasr.models.salm_train import MedasrSALM
+from medasr.models.speed import apply_speed, target_loss, step_inputs
 from medasr.models.tiny import build_llm_folder, new_salm
 from medasr.perf.flops import TOKEN_SECONDS, StepShape, generate_flops, train_step_flops
 from medasr.prompts import AUDIO_TAG, split_prompt
@@ -70,8 +72,8 @@ def matmul_tflops(dev: torch.device, dtype: torch.dtype, n: int | None = None, i
     return 2 * n**3 * iters / (time.perf_counter() - t0) / 1e12
 
 
-class BenchError(RuntimeError):
-    pass
+class BenchError(RunError):
+    headline = "bench stopped:"
 
 
 CPU_PARAM_LIMIT = 200_000_000  # beyond this a CPU step takes minutes and the optimizer state most of the RAM
@@ -101,7 +103,7 @@ def build_model(cfg: Config, work: Path, dev: torch.device, dtype: torch.dtype):
     llm_dir = _llm_folder(cfg, work)
     torch.manual_seed(0)
     with torch.device(dev):  # initialise in place: a 2.5 B model initialised on the CPU takes minutes
-        model = new_salm(llm_dir, cfg.model.tiny)
+        model = new_salm(llm_dir, cfg.model.tiny, cls=MedasrSALM)  # the class the fine-tune trains
     model.to(dtype)
     table = apply_freeze(model, list(cfg.model.freeze_params))
     speed = apply_speed(model, cfg.train)
@@ -154,7 +156,7 @@ def shape_for(model, cfg: Config, batch_tokens: int | None = None, batch: int | 
 
 def _loss(model, batch: dict, target_logits_only: bool) -> torch.Tensor:
     """SALM.training_step's loss without its Lightning logging (which would need a Trainer)."""
-    inputs = train_inputs(model, batch)
+    inputs = step_inputs(model, batch)
     if target_logits_only:  # what the fine-tune's training step computes with train.target_logits_only
         return target_loss(model, inputs)[0]
     logits = model(inputs["input_embeds"], attention_mask=inputs["attention_mask"])["logits"]

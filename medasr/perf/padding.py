@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medasr.config import Config
-from medasr.prompts import prompted_manifests
+from medasr.data.manifest import prompted_manifests
 from medasr.train.trainer import data_config
 
 

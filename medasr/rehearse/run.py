@@ -18,6 +18,7 @@ from pathlib import Path
 
 from medasr.console import console
 from medasr.data.validate import nemo_reader_check
+from medasr.errors import RunError
 from medasr.rehearse.datasets import primock57_replica
 from medasr.rehearse.hub import build_hub_cache
 
@@ -34,7 +35,7 @@ SMALL = ["train.max_steps=20", "train.ckpt_every_n_steps=10", "train.val_every_n
 BY_PRESET = {"canary-qwen-2.5b": ["train.batch_tokens=1500"], "parakeet-tdt-0.6b-v2": ["train.batch_size=4"]}
 
 
-class RehearsalError(RuntimeError):
+class RehearsalError(RunError):
     pass
 
 
@@ -104,7 +105,7 @@ def rehearse(preset: str, work: Path, extra: list[str] | None = None, timeout_mi
         failed = run_dir / "FAILED"
         why = failed.read_text() if failed.exists() else f"see {log}"
         raise RehearsalError(f"{preset}: supervise exited {rc}, status {summary.get('status')!r}: {why}")
-    export = Path(summary["adapter"])
+    export = Path(summary["export"])
     test_rows = [json.loads(x) for x in (run_dir / "data" / "test.json").read_text().splitlines()[:2]]
     out = work / "transcripts"
     rc = _cli(["transcribe", "--model", str(export), *[r["audio_filepath"] for r in test_rows], "--out", str(out)],

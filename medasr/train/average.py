@@ -13,8 +13,10 @@ from pathlib import Path
 
 import torch
 
+from medasr.errors import InputError
 
-class AverageError(ValueError):
+
+class AverageError(InputError):
     pass
 
 

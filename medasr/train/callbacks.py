@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from medasr.atomic import write_text_atomic
 from medasr.console import console
+from medasr.errors import RunError
 from medasr.models.load import CheckpointError, missing_trainable
 from medasr.models.optim import recipe_record
 from medasr.models.speed import state_key
@@ -123,8 +124,10 @@ class Throughput(Callback):
                            on_step=True, batch_size=1)
 
 
-class TrainingWatchdogError(RuntimeError):
+class TrainingWatchdogError(RunError):
     """The run cannot succeed as configured (non-finite loss, validation not running): stop instead of burning hours."""
+
+    headline = "training stopped:"
 
 
 class TrainingWatchdog(Callback):

@@ -1,4 +1,4 @@
-"""Stage 6 — export the fine-tuned model.
+"""Step 5 (README's workflow) — export the fine-tuned model.
 
 salm: `canary-qwen-medical-lora/`, what fine-tuning changed and nothing the base already has (below).
 asr:  `adapted_model.nemo` (the whole fine-tuned Parakeet-TDT, tokenizer inside; `ASRModel.restore_from`) with

@@ -20,18 +20,19 @@ from pathlib import Path
 
 from medasr.config import Config
 from medasr.console import console
-from medasr.data.manifest import read_manifest
+from medasr.data.manifest import prompted_manifests, read_manifest
+from medasr.errors import RunError
 from medasr.models import asr
 from medasr.models.asr import param_table
 from medasr.models.load import FreezePatternError, apply_freeze, print_param_table
 from medasr.models.salm import hub_ref, load_base, prompt_ids
-from medasr.prompts import AUDIO_TAG, prompted_manifests
+from medasr.prompts import AUDIO_TAG
 from medasr.train.trainer import data_config
 
 
 
-class ModelPreflightError(RuntimeError):
-    pass
+class ModelPreflightError(RunError):
+    headline = "model preflight failed:"
 
 
 def salm_checkpoint_file(base: str | Path) -> Path:

@@ -34,6 +34,7 @@ from medasr.data.build import synth_workers
 from medasr.data.generic_speech import plan_generic, synthesize_generic
 from medasr.data.generic_text import generic_sentences
 from medasr.data.manifest import read_manifest, write_manifest
+from medasr.errors import RunError
 from medasr.models.mini import LLM_PLACEHOLDER, MINI_DIR, install_mini, shipped, write_card
 from medasr.models.optim import torch_optimizer
 from medasr.models.salm import load_base, quiet_nemo
@@ -56,8 +57,8 @@ def splits(p) -> tuple[str, ...]:
     return SPLITS + (NEURAL_SPLITS if p.neural_train else ())
 
 
-class PretrainError(RuntimeError):
-    pass
+class PretrainError(RunError):
+    headline = "pretrain-mini stopped:"
 
 
 def claim_audio(audio: Path, settings: dict) -> None:

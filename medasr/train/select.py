@@ -25,6 +25,7 @@ from medasr.atomic import write_text_atomic
 from medasr.config import Config
 from medasr.console import console
 from medasr.data.manifest import read_manifest
+from medasr.errors import RunError
 from medasr.evaluate.metrics import score_rows
 from medasr.models import asr
 from medasr.models.load import AdapterError, Loaded, apply_freeze, load_model, load_training_checkpoint
@@ -38,7 +39,7 @@ RELOAD_TOLERANCE = 0.001  # 0.1 WER point
 _STEP = re.compile(r"^step(\d+)\.ckpt$")
 
 
-class SelectionError(RuntimeError):
+class SelectionError(RunError):
     pass
 
 

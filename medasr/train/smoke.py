@@ -21,13 +21,14 @@ from lightning.pytorch.callbacks import Callback
 from medasr.config import Config
 from medasr.console import console
 from medasr.data.manifest import read_manifest, write_manifest
+from medasr.errors import RunError
 from medasr.models.optim import apply_recipe
 from medasr.ops.spend import price_per_hour
 from medasr.train.callbacks import RecipeRecord
 from medasr.train.trainer import prepare
 
 
-class SmokeRunError(RuntimeError):
+class SmokeRunError(RunError):
     pass
 
 

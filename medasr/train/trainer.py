@@ -1,4 +1,4 @@
-"""Stage 4 — fine-tune under Lightning, for both model kinds:
+"""Step 4 (README's workflow) — fine-tune under Lightning, for both model kinds:
 - salm: a SALM with LoRA (LLM frozen; encoder, projection, LoRA trained) — our equivalent of NeMo's
   examples/speechlm2/salm_train.py (SALM + SALMDataset + DataModule + Trainer) without DDP/NCCL;
 - asr: a NeMo ASRModel (Parakeet-TDT) full SFT — what examples/asr/speech_to_text_finetune.py does.
@@ -22,14 +22,16 @@ from omegaconf import OmegaConf
 from medasr.atomic import write_text_atomic
 from medasr.config import Config, s3_uri, to_dict
 from medasr.console import console
+from medasr.data.manifest import prompted_manifests
 from medasr.models import asr
 from medasr.models.load import apply_freeze, print_param_table
 from medasr.models.optim import apply_recipe
 from medasr.models.salm import load_base, quiet_nemo
+from medasr.models.salm_train import MedasrSALM
 from medasr.models.speed import apply_speed
 from medasr.ops.spend import price_per_hour
 from medasr.ops.tracking import offline, run_id
-from medasr.prompts import AUDIO_TAG, prompted_manifests
+from medasr.prompts import AUDIO_TAG
 from medasr.train.callbacks import (AtomicCheckpointIO, Progress, RecipeRecord, ResumeLog, S3Sync, SlimCheckpoints,
                                     StopSignalCheckpoint, Throughput, TrainingWatchdog)
 from medasr.train.select import ValWER, checkpoint_callbacks
@@ -37,7 +39,7 @@ from medasr.train.select import ValWER, checkpoint_callbacks
 
 def data_config(model, cfg: Config, data_dir: Path) -> dict:
     """SALM train/val loaders over `data_dir`'s manifests, whose rows carry their prompt in `context`
-    (medasr.prompts.prompted_manifests): NeMo prepends it as the user text turn before the audio."""
+    (medasr.data.manifest.prompted_manifests): NeMo prepends it as the user text turn before the audio."""
     ted = model.token_equivalent_duration
 
     def input_cfg(manifest: Path) -> list[dict]:
@@ -113,7 +115,7 @@ def is_done(train_dir: Path, max_steps: int) -> bool:
 def _prepare_salm(cfg: Config, data_dir: Path, base: str | Path, work_dir: Path):
     from nemo.collections.speechlm2 import DataModule, SALMDataset
 
-    model = load_base(base)
+    model = load_base(base, cls=MedasrSALM)  # NeMo's SALM with our training step written out (models/salm_train.py)
     apply_recipe(model, cfg.train, "salm")
     table = apply_freeze(model, list(cfg.model.freeze_params))
     speed = apply_speed(model, cfg.train)  # after freezing: the wrappers rename parameters, not state-dict keys
@@ -182,7 +184,7 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
         + ([S3Sync(run_dir, s3_uri(cfg))] if s3_uri(cfg) and zero else []),
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=sys.stderr.isatty(),
-        check_val_every_n_epoch=None,  # finite manifests: an epoch is a few batches (FACTS §7)
+        check_val_every_n_epoch=None,  # an epoch of a finite manifest is a few batches: count steps, or never validate
         val_check_interval=cfg.train.val_every_n_steps,
         limit_val_batches=cfg.train.limit_val_batches,
         num_sanity_val_steps=0,

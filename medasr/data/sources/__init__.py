@@ -1,8 +1,8 @@
-"""Dataset adapters: each turns one upstream layout into 16 kHz mono WAV segments + NeMo manifest rows.
+"""Source readers: each turns one upstream layout into 16 kHz mono WAV segments + NeMo manifest rows.
 
-Every adapter returns a `SourceResult`: rows per upstream split and a report that counts everything it did not keep
+Every reader returns a `SourceResult`: rows per upstream split and a report that counts everything it did not keep
 (too long, empty after cleaning, duplicate, undecodable) — nothing is dropped silently.
-Online, adapters download with huggingface_hub (HF_TOKEN from the environment for gated sets); offline, `local`
+Online, readers download with huggingface_hub (HF_TOKEN from the environment for gated sets); offline, `local`
 points at a copy in the upstream layout.
 """
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the adapters: decoding, cutting, length policy, de-duplication, term tagging."""
+"""Helpers shared by the source readers: decoding, cutting, length policy, de-duplication, term tagging."""
 
 from __future__ import annotations
 
@@ -16,11 +16,12 @@ import soundfile as sf
 
 from medasr.audio import SAMPLE_RATE
 from medasr.data.lexicon import core_lexicon
+from medasr.errors import MedasrError
 
 MAX_SECONDS = 40.0
 
 
-class SourceError(RuntimeError):
+class SourceError(MedasrError, RuntimeError):
     pass
 
 
