@@ -256,15 +256,21 @@ def test_row_resampling_would_narrow_the_interval():
     assert one["ci_clusters"]["wer"] == {"key": "row", "n": 80} and 0.6 < w2 / w1 < 0.8
 
 
-def test_seen_flags_are_read_one_way():
-    from medasr.evaluate.metrics import flag
+def test_seen_flags_are_parsed_once_on_read(tmp_path):
+    """A spreadsheet writes "false": the manifest reader makes it a bool once, so every reader after it (metrics,
+    compare) sees one type; anything else is refused with file:line."""
+    from medasr.data.manifest import ManifestError, read_manifest
 
-    assert flag({"term_seen": "false"}, "term_seen") is False and flag({"term_seen": True}, "term_seen") is True
-    assert flag({}, "term_seen") is None
-    with pytest.raises(ValueError, match="row r7: term_seen='yes' is not true/false"):
-        flag({"id": "r7", "term_seen": "yes"}, "term_seen")
-    rows = [{"id": "a", "text": "start warfarin", "pred_text": "start warfarin", "term": "warfarin", "term_seen": "false"}]
+    m = tmp_path / "hyps.json"
+    m.write_text(json.dumps({"id": "a", "text": "start warfarin", "pred_text": "start warfarin", "term": "warfarin",
+                             "term_seen": "false", "speaker_seen": True}) + "\n" + json.dumps({"id": "b", "text": "x",
+                                                                                              "pred_text": "x"}) + "\n")
+    rows = read_manifest(m, required=("text", "pred_text"))
+    assert (rows[0]["term_seen"], rows[0]["speaker_seen"], "term_seen" in rows[1]) == (False, True, False)
     assert compute_metrics(rows, n_boot=10)["ker_unseen"] == 0.0  # bool("false") would have made it a seen term
+    m.write_text(json.dumps({"id": "r7", "text": "x", "pred_text": "x", "term_seen": "yes"}) + "\n")
+    with pytest.raises(ManifestError, match=r"hyps.json:1: term_seen='yes' is not true/false"):
+        read_manifest(m, required=("text", "pred_text"))
 
 
 def test_build_gives_every_row_its_unit_of_independence():

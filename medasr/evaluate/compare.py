@@ -12,7 +12,7 @@ import numpy as np
 
 from medasr.data.lexicon import core_lexicon
 from medasr.errors import InputError
-from medasr.evaluate.metrics import (cluster_totals, design_cells, flag, resampled_totals, score_rows, term_clusters,
+from medasr.evaluate.metrics import (cluster_totals, design_cells, resampled_totals, score_rows, term_clusters,
                                      wer_clusters)
 
 MIN_CLUSTERS = 20  # below this many independent units (terms for KER), a bootstrap interval is not evidence
@@ -84,17 +84,17 @@ def compare_rows(before_rows: list[dict], after_rows: list[dict], priority: list
     for c in sorted({r.get("entity_category") for r in rows if r.get("term")} - {None}):
         out["deltas"][f"ker[{c}]"] = ker([r.get("entity_category") == c for r in rows])
     for seen in (True, False):
-        m = [flag(r, "term_seen") is seen for r in rows]
+        m = [r.get("term_seen") is seen for r in rows]
         if any(m):
             out["deltas"][f"ker[{'seen' if seen else 'unseen'}]"] = ker(m)
     if any("speaker_seen" in r for r in rows):
         for spk, name in ((True, "seen speaker"), (False, "new speaker")):
-            sm = np.array([flag(r, "speaker_seen") is spk for r in rows], float)
+            sm = np.array([r.get("speaker_seen") is spk for r in rows], float)
             if not sm.sum():
                 continue
             out["deltas"][f"wer[{name}]"] = wer(sm)
             for seen in (True, False):
-                m = sm * np.array([flag(r, "term_seen") is seen for r in rows], float)
+                m = sm * np.array([r.get("term_seen") is seen for r in rows], float)
                 if m.sum():
                     out["deltas"][f"ker[{'seen' if seen else 'unseen'}, {name}]"] = ker(m)
     for name, mask in design_cells(rows).items():

@@ -116,17 +116,6 @@ def _rate(num: float, den: float) -> float | None:
     return None if den == 0 else float(num / den)
 
 
-def flag(row: dict, key: str) -> bool | None:
-    """A row's true/false field (`term_seen`, `speaker_seen`, `carrier_seen`), read one way everywhere: JSON booleans,
-    or the strings "true"/"false" a spreadsheet writes; anything else is refused (bool("false") would be True)."""
-    v = row.get(key)
-    if v is None or isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.strip().lower() in ("true", "false"):
-        return v.strip().lower() == "true"
-    raise ValueError(f"row {row.get('id') or row.get('audio_filepath')}: {key}={v!r} is not true/false; fix the manifest")
-
-
 # The unit of independence: rows of one cluster (a consultation, a speaker's recording, a synthetic term's sentences)
 # are correlated, so confidence intervals resample clusters, never rows. KER resamples terms.
 def wer_clusters(rows: list[dict]) -> tuple[np.ndarray, str]:
@@ -198,8 +187,8 @@ def _slice(scores: list[RowScore], mask: list[bool], rows: list[dict], n_boot: i
     out: dict = {"n_rows": len(idx), "wer": _rate(edits.sum(), words.sum()),
                  "wer_ci95": bootstrap_ci(edits, words, n_boot, seed, clusters) if idx else None,
                  "wer_clusters": {"key": key, "n": n_clusters(clusters, words)}}
-    for name, keep in (("ker", lambda r: True), ("ker_seen", lambda r: flag(r, "term_seen") is True),
-                       ("ker_unseen", lambda r: flag(r, "term_seen") is False)):
+    for name, keep in (("ker", lambda r: True), ("ker_seen", lambda r: r.get("term_seen") is True),
+                       ("ker_unseen", lambda r: r.get("term_seen") is False)):
         k = _ker(sub_rows, sub_scores, terms, keep, n_boot, seed)
         out |= {name: k["ker"], f"n_{name}": k["n"], f"{name}_ci95": k["ci95"], f"{name}_terms": k["n_terms"]}
     return out
@@ -261,7 +250,7 @@ def compute_metrics(rows: list[dict], normalizer: str = "whisper", n_boot: int =
     cats = sorted({r.get("entity_category") or "unknown" for r, _ in termed})
     out["ker_by_category"] = {c: _ker(rows, scores, terms, lambda r, c=c: (r.get("entity_category") or "unknown") == c,
                                       n_boot, seed) for c in cats}
-    seen = {f: _ker(rows, scores, terms, lambda r, f=f: flag(r, "term_seen") is f, n_boot, seed) for f in (True, False)}
+    seen = {f: _ker(rows, scores, terms, lambda r, f=f: r.get("term_seen") is f, n_boot, seed) for f in (True, False)}
     out["ker_seen"], out["ker_unseen"] = seen[True]["ker"], seen[False]["ker"]
     out["n_ker_seen"], out["n_ker_unseen"] = seen[True]["n"], seen[False]["n"]  # as in each breakdown
     out["per_term"] = {
@@ -284,7 +273,7 @@ def compute_metrics(rows: list[dict], normalizer: str = "whisper", n_boot: int =
     }
     if any("speaker_seen" in r for r in rows):
         out["by_speaker"] = {
-            name: _slice(scores, [flag(r, "speaker_seen") is f for r in rows], rows, n_boot, seed)
+            name: _slice(scores, [r.get("speaker_seen") is f for r in rows], rows, n_boot, seed)
             for name, f in (("seen", True), ("new", False))
         }
     if design := design_cells(rows):
@@ -330,7 +319,7 @@ def design_cells(rows: list[dict]) -> dict[str, list[bool]]:
     if not present:
         return {}
     cells: dict[str, list[bool]] = {}
-    keys = [tuple(flag(r, k) for k, _ in present) if r.get("term") else None for r in rows]
+    keys = [tuple(r.get(k) for k, _ in present) if r.get("term") else None for r in rows]
     kinds = held_out_voice_kinds(rows)
     split = len(set(kinds) - {None}) > 1
     for combo in sorted({k for k in keys if k is not None and None not in k}, key=lambda c: [not v for v in c]):
@@ -351,11 +340,11 @@ def held_out_voice_kinds(rows: list[dict]) -> list[str | None]:
     """How far each held-out synthetic voice is from the training voices: another engine ("new engine"), else an
     accent no training voice has ("new accent"), else only another speaker ("new speaker"). None: not a synthetic
     row, or a training voice. Training engines and accents are read off the rows of seen speakers."""
-    seen = [r for r in rows if r.get("engine") and flag(r, "speaker_seen") is True]
+    seen = [r for r in rows if r.get("engine") and r.get("speaker_seen") is True]
     engines, accents = {r["engine"] for r in seen}, {(r["engine"], r.get("accent")) for r in seen}
 
     def kind(r: dict) -> str | None:
-        if not r.get("engine") or flag(r, "speaker_seen") is not False:
+        if not r.get("engine") or r.get("speaker_seen") is not False:
             return None
         if r["engine"] not in engines:
             return "new engine"
