@@ -331,30 +331,31 @@ def _numbers(obj, prefix: str = ""):
 
 
 def check_numbers(cfg: "Config") -> None:
-    """Refuse a numeric setting that would divide by zero, loop no times or schedule backwards (ValueError naming
-    the key, its value and what it may be)."""
+    """Refuse numeric settings that would divide by zero, loop no times or schedule backwards: one ValueError naming
+    every bad key, its value and what it may be (all of them at once, not one per try)."""
+    problems = []
     for key, v in _numbers(cfg):
-        if key in ANY_NUMBER:
+        if key in ANY_NUMBER or (key in MINUS_ONE_OK and v == -1):
             continue
         if key in FRACTIONS:
             lo, hi, closed = FRACTIONS[key]
             if not (lo <= v <= hi if closed else lo <= v < hi):
-                raise ValueError(f"{key}={v}: must be in [{lo}, {hi}{']' if closed else ')'}")
-        elif key in MINUS_ONE_OK and v == -1:
-            continue
+                problems.append(f"{key}={v}: must be in [{lo}, {hi}{']' if closed else ')'}")
         elif key in ZERO_OK:
             if v < 0:
-                raise ValueError(f"{key}={v}: must be 0 or more")
+                problems.append(f"{key}={v}: must be 0 or more")
         elif (v < 1 if isinstance(v, int) else v <= 0):
             extra = f" ({MINUS_ONE_OK[key]})" if key in MINUS_ONE_OK else ""
-            raise ValueError(f"{key}={v}: must be {'at least 1' if isinstance(v, int) else 'above 0'}{extra}: it "
-                             "divides, counts or schedules something")
+            problems.append(f"{key}={v}: must be {'at least 1' if isinstance(v, int) else 'above 0'}{extra}: it "
+                            "divides, counts or schedules something")
     for section in ("data.synth", "pretrain"):
         obj = cfg.data.synth if section == "data.synth" else cfg.pretrain
         if obj.rate_min > obj.rate_max:
-            raise ValueError(f"{section}.rate_min={obj.rate_min} is above {section}.rate_max={obj.rate_max}")
+            problems.append(f"{section}.rate_min={obj.rate_min} is above {section}.rate_max={obj.rate_max}")
     if cfg.data.synth.max_test is not None and cfg.data.synth.max_test < 1:
-        raise ValueError(f"data.synth.max_test={cfg.data.synth.max_test}: must be at least 1 (or null for all rows)")
+        problems.append(f"data.synth.max_test={cfg.data.synth.max_test}: must be at least 1 (or null for all rows)")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def available_presets() -> list[str]:

@@ -50,3 +50,13 @@ def test_the_cli_names_the_setting_instead_of_a_traceback():
     assert "Traceback" not in res.output and res.exception is None or isinstance(res.exception, SystemExit)
     res = CliRunner().invoke(app, ["build", "-p", "tiny", "--set", "data.synth.rate_min=300"])
     assert res.exit_code == 2 and "rate_min=300 is above data.synth.rate_max" in res.output
+
+
+def test_every_bad_setting_is_named_at_once():
+    """Like litgpt's validate_args: one error listing every problem, not one per attempt."""
+    with pytest.raises(ValueError) as e:
+        load_config("tiny", ["train.val_every_n_steps=0", "train.batch_size=0", "gate.ker_threshold=2",
+                             "data.synth.rate_min=300"])
+    said = str(e.value)
+    for part in ("train.val_every_n_steps=0", "train.batch_size=0", "gate.ker_threshold=2", "data.synth.rate_min=300"):
+        assert part in said
