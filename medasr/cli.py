@@ -139,9 +139,10 @@ def presets():
 @app.command()
 def flywheel(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt,
              force: bool = typer.Option(False, help="train even when the gate says it is not warranted"),
-             skip_bad: bool = typer.Option(False, help="preflight: continue without rejected rows (still reported)"),
+             skip_bad: bool = typer.Option(False, help="manifest validation: continue without rejected rows (still reported)"),
              redact_transcripts: bool = typer.Option(False, help="W&B eval tables get SHA-256 prefixes instead of text (PHI)")):
-    """Run every stage: build → preflight → eval → gate → train → export → re-eval → compare. Re-running resumes."""
+    """Run every stage: build → validate → eval → gate → preflight → train → export → re-eval → compare. Re-running
+    resumes."""
     from medasr.flywheel import run_flywheel
 
     cfg = _cfg(preset, list(set_ or []) + (["data.skip_bad=true"] if skip_bad else [])
@@ -564,7 +565,7 @@ def runpod_up(preset: str = typer.Option("canary-qwen-2.5b", "--preset", "-p"), 
         spec.env["MEDASR_SET"] = "\n".join(set_)  # run.sh passes each line as --set
     if torch_index:
         spec.env["MEDASR_TORCH_INDEX"] = torch_index
-    cuda = spec.allowed_cuda()  # a plain ValueError here names a bad --cloud or CUDA pin
+    cuda = spec.allowed_cuda()  # a PodError names a CUDA pin it cannot read
     price = hourly_price(spec)
     est = estimate_hours(cfg.train.max_steps, cfg.train.batch_size, batch_tokens=cfg.train.batch_tokens,
                          kind=cfg.model.kind)

@@ -130,6 +130,15 @@ class DataConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
 
 
+# What train.optimizer.name / train.lr_scheduler.name may be, checked at load (before any data or model time):
+# torch.optim classes that take lr, betas, eps and weight_decay and that NeMo's ASR optimizer registry also names (in
+# lower case); NeMo schedulers (nemo.core.optim.lr_scheduler) built from warmup_steps, min_lr and max_steps alone.
+# tests/test_recipe.py checks both lists against the installed torch and NeMo.
+OPTIMIZERS = ("Adam", "AdamW", "Adamax")
+SCHEDULERS = ("CosineAnnealing", "WarmupAnnealing", "SquareAnnealing", "SquareRootAnnealing",
+              "InverseSquareRootAnnealing", "PolynomialDecayAnnealing", "WarmupPolicy")
+
+
 @dataclass
 class OptimizerConfig:
     """The optimizer that trains: a torch.optim class and its arguments, passed unchanged to every model family and to
@@ -354,6 +363,14 @@ def check_numbers(cfg: "Config") -> None:
             problems.append(f"{section}.rate_min={obj.rate_min} is above {section}.rate_max={obj.rate_max}")
     if cfg.data.synth.max_test is not None and cfg.data.synth.max_test < 1:
         problems.append(f"data.synth.max_test={cfg.data.synth.max_test}: must be at least 1 (or null for all rows)")
+    opt, sched = cfg.train.optimizer, cfg.train.lr_scheduler
+    if opt.name not in OPTIMIZERS:
+        problems.append(f"train.optimizer.name={opt.name!r}: use one of {', '.join(OPTIMIZERS)}")
+    if len(opt.betas) != 2:
+        problems.append(f"train.optimizer.betas={list(opt.betas)}: give two, e.g. [0.9, 0.98]")
+    if sched.name is not None and sched.name not in SCHEDULERS:
+        problems.append(f"train.lr_scheduler.name={sched.name!r}: use one of {', '.join(SCHEDULERS)}, or null for a "
+                        "constant learning rate")
     if problems:
         raise ValueError("; ".join(problems))
 

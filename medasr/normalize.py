@@ -27,6 +27,8 @@ import re
 import unicodedata
 from functools import lru_cache
 
+from medasr.errors import InputError
+
 NORMALIZERS = ("whisper", "basic", "none")
 
 # Spoken variants Whisper's normaliser leaves apart: one form each. The list is the Omi-Health/medical-STT-eval
@@ -88,7 +90,7 @@ def normalize(text: str, kind: str = "whisper") -> str:
     if kind == "whisper":
         words = _whisper()(join_possessives(unify_apostrophes(text))).split()
         return " ".join(SPOKEN_VARIANTS.get(w, w) for w in words)
-    raise ValueError(f"unknown normalizer {kind!r}; choose one of {', '.join(NORMALIZERS)}")
+    raise InputError(f"unknown normalizer {kind!r}; choose one of {', '.join(NORMALIZERS)}")
 
 
 def term_tokens(text: str, kind: str = "whisper") -> tuple[str, ...]:

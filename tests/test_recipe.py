@@ -61,9 +61,44 @@ def test_moved_keys_and_unknown_names_are_refused_with_the_fix(tmp_path):
         load_config(str(old))
     with pytest.raises(ValueError, match=r"train.optimizer.betas"):
         load_config("tiny", ["train.optimizer.betas=[0.9, 1.0]"])
-    from medasr.models.optim import check_recipe
+    with pytest.raises(ValueError, match=r"train.optimizer.betas=\[0.9\]: give two"):
+        load_config("tiny", ["train.optimizer.betas=[0.9]"])
+    # refused at load, before any data or model time: SGD takes no betas, NeMo's ASR registry has no nadam, StepLR
+    # is no NeMo scheduler class, and NeMo spells adamw in lower case where torch does not
+    for bad in ("train.optimizer.name=SGD", "train.optimizer.name=NAdam", "train.optimizer.name=adamw",
+                "train.lr_scheduler.name=StepLR", "train.lr_scheduler.name=NoamAnnealing"):
+        with pytest.raises(ValueError, match="use one of"):
+            load_config("tiny", [bad])
+    assert load_config("tiny", ["train.lr_scheduler.name=null"]).train.lr_scheduler.name is None
 
-    with pytest.raises(ValueError, match="not a torch.optim class"):
-        check_recipe(load_config("tiny", ["train.optimizer.name=AdamWW"]).train)
-    with pytest.raises(ValueError, match="not a NeMo scheduler"):
-        check_recipe(load_config("tiny", ["train.lr_scheduler.name=Cosine"]).train)
+
+def test_the_allowed_names_are_what_torch_and_nemo_build():
+    """Each allowed optimizer is a torch.optim class taking lr, betas, eps and weight_decay, and NeMo's ASR registry
+    names that same class; each allowed scheduler builds from warmup_steps, min_lr and max_steps alone."""
+    import torch
+    from nemo.core.optim import lr_scheduler
+    from nemo.core.optim.optimizers import AVAILABLE_OPTIMIZERS
+
+    from medasr.config import OPTIMIZERS, SCHEDULERS
+
+    param = [torch.nn.Parameter(torch.zeros(2))]
+    for name in OPTIMIZERS:
+        cls = getattr(torch.optim, name)
+        assert AVAILABLE_OPTIMIZERS[name.lower()] is cls
+        opt = cls(param, lr=1e-3, betas=[0.8, 0.9], eps=1e-6, weight_decay=0.1)
+        for name_ in SCHEDULERS:
+            s = getattr(lr_scheduler, name_)(opt, warmup_steps=2, min_lr=1e-5, max_steps=10)
+            assert s.max_steps == 10
+
+
+def test_a_run_made_before_the_recipe_moved_resumes():
+    """The training fingerprint of each preset's recipe equals what the flat keys gave (digests computed with the code
+    before train.optimizer existed), so a run dir from then is resumed, not moved aside and trained again; a changed
+    beta still changes it."""
+    from medasr.fingerprint import digest
+    from medasr.train.inputs import recipe
+
+    before = {"tiny": "83e3263613fc7aed", "mini": "83e3263613fc7aed", "canary-qwen-2.5b": "397d91f0f6cb11ca",
+              "parakeet-tdt-0.6b-v2": "0bbd4fc147f5f91a"}
+    assert {p: digest(recipe(load_config(p).train)) for p in before} == before
+    assert digest(recipe(load_config("tiny", ["train.optimizer.betas=[0.9, 0.95]"]).train)) != before["tiny"]

@@ -28,6 +28,7 @@ from medasr.data.manifest import read_manifest, write_manifest
 from medasr.data.split import cluster_of, speaker_of, speakers, split_train_val, stratified_take
 from medasr.data.sources import load_source
 from medasr.data.synth import check_engines, plan_corpus, plan_voices, synthesize
+from medasr.errors import InputError
 
 SPLITS = ("train", "val", "test")
 
@@ -130,13 +131,13 @@ def _build_mix(cfg: Config, data_dir: Path) -> tuple[dict[str, list[dict]], dict
     import copy
 
     if not cfg.data.mix:
-        raise ValueError("data.source=mix needs data.mix: a list of {source, local, use}")
+        raise InputError("data.source=mix needs data.mix: a list of {source, local, use}")
     by_split: dict[str, list[dict]] = {s: [] for s in SPLITS}
     components = []
     for item in cfg.data.mix:
         bad = set(item.use) - set(SPLITS)
         if bad:
-            raise ValueError(f"data.mix: {item.source}: use must list splits among {SPLITS}, got {sorted(bad)}")
+            raise InputError(f"data.mix: {item.source}: use must list splits among {SPLITS}, got {sorted(bad)}")
         sub = copy.deepcopy(cfg)
         sub.data.source, sub.data.local = item.source, item.local
         parts, rep = _build_synthetic(sub, data_dir) if item.source == "synthetic" else _build_real(sub, data_dir, tuple(item.use))
@@ -222,7 +223,7 @@ def _generic_test_rows(cfg: Config, data_dir: Path) -> list[dict]:
     rng = random.Random(cfg.data.seed)
     rng.shuffle(unused)
     if len(unused) < s.generic_test_rows:
-        raise ValueError(f"data.synth.generic_test_rows={s.generic_test_rows}: only {len(unused)} generic sentences "
+        raise InputError(f"data.synth.generic_test_rows={s.generic_test_rows}: only {len(unused)} generic sentences "
                          f"longer than pretrain.max_words={cfg.pretrain.max_words}")
     plan = [GenericUtterance(f"test-generic{i:04d}", "test", text,
                              rng.choice(list(s.test_voices) if i % 2 == 0 else list(s.train_voices)),

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+# train.optimizer.name / train.lr_scheduler.name are checked against medasr.config.OPTIMIZERS / SCHEDULERS at load
+
 SCHEDULER_MODULE = "nemo.core.optim.lr_scheduler"
 
 
@@ -18,22 +20,6 @@ def optimizer_args(opt) -> dict[str, Any]:
     """The torch.optim keyword arguments of an OptimizerConfig."""
     return {"lr": float(opt.lr), "betas": [float(b) for b in opt.betas], "eps": float(opt.eps),
             "weight_decay": float(opt.weight_decay)}
-
-
-def check_recipe(train) -> None:
-    """Refuse an optimizer or scheduler name that neither torch nor NeMo knows, naming the key."""
-    import torch
-
-    if not isinstance(getattr(torch.optim, train.optimizer.name, None), type):
-        raise ValueError(f"train.optimizer.name={train.optimizer.name!r}: not a torch.optim class (e.g. AdamW, Adam)")
-    if len(train.optimizer.betas) != 2:
-        raise ValueError(f"train.optimizer.betas={list(train.optimizer.betas)}: give two, e.g. [0.9, 0.98]")
-    if train.lr_scheduler.name is not None:
-        from nemo.core.optim.lr_scheduler import AVAILABLE_SCHEDULERS
-
-        if train.lr_scheduler.name not in AVAILABLE_SCHEDULERS:
-            raise ValueError(f"train.lr_scheduler.name={train.lr_scheduler.name!r}: not a NeMo scheduler (e.g. "
-                             "CosineAnnealing, WarmupAnnealing); null keeps the learning rate constant")
 
 
 def _schedule(train) -> dict[str, Any]:
@@ -46,7 +32,6 @@ def apply_recipe(model, train, kind: str, constant_lr: bool = False) -> None:
     `constant_lr` drops the schedule (the smoke run)."""
     from omegaconf import open_dict
 
-    check_recipe(train)
     opt, sched = train.optimizer, None if constant_lr else train.lr_scheduler.name
     with open_dict(model.cfg):
         if kind == "salm":

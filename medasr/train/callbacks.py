@@ -151,7 +151,7 @@ class TrainingWatchdog(Callback):
                 shown = float(loss) if nonfinite else "not finite on another rank"
                 raise TrainingWatchdogError(
                     f"training loss is {shown} for {self.bad} steps in a row (step {step}): the run diverged. Lower "
-                    "train.optimizer.lr, check the data (preflight) and the precision (bf16 for TDT, not fp16)")
+                    "train.optimizer.lr, check the data (`medasr validate`, `medasr preflight`) and the precision (bf16 for TDT, not fp16)")
         else:
             self.bad = 0
         if step - self.last_val_step > 2 * self.val_every_n_steps:

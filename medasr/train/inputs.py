@@ -21,11 +21,27 @@ OPERATIONAL = {"max_steps", "smoke_steps", "ckpt_every_n_steps", "keep_last", "v
                "wandb_project"}
 
 
+# The optimizer fields that were fixed before train.optimizer / train.lr_scheduler existed: a recipe that keeps them is
+# fingerprinted as it was then (flat lr, weight_decay, warmup_steps, min_lr), so a run made before the move resumes.
+FIXED_BEFORE = {"optimizer.name": "AdamW", "optimizer.betas": [0.9, 0.98], "optimizer.eps": 1e-8,
+                "lr_scheduler.name": "CosineAnnealing"}
+
+
+def recipe(train) -> dict:
+    """What training computes from (train.* less OPERATIONAL), in its fingerprint form."""
+    r = {k: v for k, v in asdict(train).items() if k not in OPERATIONAL}
+    opt, sched = r.pop("optimizer"), r.pop("lr_scheduler")
+    r |= {"lr": opt.pop("lr"), "weight_decay": opt.pop("weight_decay"), "warmup_steps": sched.pop("warmup_steps"),
+          "min_lr": sched.pop("min_lr")}
+    rest = {f"optimizer.{k}": v for k, v in opt.items()} | {f"lr_scheduler.{k}": v for k, v in sched.items()}
+    return r | {k: v for k, v in rest.items() if FIXED_BEFORE.get(k, object()) != v}
+
+
 def train_inputs(cfg: Config, run_dir: Path, base: str | Path) -> dict:
     data = run_dir / "data"
     return {"train_manifest_sha256": file_sha256(data / "train.json"), "val_manifest_sha256": file_sha256(data / "val.json"),
             "base_sha256": model_digest(base),  # content, not path: a copied or moved run dir is the same run
-            "recipe": {k: v for k, v in asdict(cfg.train).items() if k not in OPERATIONAL},
+            "recipe": recipe(cfg.train),
             "model": asdict(cfg.model) | {"base": None}}  # the base is its hash above, not its path
 
 
