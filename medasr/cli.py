@@ -184,7 +184,7 @@ def eval_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Op
     under the prompts it was fine-tuned with; other prompts (the preset's, or --set model.prompt=…) are refused
     unless --allow-prompt-change; metrics.json → prompts_used says which."""
     from medasr.evaluate.stage import evaluate
-    from medasr.flywheel import resolve_base
+    from medasr.train.family import resolve_base
 
     cfg = _cfg(preset, set_)
     cfg.eval.allow_prompt_change = cfg.eval.allow_prompt_change or allow_prompt_change
@@ -221,7 +221,7 @@ def preflight(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_
     will run (and with --smoke, a short training run). Builds the data first if needed. Exit 1 with the reason when
     the run would be doomed."""
     from medasr.data.build import build as do_build
-    from medasr.flywheel import resolve_base
+    from medasr.train.family import resolve_base
     from medasr.train.preflight import model_preflight
     from medasr.train.smoke import smoke_run
 
@@ -239,7 +239,7 @@ def preflight(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_
 @app.command("train")
 def train_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt):
     """Fine-tune: SALM LoRA or ASR full SFT, per the preset (resumes from RUN/train/checkpoints/last.ckpt)."""
-    from medasr.flywheel import resolve_base
+    from medasr.train.family import resolve_base
     from medasr.train.inputs import ensure_current
     from medasr.train.callbacks import TrainingWatchdogError
     from medasr.train.trainer import is_rank_zero, train
@@ -311,14 +311,14 @@ def export(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: O
            ckpt: Optional[Path] = typer.Option(None, help="export this checkpoint as it is (default: the flywheel's "
                                                "choice, best by validation WER or the average, with the reload check)")):
     """Write RUN/canary-qwen-medical-lora/ (SALM: LoRA + encoder/projection) or RUN/adapted_model.nemo (ASR)."""
-    from medasr.flywheel import export_path, export_selected, resolve_base
-    from medasr.train.export import export_adapter, export_nemo
+    from medasr.flywheel import export_selected
+    from medasr.train.family import family, resolve_base
 
     cfg = _cfg(preset, set_)
     rd = _run_dir(cfg, run_dir)
     if ckpt:
         _need_file(ckpt, "checkpoint file")
-        console.print((export_nemo if cfg.model.kind == "asr" else export_adapter)(cfg, rd, resolve_base(cfg, rd), ckpt))
+        console.print(family(cfg).export(cfg, rd, resolve_base(cfg, rd), ckpt))
         return
     done = rd / "train" / "DONE"
     if not done.exists():
@@ -328,7 +328,7 @@ def export(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: O
 
     sel = export_selected(cfg, rd, resolve_base(cfg, rd), json.loads(done.read_text())["global_step"],
                           (recorded(rd) or {}).get("fingerprint"))
-    console.print(f"{export_path(cfg, rd)} ← {sel['chosen']['name']} ({Path(sel['chosen']['path']).name})", highlight=False)
+    console.print(f"{family(cfg).export_path(rd)} ← {sel['chosen']['name']} ({Path(sel['chosen']['path']).name})", highlight=False)
 
 
 @app.command()

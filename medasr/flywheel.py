@@ -27,15 +27,11 @@ from medasr.evaluate.report import compare_markdown
 from medasr.evaluate.report_html import compare_html
 from medasr.evaluate.report_html import write as write_html
 from medasr.evaluate.stage import evaluate, load_lexicon
-from medasr.models.asr import check_base
-from medasr.models.load import EXPORT_NAME, NEMO_EXPORT, meta_path, read_meta, read_nemo_meta
-from medasr.models.mini import install_mini
-from medasr.models.tiny import build_tiny_base
-from medasr.models.tiny_asr import build_tiny_parakeet
+from medasr.models.load import meta_path
 from medasr.ops.failures import is_transient
 from medasr.ops.storage import delete_remote, sync_up
 from medasr.runstate import FAILED, clear_failed, mark_failed, read_failed
-from medasr.train.export import export_adapter, export_nemo, write_model_card, write_nemo_model_card
+from medasr.train.family import family, resolve_base
 from medasr.train.inputs import ensure_current
 from medasr.train.preflight import model_preflight
 from medasr.train.select import reload_check, select_checkpoint
@@ -50,23 +46,6 @@ STAGES = {"build": "build", "validate": "validate manifests", "base": "base mode
           "export": "select + export", "eval-cycle1": "eval cycle1 (fine-tuned)", "compare": "compare",
           "sync": "sync to S3"}
 SUMMARY_KEYS = ("wer", "cer", "ker", "ker_seen", "ker_unseen", "term_error_rate")
-
-
-def resolve_base(cfg: Config, run_dir: Path) -> str:
-    """The base model to fine-tune: the Hub id / local path from the preset, the shipped mini base installed into the run,
-    or the tiny model built into the run."""
-    if cfg.model.base == "mini" and cfg.model.kind == "salm":
-        return str(install_mini(run_dir / "model"))
-    if cfg.model.base != "tiny":
-        return cfg.model.base  # a refused ASR base is stopped by run_flywheel / asr.load_base
-    if cfg.model.kind == "asr":
-        return str(build_tiny_parakeet(cfg, run_dir / "model", seed=cfg.train.seed))
-
-    return str(build_tiny_base(cfg, run_dir / "model", seed=cfg.train.seed))
-
-
-def export_path(cfg: Config, run_dir: Path) -> Path:
-    return run_dir / (NEMO_EXPORT if cfg.model.kind == "asr" else EXPORT_NAME)
 
 
 def run_compare(cfg: Config, before_dir: Path, after_dir: Path, out_dir: Path) -> dict:
@@ -158,16 +137,11 @@ def _preflight_current(run_dir: Path, base: str) -> bool:
         return False
 
 
-def _export_meta(cfg: Config, run_dir: Path) -> dict:
-    path = export_path(cfg, run_dir)
-    return read_nemo_meta(path) if cfg.model.kind == "asr" else read_meta(path)
-
-
 def _export_current(cfg: Config, run_dir: Path, selection: dict, train_fp: str | None = None) -> bool:
     """The export holds the selected checkpoint of this training run (same training inputs) and passed its reload
     check."""
     try:
-        meta = _export_meta(cfg, run_dir)
+        meta = family(cfg).read_export_meta(family(cfg).export_path(run_dir))
         return (meta.get("train_inputs") == train_fp and meta["selection"]["trained_steps"] == selection["trained_steps"]
                 and meta["checkpoint"] == Path(selection["chosen"]["path"]).name and meta["reload_check"]["ok"])
     except Exception:
@@ -189,8 +163,7 @@ def export_selected(cfg: Config, run_dir: Path, base: str, step: int, train_fp: 
         sel = select_checkpoint(cfg, run_dir, base, step)
     if _export_current(cfg, run_dir, sel, train_fp):
         return sel
-    exporter = export_nemo if cfg.model.kind == "asr" else export_adapter
-    out = exporter(cfg, run_dir, base, Path(sel["chosen"]["path"]))
+    out = family(cfg).export(cfg, run_dir, base, Path(sel["chosen"]["path"]))
     try:
         check = reload_check(cfg, run_dir, out, sel["chosen"]["val_wer"])
     except Exception:
@@ -224,8 +197,8 @@ def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
 
 
 def _run_flywheel(cfg: Config, run_dir: Path, force_train: bool, current: list) -> dict:
-    if cfg.model.kind == "asr":
-        check_base(cfg.model.base)  # a refused base stops before any data or model time
+    fam = family(cfg)
+    fam.check_base(cfg.model.base)  # a refused base stops before any data or model time
     run_dir.mkdir(parents=True, exist_ok=True)
     if read_failed(run_dir):  # a new attempt (the supervisor decides whether to make one)
         clear_failed(run_dir)
@@ -269,14 +242,14 @@ def _run_flywheel(cfg: Config, run_dir: Path, force_train: bool, current: list) 
             stage("smoke", lambda: smoke_run(cfg, run_dir, base))
         done = stage("train", lambda: train(cfg, run_dir, base) if cfg.train.devices == 1 else train_ddp(cfg, run_dir))
         selection = stage("export", lambda: export_selected(cfg, run_dir, base, done["global_step"], train_fp))
-        adapter = export_path(cfg, run_dir)
+        adapter = fam.export_path(run_dir)
         after = stage(
             "eval-cycle1",
             lambda: evaluate(cfg, test, run_dir / "eval" / "cycle1", adapter, "Cycle 1 — fine-tuned", run_dir),
         )
         cmp = stage("compare", lambda: run_compare(cfg, run_dir / "eval" / "cycle0", run_dir / "eval" / "cycle1", run_dir / "eval" / "compare"))
-        card = write_nemo_model_card if cfg.model.kind == "asr" else write_model_card
-        card(adapter, _export_meta(cfg, run_dir), report, before, after, cmp, dt.date.today().isoformat())
+        fam.write_model_card(adapter, fam.read_export_meta(adapter), report, before, after, cmp,
+                             dt.date.today().isoformat())
         val = json.loads((run_dir / "train" / "val_loss.json").read_text())
         summary |= {
             "status": "done",

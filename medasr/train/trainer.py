@@ -112,7 +112,7 @@ def is_done(train_dir: Path, max_steps: int) -> bool:
     return d.get("global_step") == max_steps == d.get("max_steps")
 
 
-def _prepare_salm(cfg: Config, data_dir: Path, base: str | Path, work_dir: Path):
+def prepare_salm(cfg: Config, data_dir: Path, base: str | Path, work_dir: Path):
     from nemo.collections.speechlm2 import DataModule, SALMDataset
 
     model = load_base(base, cls=MedasrSALM)  # NeMo's SALM with our training step written out (models/salm_train.py)
@@ -130,7 +130,7 @@ def _prepare_salm(cfg: Config, data_dir: Path, base: str | Path, work_dir: Path)
     return model, {"datamodule": datamodule}, record
 
 
-def _prepare_asr(cfg: Config, data_dir: Path, base: str | Path, work_dir: Path):
+def prepare_asr(cfg: Config, data_dir: Path, base: str | Path, work_dir: Path):
     model = asr.load_base(base)
     table = asr.prepare_for_training(model, cfg)
     record = {"kind": "asr", "groups": table, "tokenizer_dir": cfg.model.tokenizer_dir,
@@ -142,7 +142,7 @@ def _prepare_asr(cfg: Config, data_dir: Path, base: str | Path, work_dir: Path):
 def prepare(cfg: Config, data_dir: Path, base: str | Path, work_dir: Path):
     """(model ready to train, Trainer.fit kwargs, trainable-parameter record) for the preset's model kind, reading
     data_dir/{train,val}.json; work_dir holds derived files (SALM: the prompted manifests)."""
-    fn = _prepare_asr if cfg.model.kind == "asr" else _prepare_salm
+    fn = prepare_asr if cfg.model.kind == "asr" else prepare_salm
     return fn(cfg, data_dir, base, work_dir)
 
 
