@@ -18,7 +18,7 @@ from medasr.evaluate.metrics import compute_metrics
 from medasr.evaluate.report import metrics_markdown
 from medasr.evaluate.report_html import eval_html, write
 from medasr.fingerprint import digest, file_sha256, model_digest
-from medasr.models.load import check_prompt_change, load_model, trained_prompts
+from medasr.models.load import check_prompt_change, load_model
 from medasr.ops.tracking import log_eval
 from medasr.prompts import prompt_summary
 from medasr.transcribe import POLICIES, model_decoder, stamp_prompts, transcribe_rows
@@ -98,7 +98,7 @@ def evaluate(cfg: Config, manifest: Path, out_dir: Path, model_spec: str | Path,
         return score_manifest(read_manifest(out_dir / "hyps.json"), out_dir, cfg, title, decode) | {"rescored": True}
     rows = read_manifest(manifest)
     # an export decoded under other prompts than it was fine-tuned with gives other numbers: refused unless allowed
-    check_prompt_change(model_spec, cfg.model.prompt, cfg.model.prompts_by_source, cfg.eval.allow_prompt_change)
+    trained = check_prompt_change(model_spec, cfg.model.prompt, cfg.model.prompts_by_source, cfg.eval.allow_prompt_change)
     torch.set_num_threads(cfg.train.threads)
     loaded = load_model(model_spec, kind=cfg.model.kind)
     decode_fn = model_decoder(loaded, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.model.prompt,
@@ -114,7 +114,6 @@ def evaluate(cfg: Config, manifest: Path, out_dir: Path, model_spec: str | Path,
     metrics = score_manifest(scored, out_dir, cfg, title, decode)
     if loaded.kind == "salm":  # the prompts the rows were decoded with (each row's is its `context` in hyps.json)
         used = {"prompt": cfg.model.prompt, "prompts_by_source": dict(cfg.model.prompts_by_source)}
-        trained = trained_prompts(model_spec)
         metrics["prompts_used"] = used | {"rows_by_prompt": prompt_summary(rows), "trained": trained,
                                           "changed_from_trained": trained is not None and
                                           used != {k: trained[k] for k in used}}

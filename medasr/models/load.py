@@ -131,13 +131,13 @@ def trained_prompts(spec: str | Path) -> dict | None:
     return None
 
 
-def check_prompt_change(spec: str | Path, prompt: str | None, by_source: dict | None, allow: bool) -> None:
+def check_prompt_change(spec: str | Path, prompt: str | None, by_source: dict | None, allow: bool) -> dict | None:
     """Refuse prompts other than the ones `spec` was fine-tuned with (PromptChangeError naming both), unless `allow`.
     `prompt` None: the trained ones are used; `by_source` None: only the default prompt is given (it then applies to
-    every row, so any trained per-source prompt would be dropped)."""
+    every row, so any trained per-source prompt would be dropped). Returns the trained prompts (None: none recorded)."""
     trained = trained_prompts(spec)
     if trained is None or allow or prompt is None:
-        return
+        return trained
     asked = {"prompt": prompt, "prompts_by_source": dict(by_source or {})}
     if asked != {k: trained[k] for k in asked}:
         raise PromptChangeError(
@@ -148,6 +148,7 @@ def check_prompt_change(spec: str | Path, prompt: str | None, by_source: dict | 
             + ": decode with the prompts it was fine-tuned with (transcribe: leave out --prompt; eval: its preset"
             + (f" {trained['preset']!r}" if trained.get("preset") else "") + " without prompt overrides), or allow the "
             "change (--allow-prompt-change)")
+    return trained
 
 
 def meta_path(export: Path) -> Path:
