@@ -160,13 +160,13 @@ def build(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Op
           speaker_column: Optional[str] = typer.Option(None),
           force: bool = typer.Option(False, help="rebuild even if a valid build exists")):
     """Build the data: NeMo manifests train/val/test.json (+ audio) under RUN/data/, contamination-checked."""
-    from medasr.data.build import build as do_build
+    from medasr.flywheel import build_data
 
     extra = [f"data.{k}={v}" for k, v in (("source", source), ("local", local and local.resolve()), ("max_train", max_train),
                                           ("max_val", val), ("text_column", text_column), ("audio_column", audio_column),
                                           ("speaker_column", speaker_column)) if v is not None]
     cfg = _cfg(preset, list(set_ or []) + extra)
-    rep = do_build(cfg, _run_dir(cfg, run_dir), force=force)
+    rep = build_data(cfg, _run_dir(cfg, run_dir), force=force)
     console.print_json(json.dumps({"splits": rep["splits"], "contamination_dropped": rep["contamination"]["dropped"],
                                    "reader_dropped": rep.get("reader", {}).get("dropped", {})}))
 
@@ -183,15 +183,14 @@ def eval_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Op
     """Transcribe a manifest and score it (WER, CER, KER by category, seen vs unseen terms). An export is decoded
     under the prompts it was fine-tuned with; other prompts (the preset's, or --set model.prompt=…) are refused
     unless --allow-prompt-change; metrics.json → prompts_used says which."""
-    from medasr.evaluate.stage import evaluate
-    from medasr.train.family import resolve_base
+    from medasr.families import resolve_base
+    from medasr.flywheel import evaluate_stage
 
     cfg = _cfg(preset, set_)
     cfg.eval.allow_prompt_change = cfg.eval.allow_prompt_change or allow_prompt_change
     rd = _run_dir(cfg, run_dir)
     _need_file(manifest or rd / "data" / "test.json", "manifest")
-    m = evaluate(cfg, manifest or rd / "data" / "test.json", rd / "eval" / f"cycle{cycle}",
-                 adapter or resolve_base(cfg, rd), f"Cycle {cycle}", rd)
+    m = evaluate_stage(cfg, rd, cycle, adapter or resolve_base(cfg, rd), f"Cycle {cycle}", manifest)
     console.print((rd / "eval" / f"cycle{cycle}" / "report.md").read_text())
     return m
 
@@ -220,14 +219,14 @@ def preflight(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_
     """Check the model before training: checkpoint coverage, trainable groups, the rendered prompt, that validation
     will run (and with --smoke, a short training run). Builds the data first if needed. Exit 1 with the reason when
     the run would be doomed."""
-    from medasr.data.build import build as do_build
-    from medasr.train.family import resolve_base
+    from medasr.families import resolve_base
+    from medasr.flywheel import build_data
     from medasr.train.preflight import model_preflight
     from medasr.train.smoke import smoke_run
 
     cfg = _cfg(preset, set_)
     rd = _run_dir(cfg, run_dir)
-    do_build(cfg, rd)
+    build_data(cfg, rd)
     base = resolve_base(cfg, rd)
     model_preflight(cfg, rd, base)
     if smoke:
@@ -239,7 +238,7 @@ def preflight(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_
 @app.command("train")
 def train_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt):
     """Fine-tune: SALM LoRA or ASR full SFT, per the preset (resumes from RUN/train/checkpoints/last.ckpt)."""
-    from medasr.train.family import resolve_base
+    from medasr.families import resolve_base
     from medasr.train.inputs import ensure_current
     from medasr.train.callbacks import TrainingWatchdogError
     from medasr.train.trainer import is_rank_zero, train
@@ -311,8 +310,8 @@ def export(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: O
            ckpt: Optional[Path] = typer.Option(None, help="export this checkpoint as it is (default: the flywheel's "
                                                "choice, best by validation WER or the average, with the reload check)")):
     """Write RUN/canary-qwen-medical-lora/ (SALM: LoRA + encoder/projection) or RUN/adapted_model.nemo (ASR)."""
-    from medasr.flywheel import export_selected
-    from medasr.train.family import family, resolve_base
+    from medasr.families import family, resolve_base
+    from medasr.flywheel import select_and_export
 
     cfg = _cfg(preset, set_)
     rd = _run_dir(cfg, run_dir)
@@ -326,8 +325,8 @@ def export(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: O
         raise typer.Exit(2)
     from medasr.train.inputs import recorded
 
-    sel = export_selected(cfg, rd, resolve_base(cfg, rd), json.loads(done.read_text())["global_step"],
-                          (recorded(rd) or {}).get("fingerprint"))
+    sel = select_and_export(cfg, rd, resolve_base(cfg, rd), json.loads(done.read_text())["global_step"],
+                            (recorded(rd) or {}).get("fingerprint"))
     console.print(f"{family(cfg).export_path(rd)} ← {sel['chosen']['name']} ({Path(sel['chosen']['path']).name})", highlight=False)
 
 
@@ -364,7 +363,8 @@ def transcribe(inputs: List[Path] = typer.Argument(..., help="audio files, folde
     from rich.progress import Progress
 
     from medasr.transcribe import POLICIES, collect_inputs, model_decoder, stamp_prompts, transcribe_rows, write_outputs
-    from medasr.models.load import check_prompt_change, load_model
+    from medasr.families import load_model
+    from medasr.models.load import check_prompt_change
 
     if not model:
         console.print("[red]give --model[/] (a SALM export folder, a SALM folder, a .nemo file or a Hub id)")

@@ -1,7 +1,10 @@
-"""The clinical ASR flywheel: build → eval (cycle 0) → gate → train → export → eval (cycle 1) → compare → model card.
+"""The clinical ASR flywheel: build → eval (cycle 0) → gate → train → select → export → eval (cycle 1) → compare →
+model card.
 
-Every stage skips itself when its outputs exist and are valid, so re-running the same command resumes an
-interrupted run, and re-running a finished run only re-reads JSON.
+Every stage runs under its key (`STAGES`) through one wrapper: a stage that computes something records what it was
+made from in RUN/provenance/<key>.json (medasr.provenance) and is skipped while that record matches today's inputs, so
+re-running the same command resumes an interrupted run, re-running a finished run only re-reads JSON, and a changed
+input redoes exactly the stages it reaches. Training itself resumes from last.ckpt (medasr.train.trainer).
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from medasr.config import Config, s3_uri, save_config
 from medasr.console import console
-from medasr.data.build import build
+from medasr.data.build import build, data_present
+from medasr.data.build import fingerprint as data_fingerprint
 from medasr.data.manifest import read_manifest, write_manifest
 from medasr.data.validate import MAX_SECONDS, validate_manifest, write_report
 from medasr.errors import InputError, MedasrError, RunError
@@ -26,16 +31,19 @@ from medasr.evaluate.gate import decide
 from medasr.evaluate.report import compare_markdown
 from medasr.evaluate.report_html import compare_html
 from medasr.evaluate.report_html import write as write_html
-from medasr.evaluate.stage import evaluate, load_lexicon
+from medasr.evaluate.stage import decode_fingerprint, decode_inputs, evaluate, load_lexicon, score_inputs
+from medasr.fingerprint import digest, file_sha256
 from medasr.models.load import meta_path
 from medasr.ops.failures import is_transient
 from medasr.ops.storage import delete_remote, sync_up
+from medasr import provenance
+from medasr.provenance import run_stage
 from medasr.runstate import FAILED, clear_failed, mark_failed, read_failed
-from medasr.train.family import family, resolve_base
+from medasr.families import family, resolve_base
 from medasr.train.inputs import ensure_current
 from medasr.train.preflight import model_preflight
 from medasr.train.select import reload_check, select_checkpoint
-from medasr.train.smoke import smoke_current, smoke_run
+from medasr.train.smoke import smoke_run
 from medasr.train.callbacks import TrainingWatchdogError
 from medasr.train.trainer import is_done, train
 
@@ -43,7 +51,7 @@ from medasr.train.trainer import is_done, train
 # title can change without changing what a supervisor, a watcher or a test reads.
 STAGES = {"build": "build", "validate": "validate manifests", "base": "base model",
           "eval-cycle0": "eval cycle0 (base)", "preflight": "preflight (model)", "smoke": "smoke run", "train": "train",
-          "export": "select + export", "eval-cycle1": "eval cycle1 (fine-tuned)", "compare": "compare",
+          "select": "select checkpoint", "export": "export", "eval-cycle1": "eval cycle1 (fine-tuned)", "compare": "compare",
           "sync": "sync to S3"}
 SUMMARY_KEYS = ("wer", "cer", "ker", "ker_seen", "ker_unseen", "term_error_rate")
 
@@ -128,41 +136,46 @@ def validate_manifests(cfg: Config, run_dir: Path) -> dict:
     return out
 
 
-def _preflight_current(run_dir: Path, base: str) -> bool:
-    """A passed model preflight for this base (a resumed run does not pay for it again)."""
-    p = run_dir / "train" / "preflight.json"
-    try:
-        return json.loads(p.read_text())["base"] == str(base)
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        return False
+def build_data(cfg: Config, run_dir: Path, force: bool = False, say=console.print) -> dict:
+    """The build stage (also `medasr build`): skipped while its record matches the data settings and every manifest
+    and its audio is on disk (a run restored from S3 has the manifests but not the audio: ops.s3_include_audio)."""
+    if force:
+        provenance.forget(run_dir, "build")
+    return run_stage(run_dir, "build", lambda: build(cfg, run_dir), {"data": data_fingerprint(cfg)},
+                     "data/build_report.json", lambda: data_present(run_dir / "data"), say)
 
 
-def _export_current(cfg: Config, run_dir: Path, selection: dict, train_fp: str | None = None) -> bool:
-    """The export holds the selected checkpoint of this training run (same training inputs) and passed its reload
-    check."""
-    try:
-        meta = family(cfg).read_export_meta(family(cfg).export_path(run_dir))
-        return (meta.get("train_inputs") == train_fp and meta["selection"]["trained_steps"] == selection["trained_steps"]
-                and meta["checkpoint"] == Path(selection["chosen"]["path"]).name and meta["reload_check"]["ok"])
-    except Exception:
-        return False
+def eval_inputs(cfg: Config, manifest: Path, model: str | Path) -> dict:
+    """What an evaluation's numbers are made from: the transcripts' inputs and the scoring settings."""
+    return {"decode": decode_fingerprint(decode_inputs(cfg, manifest, model)), "score": digest(score_inputs(cfg))}
 
 
-def _selection_current(run_dir: Path, step: int) -> dict | None:
-    try:
-        sel = json.loads((run_dir / "train" / "selection.json").read_text())
-        return sel if sel["trained_steps"] == step and Path(sel["chosen"]["path"]).exists() else None
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        return None
+def evaluate_stage(cfg: Config, run_dir: Path, cycle: int, model: str | Path, title: str,
+                   manifest: Path | None = None, stage=None) -> dict:
+    """Evaluation cycle N (also `medasr eval`): RUN/eval/cycle<N>/, skipped while its record matches the model, the
+    manifest, the prompts and the scoring settings."""
+    manifest = manifest or run_dir / "data" / "test.json"
+    stage = stage or (lambda key, fn, **kw: run_stage(run_dir, key, fn, say=console.print, **kw))
+    return stage(f"eval-cycle{cycle}", lambda: evaluate(cfg, manifest, run_dir / "eval" / f"cycle{cycle}", model, title,
+                                                        run_dir),
+                 inputs=eval_inputs(cfg, manifest, model), result=f"eval/cycle{cycle}/metrics.json")
 
 
-def export_selected(cfg: Config, run_dir: Path, base: str, step: int, train_fp: str | None = None) -> dict:
-    """Select (best by val WER, or the average if better) → export it → reload check; the export's meta records both."""
-    sel = _selection_current(run_dir, step)
-    if sel is None:
-        sel = select_checkpoint(cfg, run_dir, base, step)
-    if _export_current(cfg, run_dir, sel, train_fp):
-        return sel
+def select_and_export(cfg: Config, run_dir: Path, base: str, step: int, train_fp: str | None, stage=None) -> dict:
+    """Select (best by val WER, or the average if better) → export it → reload check; the export's meta records
+    both. Two stages, each with its record: a restart after the selection does not decode the candidates again."""
+    fam = family(cfg)
+    stage = stage or (lambda key, fn, **kw: run_stage(run_dir, key, fn, say=console.print, **kw))
+    sel = stage("select", lambda: select_checkpoint(cfg, run_dir, base, step),
+                inputs={"train": train_fp, "trained_steps": step}, result="train/selection.json")
+    export = fam.export_path(run_dir)
+    stage("export", lambda: export_checked(cfg, run_dir, base, sel, train_fp),
+          inputs={"selection": file_sha256(run_dir / "train" / "selection.json")},
+          result=str(meta_path(export).relative_to(run_dir)), still_there=export.exists)
+    return sel
+
+
+def export_checked(cfg: Config, run_dir: Path, base: str, sel: dict, train_fp: str | None) -> dict:
     out = family(cfg).export(cfg, run_dir, base, Path(sel["chosen"]["path"]))
     try:
         check = reload_check(cfg, run_dir, out, sel["chosen"]["val_wer"])
@@ -172,12 +185,12 @@ def export_selected(cfg: Config, run_dir: Path, base: str, step: int, train_fp: 
     mf = meta_path(out)
     meta = json.loads(mf.read_text()) | {
         "train_inputs": train_fp,  # RUN/train/inputs.json's fingerprint: the training run this export came from
-        "selection": {"trained_steps": step, "rows": sel["rows"], "metric": sel["metric"],
+        "selection": {"trained_steps": sel["trained_steps"], "rows": sel["rows"], "metric": sel["metric"],
                       "candidates": [{k: c[k] for k in ("name", "val_wer")} | {"checkpoint": Path(c["path"]).name}
                                      for c in sel["candidates"]], "chosen": sel["chosen"]["name"]},
         "reload_check": check}
     mf.write_text(json.dumps(meta, indent=2))
-    return sel
+    return meta
 
 
 def run_flywheel(cfg: Config, run_dir: Path, force_train: bool = False) -> dict:
@@ -207,21 +220,25 @@ def _run_flywheel(cfg: Config, run_dir: Path, force_train: bool, current: list) 
     save_config(cfg, run_dir / "config.yaml")
     timings: dict[str, float] = {}
 
-    def stage(key: str, fn):
+    def stage(key: str, fn, inputs=None, result: str | None = None, still_there=lambda: True):
+        """Run one stage under its key; with `inputs`, skipped while RUN/provenance/<key>.json is current."""
         current[0] = key
         console.rule(f"[bold]{STAGES[key]}")
         t = time.time()
         try:
-            return fn()
+            if inputs is None:
+                return fn()
+            return run_stage(run_dir, key, fn, inputs, result, still_there, say=console.print)
         finally:
             release_memory()
             timings[key] = round(time.time() - t, 1)
 
-    report = stage("build", lambda: build(cfg, run_dir))
+    report = stage("build", lambda: build(cfg, run_dir), {"data": data_fingerprint(cfg)}, "data/build_report.json",
+                   lambda: data_present(run_dir / "data"))
     summary_validation = stage("validate", lambda: validate_manifests(cfg, run_dir))
     base = stage("base", lambda: resolve_base(cfg, run_dir))
     test = run_dir / "data" / "test.json"
-    before = stage("eval-cycle0", lambda: evaluate(cfg, test, run_dir / "eval" / "cycle0", base, "Cycle 0 — base model", run_dir))
+    before = evaluate_stage(cfg, run_dir, 0, base, "Cycle 0 — base model", test, stage)
     gate = decide(before, cfg.gate)
     (run_dir / "eval" / "gate.json").write_text(json.dumps(gate.to_dict() | {"forced": force_train and not gate.train}, indent=2))
     console.print(f"gate: {gate.reason}")
@@ -234,20 +251,23 @@ def _run_flywheel(cfg: Config, run_dir: Path, force_train: bool, current: list) 
             console.print("[yellow]gate says no; training anyway because --force was given (logged in gate.json)")
 
         train_fp = ensure_current(cfg, run_dir, base, say=console.print)  # other inputs: train afresh, not resume
-        fresh = not is_done(run_dir / "train", cfg.train.max_steps)
-        if fresh and not _preflight_current(run_dir, base):
-            stage("preflight", lambda: model_preflight(cfg, run_dir, base))
-        started = (run_dir / "train" / "checkpoints" / "last.ckpt").exists()
-        if fresh and not started and cfg.train.smoke_steps > 0 and not smoke_current(run_dir, base):
-            stage("smoke", lambda: smoke_run(cfg, run_dir, base))
-        done = stage("train", lambda: train(cfg, run_dir, base) if cfg.train.devices == 1 else train_ddp(cfg, run_dir))
-        selection = stage("export", lambda: export_selected(cfg, run_dir, base, done["global_step"], train_fp))
+        made_from = {"train": train_fp}  # data, base and recipe (medasr.train.inputs)
+        trained = provenance.current(run_dir, "train", made_from | {"max_steps": cfg.train.max_steps})
+        if trained is None:  # a finished training run needs neither check again
+            stage("preflight", lambda: model_preflight(cfg, run_dir, base), made_from, "train/preflight.json")
+            if cfg.train.smoke_steps > 0 and not (run_dir / "train" / "checkpoints" / "last.ckpt").exists():
+                stage("smoke", lambda: smoke_run(cfg, run_dir, base), made_from, "train/smoke.json")
+        done = stage("train", lambda: train(cfg, run_dir, base) if cfg.train.devices == 1 else train_ddp(cfg, run_dir),
+                     made_from | {"max_steps": cfg.train.max_steps}, "train/DONE")
+        selection = select_and_export(cfg, run_dir, base, done["global_step"], train_fp, stage)
         adapter = fam.export_path(run_dir)
-        after = stage(
-            "eval-cycle1",
-            lambda: evaluate(cfg, test, run_dir / "eval" / "cycle1", adapter, "Cycle 1 — fine-tuned", run_dir),
-        )
-        cmp = stage("compare", lambda: run_compare(cfg, run_dir / "eval" / "cycle0", run_dir / "eval" / "cycle1", run_dir / "eval" / "compare"))
+        after = evaluate_stage(cfg, run_dir, 1, adapter, "Cycle 1 — fine-tuned", test, stage)
+        evals = run_dir / "eval"
+        cmp = stage("compare", lambda: run_compare(cfg, evals / "cycle0", evals / "cycle1", evals / "compare"),
+                    {"before": file_sha256(evals / "cycle0" / "metrics.json"),
+                     "after": file_sha256(evals / "cycle1" / "metrics.json"), "gate": asdict(cfg.gate),
+                     "eval": {"normalizer": cfg.eval.normalizer, "n_boot": cfg.eval.n_boot}},
+                    "eval/compare/compare.json")
         fam.write_model_card(adapter, fam.read_export_meta(adapter), report, before, after, cmp,
                              dt.date.today().isoformat())
         val = json.loads((run_dir / "train" / "val_loss.json").read_text())
@@ -263,6 +283,7 @@ def _run_flywheel(cfg: Config, run_dir: Path, force_train: bool, current: list) 
                                                     "ker[unseen]", "ker[seen, seen speaker]", "ker[seen, new speaker]")
                        if k in cmp["deltas"]},
             "export": str(adapter),
+            "export_file": str(meta_path(adapter).relative_to(run_dir)),  # what says "exported" (runstate.run_is_done)
             "inputs": {"train": train_fp, "cycle0": before.get("inputs"), "cycle1": after.get("inputs")},
             "train_done": is_done(run_dir / "train", cfg.train.max_steps),
         }

@@ -3,7 +3,8 @@
 - `RUN/FAILED` {"stage", "error", "reason", "kind": "permanent", "time"}: the run cannot succeed as configured
   (written by the flywheel for anything that would fail the same way again); never relaunched until cleared.
 - `RUN/BUDGET`: the pod stopped itself at its budget cap (medasr.ops.spend).
-- done: summary.json says done (or stopped at the gate), train/DONE reached max_steps, and the export exists.
+- done: summary.json says done (or stopped at the gate), train/DONE reached max_steps, and the export summary.json
+  names (`export_file`: the export's meta file, written last) exists.
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from medasr.atomic import write_text_atomic
 
 FAILED = "FAILED"
 BUDGET = "BUDGET"
-# The export a finished run holds: the SALM adapter or the fine-tuned ASR .nemo (one per run, by model kind).
-EXPORT_MARKERS = ("canary-qwen-medical-lora/adapter.safetensors", "adapted_model.nemo")
 
 
 def run_is_done(run_dir: Path, max_steps: int) -> tuple[bool, str]:
@@ -33,7 +32,8 @@ def run_is_done(run_dir: Path, max_steps: int) -> tuple[bool, str]:
     done = run_dir / "train" / "DONE"
     if not done.exists() or json.loads(done.read_text()).get("global_step") != max_steps:
         return False, "train/DONE missing or short of max_steps"
-    if not any((run_dir / rel).exists() for rel in EXPORT_MARKERS):
+    marker = summary.get("export_file")  # relative to the run: a run directory moves (S3 restore, copies)
+    if not marker or not (run_dir / marker).exists():
         return False, "model not exported"
     return True, "done"
 

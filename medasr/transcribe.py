@@ -1,11 +1,11 @@
-"""Transcription for real use: any medasr model kind, files of any length, txt / json / srt output.
+"""Transcription for real use: any medasr model family (medasr/families/), files of any length, txt / json / srt output.
 
 Models: a SALM export (`canary-qwen-medical-lora/`), a SALM base (Hub id or local dir), a NeMo ASR `.nemo`
 (`adapted_model.nemo`) or an ASR Hub id (nvidia/parakeet-tdt-0.6b-v2).
 
-Long-form audio. Canary-Qwen was trained on <= 40 s and degrades beyond it, so SALM audio longer than 40 s is cut
-into 30 s chunks that overlap by 10 s (the setting the public PriMock57 leaderboard used); Parakeet-TDT handles
-long audio natively and is only chunked beyond 20 minutes. Neighbouring chunk transcripts are merged on their
+Long-form audio, cut as the family's `chunk_policy` says: Canary-Qwen was trained on <= 40 s and degrades beyond it,
+so SALM audio longer than 40 s is cut into 30 s chunks that overlap by 10 s (the setting the public PriMock57
+leaderboard used); Parakeet-TDT handles long audio natively and is only chunked beyond 20 minutes. Neighbouring chunk transcripts are merged on their
 shared words: inside the overlap we look for the longest common run of (normalised) words between the end of the
 previous chunk and the start of the next and cut both at the middle of that run, so words the model cut off at a
 chunk edge are taken from the chunk that heard them whole. When no run of >= 2 words is found (silence, a garbled
@@ -22,35 +22,22 @@ import time
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-import numpy as np
 import soundfile as sf
 
 from medasr.audio import SAMPLE_RATE, read_audio
 from medasr.data.manifest import read_manifest, write_manifest
 from medasr.errors import InputError
-from medasr.models import asr, salm
-from medasr.models.load import Loaded, salm_default_prompt
-from medasr.prompts import AUDIO_TAG, with_contexts
+from medasr.families import FAMILIES, family
+from medasr.families.base import ChunkPolicy, Decoder, Loaded
+from medasr.prompts import AUDIO_TAG
 
 AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".opus"}
 SRT_MAX_WORDS = 12
 
 
-@dataclass(frozen=True)
-class ChunkPolicy:
-    max_single_s: float  # audio up to this long is transcribed in one pass
-    chunk_s: float
-    overlap_s: float
-
-    def __post_init__(self):
-        if not 0 <= self.overlap_s < self.chunk_s <= self.max_single_s:
-            raise InputError(f"need 0 <= overlap ({self.overlap_s}) < chunk ({self.chunk_s}) <= max single pass "
-                             f"({self.max_single_s}) seconds")
-
-
-POLICIES = {"salm": ChunkPolicy(40.0, 30.0, 10.0), "asr": ChunkPolicy(1200.0, 600.0, 10.0)}
+POLICIES = {kind: fam.chunk_policy for kind, fam in FAMILIES.items()}  # each family says how it cuts long audio
 
 
 def plan_chunks(duration_s: float, policy: ChunkPolicy) -> list[tuple[float, float]]:
@@ -136,30 +123,19 @@ def collect_inputs(inputs: list[Path]) -> list[dict]:
     return rows
 
 
-# decode(audios, contexts): contexts[i] is audio i's prompt text (SALM; None = the default prompt, ignored by ASR)
-Decoder = Callable[[list[np.ndarray], list[Optional[str]]], list[str]]
-
-
 def model_decoder(loaded: Loaded, batch_size: int, max_new_tokens: int, prompt: Optional[str] = None,
                   static_cache: bool = False) -> Decoder:
-    """`static_cache` (eval.static_cache): a fixed-size KV cache, which lets transformers compile the decode step on a
-    GPU (docs/PERFORMANCE.md); same tokens."""
-    if loaded.kind == "salm":
-        p = prompt or loaded.prompt or salm_default_prompt()
-        extra = {"cache_implementation": "static"} if static_cache else {}
-        return lambda audios, contexts: salm.transcribe_arrays(loaded.model, audios, p, batch_size, max_new_tokens,
-                                                               contexts=contexts, **extra)
-    return lambda audios, contexts: asr.transcribe_arrays(loaded.model, audios, batch_size)
+    """The loaded model's family decodes (SALM: `static_cache`, eval.static_cache, a fixed-size KV cache that lets
+    transformers compile the decode step on a GPU; docs/PERFORMANCE.md)."""
+    return family(loaded.kind).decoder(loaded, batch_size, max_new_tokens, prompt, static_cache)
 
 
 def stamp_prompts(rows: list[dict], loaded: Loaded, prompt: Optional[str] = None,
                   by_source: Optional[dict] = None) -> list[dict]:
-    """SALM rows get their `context` (medasr.prompts: the row's own, else by source, else the default prompt)."""
-    if loaded.kind != "salm":
-        return rows
-
+    """Rows with what the family decodes them under (SALM: each row's `context`, medasr.prompts: the row's own, else
+    by source, else the default prompt); `prompt`/`by_source` None: the ones the model was fine-tuned with."""
     by = loaded.prompts_by_source if by_source is None else by_source
-    return with_contexts(rows, prompt or loaded.prompt or salm_default_prompt(), by)
+    return family(loaded.kind).prompt_rows(rows, prompt or loaded.prompt, by)
 
 
 @dataclass

@@ -15,8 +15,9 @@ from medasr.config import load_config
 from medasr.data.manifest import read_manifest
 from medasr.flywheel import run_flywheel
 from medasr.models.salm import load_base, transcribe_paths
-from medasr.train.export import export_keys
-from medasr.models.load import AdapterError, load_adapted
+from medasr.families.salm import export_keys
+from medasr.families.salm import load_adapted
+from medasr.models.load import AdapterError
 from medasr.models.load import FreezePatternError, apply_freeze, load_training_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -56,6 +57,12 @@ def test_rerun_is_resume(tiny_run):
     assert summary["status"] == "done"
     assert (run_dir / "eval/cycle1/metrics.json").stat().st_mtime == before  # nothing recomputed
     assert "train" in summary["timings_s"] and summary["timings_s"]["train"] < 5
+    # one record per computing stage, each naming the file that holds its result
+    records = {p.stem: json.loads(p.read_text()) for p in (run_dir / "provenance").glob("*.json")}
+    assert set(records) == {"build", "eval-cycle0", "preflight", "smoke", "train", "select", "export", "eval-cycle1",
+                            "compare"}
+    assert records["export"]["result"] == "canary-qwen-medical-lora/medasr_adapter.json"
+    assert records["train"]["inputs"]["train"] == json.loads((run_dir / "train/inputs.json").read_text())["fingerprint"]
 
 
 def test_trainable_groups_match_freeze_pattern(tiny_run):

@@ -93,7 +93,7 @@ def test_supervisor_survives_sigkills(tiny_data_and_base):
     for killed_at, start in zip(kills, resumed):
         assert killed_at - every <= start <= killed_at  # at most one checkpoint interval lost per kill
     from medasr.models.salm import transcribe_paths
-    from medasr.models.load import load_adapted
+    from medasr.families.salm import load_adapted
 
     model, meta = load_adapted(rd / "canary-qwen-medical-lora")
     assert meta["selection"]["trained_steps"] == max_steps and meta["reload_check"]["ok"]

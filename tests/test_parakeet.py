@@ -155,7 +155,7 @@ def test_tokenizer_switch_is_applied_to_training_and_export(tiny_parakeet_data_a
     from nemo.collections.asr.models import ASRModel
 
     from medasr.models.tiny_asr import train_tokenizer
-    from medasr.train.export import export_nemo
+    from medasr.families.asr import export_nemo
     from medasr.train.trainer import train
 
     rd = tiny_parakeet_data_and_base

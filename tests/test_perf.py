@@ -211,7 +211,7 @@ def test_static_kv_cache_decodes_the_same_transcripts(tiny_run):
     from medasr.audio import read_audio
     from medasr.data.manifest import read_manifest
     from medasr.transcribe import model_decoder
-    from medasr.models.load import load_model
+    from medasr.families import load_model
 
     _, run_dir, _ = tiny_run
     loaded = load_model(run_dir / "canary-qwen-medical-lora")

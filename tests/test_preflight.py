@@ -85,7 +85,7 @@ def test_tied_embeddings_pass_preflight_and_stay_out_of_slim_checkpoints(tiny_da
     both names (named_parameters() lists a shared parameter once)."""
     from medasr.models.tiny import build_tiny_base
     from medasr.models.salm import load_base
-    from medasr.train.preflight import checkpoint_shapes
+    from medasr.models.checkpoint import checkpoint_shapes
     from medasr.train.callbacks import SlimCheckpoints
     from medasr.models.load import apply_freeze
 

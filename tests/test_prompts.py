@@ -48,7 +48,7 @@ def test_train_and_eval_use_the_same_per_source_prompt(tiny_run):
 def test_each_row_in_a_batch_is_decoded_with_its_own_prompt(tiny_run):
     from medasr.audio import read_audio
     from medasr.models.salm import transcribe_arrays
-    from medasr.models.load import load_adapted
+    from medasr.families.salm import load_adapted
 
     _, run_dir, _ = tiny_run
     model, _ = load_adapted(run_dir / "canary-qwen-medical-lora")

@@ -17,27 +17,59 @@ def _rows(n=4):
 
 
 def test_evaluation_rescores_or_decodes_only_when_its_inputs_changed(tmp_path):
-    from medasr.evaluate.stage import decode_inputs, evaluate, score_manifest
+    from medasr import provenance
+    from medasr.evaluate.stage import decode_inputs, score_manifest, transcripts_reusable
+    from medasr.flywheel import eval_inputs, evaluate_stage
 
     cfg = load_config("tiny")
-    manifest, model, out = tmp_path / "test.json", tmp_path / "model.nemo", tmp_path / "cycle0"
+    manifest, model, out = tmp_path / "test.json", tmp_path / "model.nemo", tmp_path / "eval/cycle0"
     write_manifest(manifest, [{k: v for k, v in r.items() if k != "pred_text"} for r in _rows()])
     model.write_bytes(b"not a real model: loading it fails, so any decode attempt shows")
     write_manifest(out / "hyps.json", _rows())
     score_manifest(_rows(), out, cfg, "t", decode_inputs(cfg, manifest, model))
-    assert evaluate(cfg, manifest, out, model, "t")["skipped"]  # same inputs: nothing to do
+    provenance.write(tmp_path, "eval-cycle0", eval_inputs(cfg, manifest, model), "eval/cycle0/metrics.json")
+    assert evaluate_stage(cfg, tmp_path, 0, model, "t", manifest)["skipped"]  # same inputs: nothing to do
     ext = load_config("tiny", ["eval.lexicon=extended"])
-    m = evaluate(ext, manifest, out, model, "t")  # other scoring settings: the saved transcripts are re-scored
+    m = evaluate_stage(ext, tmp_path, 0, model, "t", manifest)  # other scoring settings: the transcripts re-scored
     assert m["rescored"] and m["lexicon"] == "extended" and m["inputs"]["score"]["lexicon"] == "extended"
+    assert "skipped" not in m and evaluate_stage(ext, tmp_path, 0, model, "t", manifest)["skipped"]  # recorded
     assert json.loads((out / "metrics.json").read_text())["inputs"]["decode"]["model_sha256"] == model_digest(model)
     model.write_bytes(b"another model")  # another model: decoding again (which fails on this fake file)
     with pytest.raises(Exception) as e:
-        evaluate(ext, manifest, out, model, "t")
+        evaluate_stage(ext, tmp_path, 0, model, "t", manifest)
     assert "skipped" not in str(e.value)
+    assert provenance.read(tmp_path, "eval-cycle0") is None  # a failed stage leaves no record claiming its result
     write_manifest(manifest, [{k: v for k, v in r.items() if k != "pred_text"} | {"text": "x"} for r in _rows()])
-    from medasr.evaluate.stage import eval_state, score_inputs
+    assert not transcripts_reusable(out, decode_inputs(ext, manifest, model))
 
-    assert eval_state(out, decode_inputs(ext, manifest, model), score_inputs(ext)) == "decode"
+
+def test_a_stage_runs_again_exactly_when_its_record_is_not_current(tmp_path):
+    """The one check every flywheel stage goes through (medasr.provenance.run_stage)."""
+    from medasr.provenance import read, run_stage
+
+    runs = []
+
+    def stage(value):
+        runs.append(value)
+        (tmp_path / "out").mkdir(exist_ok=True)
+        (tmp_path / "out/result.json").write_text(json.dumps({"value": value}))
+        return {"value": value}
+
+    def go(inputs, value, there=lambda: True):
+        return run_stage(tmp_path, "s", lambda: stage(value), inputs, "out/result.json", there, say=lambda m: None)
+
+    assert go({"a": 1}, 1) == {"value": 1} and runs == [1]
+    assert go({"a": 1}, 2) == {"value": 1, "skipped": True} and runs == [1]  # same inputs: the recorded result
+    assert read(tmp_path, "s")["inputs"] == {"a": 1}
+    assert go({"a": 2}, 3) == {"value": 3} and runs == [1, 3]  # other inputs
+    (tmp_path / "out/result.json").write_text('{"value": "edited"}')
+    assert go({"a": 2}, 4) == {"value": 4} and runs == [1, 3, 4]  # the result file is not the recorded one
+    assert go({"a": 2}, 5, there=lambda: False) == {"value": 5}  # what it describes is gone (audio after a restore)
+    (tmp_path / "out/result.json").unlink()
+    assert go({"a": 2}, 6) == {"value": 6} and runs == [1, 3, 4, 5, 6]
+    with pytest.raises(ZeroDivisionError):
+        run_stage(tmp_path, "s", lambda: 1 / 0, {"a": 3}, "out/result.json", say=lambda m: None)
+    assert read(tmp_path, "s") is None and go({"a": 2}, 7) == {"value": 7}  # the failure left no record
 
 
 def test_changed_training_inputs_start_a_new_run(tmp_path):

@@ -53,8 +53,8 @@ def test_average_of_two_checkpoints_is_the_elementwise_mean(tiny_run, tmp_path):
     from typer.testing import CliRunner
 
     from medasr.cli import app
-    from medasr.train.export import export_adapter
-    from medasr.models.load import load_adapted
+    from medasr.families.salm import export_adapter
+    from medasr.families.salm import load_adapted
 
     cfg, run_dir, _ = tiny_run
     a, b = run_dir / "train/checkpoints/step000200.ckpt", run_dir / "train/checkpoints/step000250.ckpt"
@@ -84,7 +84,7 @@ def test_untrained_export_fails_the_non_zero_check(tiny_data_and_base, tmp_path)
     import torch
 
     from medasr.models.salm import load_base
-    from medasr.train.export import export_adapter
+    from medasr.families.salm import export_adapter
     from medasr.models.load import AdapterError
     from medasr.models.load import apply_freeze
 
@@ -166,10 +166,10 @@ def _fit_with_watchdog(rd, overrides, val_check_interval, watchdog_interval):
     from lightning.pytorch import Trainer
 
     from medasr.train.callbacks import TrainingWatchdog
-    from medasr.train.trainer import prepare
+    from medasr.families import family
 
     cfg = load_config("tiny", overrides)
-    model, fit_kw, _ = prepare(cfg, rd / "data", rd / "model/base", rd / "train")
+    model, fit_kw, _ = family(cfg).prepare(cfg, rd / "data", rd / "model/base", rd / "train")
     trainer = Trainer(max_steps=cfg.train.max_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                       check_val_every_n_epoch=None, val_check_interval=val_check_interval, limit_val_batches=1,
@@ -197,7 +197,7 @@ def test_asr_export_equal_to_the_base_is_refused(tiny_parakeet_data_and_base, tm
     import torch
 
     from medasr.models.asr import load_base
-    from medasr.train.export import export_nemo
+    from medasr.families.asr import export_nemo
     from medasr.models.load import AdapterError
 
     rd = tiny_parakeet_data_and_base

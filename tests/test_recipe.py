@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from medasr.config import load_config
-from medasr.train.family import resolve_base
+from medasr.families import resolve_base
 from medasr.train.smoke import SmokeRunError, smoke_run
 
 OTHER = ["train.optimizer.name=Adam", "train.optimizer.betas=[0.8, 0.95]", "train.optimizer.eps=1e-6",

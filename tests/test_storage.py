@@ -304,8 +304,9 @@ def test_s3_reads_done_only_once_the_whole_run_is_there(s3_server, tmp_path, mon
     from medasr.ops.storage import remote_run_state
 
     rd = _run_dir(tmp_path)
-    (rd / "summary.json").write_text('{"status": "done"}')
+    (rd / "summary.json").write_text('{"status": "done", "export_file": "adapted_model.json"}')
     (rd / "adapted_model.nemo").write_bytes(b"model")
+    (rd / "adapted_model.json").write_text("{}")
     (rd / "train/val_wer.json").write_text("{}")  # sorts after train/DONE
     uri = "s3://medasr-test/runs/partial"
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries of the 503 would only add back-off time

@@ -1,5 +1,5 @@
-"""The package's dependency graph stays one-directional (cli → flywheel → stages → models → data/config, ops
-beside), with no import circle, counting imports inside functions too (a lazy import hides a circle, it does not
+"""The package's dependency graph stays one-directional (cli → flywheel → stages → families → models → data/config,
+ops beside), with no import circle, counting imports inside functions too (a lazy import hides a circle, it does not
 remove it)."""
 
 import ast
@@ -98,15 +98,18 @@ def test_the_check_finds_a_circle(tmp_path):
 BOTTOM = {"medasr.config", "medasr.prompts", "medasr.runstate", "medasr.audio", "medasr.atomic", "medasr.fingerprint",
           "medasr.console", "medasr.normalize", "medasr.errors", "medasr.voices"}
 STAGES = ("medasr.train", "medasr.evaluate", "medasr.transcribe")
+FAMILIES = "medasr.families"  # one module per model family, below the stages that use them
 TOP = ("medasr.flywheel", "medasr.cli")
 BESIDE = ("medasr.ops", "medasr.perf", "medasr.rehearse")  # tools that may use any layer, used only by the top
 
 
 def layer_violations(g: dict[str, set[str]]) -> list[str]:
-    """cli → flywheel → stages → models → data and the bottom modules; ops, perf and rehearse beside."""
+    """cli → flywheel → stages → families → models → data and the bottom modules; ops, perf and rehearse beside."""
     rules = [(lambda m: m in BOTTOM, ("medasr.data",)),  # the ground floor: data builds on it, not the reverse
-             (lambda m: m.startswith("medasr.data") or m in BOTTOM, ("medasr.models", *STAGES, *TOP, *BESIDE)),
-             (lambda m: m.startswith("medasr.models"), (*STAGES, *TOP, *BESIDE)),
+             (lambda m: m.startswith("medasr.data") or m in BOTTOM,
+              ("medasr.models", FAMILIES, *STAGES, *TOP, *BESIDE)),
+             (lambda m: m.startswith("medasr.models"), (FAMILIES, *STAGES, *TOP, *BESIDE)),
+             (lambda m: m.startswith(FAMILIES), (*STAGES, *TOP, *BESIDE)),
              (lambda m: m.startswith(STAGES), (*TOP, "medasr.rehearse")),
              (lambda m: m.startswith(BESIDE), ("medasr.cli",))]
     return [f"{m} imports {d}" for m, deps in sorted(g.items()) for applies, banned in rules if applies(m)
@@ -120,8 +123,11 @@ def test_dependencies_point_down():
 
 def test_the_layer_check_can_fail():
     assert layer_violations({"medasr.data.lexicon": {"medasr.evaluate.normalize"}, "medasr.models.salm": {"medasr.ops.x"},
-                             "medasr.train.x": {"medasr.flywheel"}, "medasr.config": {"medasr.data.voices"}}) == [
+                             "medasr.train.x": {"medasr.flywheel"}, "medasr.config": {"medasr.data.voices"},
+                             "medasr.families.salm": {"medasr.train.trainer"},
+                             "medasr.models.load": {"medasr.families"}}) == [
         "medasr.config imports medasr.data.voices", "medasr.data.lexicon imports medasr.evaluate.normalize",
+        "medasr.families.salm imports medasr.train.trainer", "medasr.models.load imports medasr.families",
         "medasr.models.salm imports medasr.ops.x", "medasr.train.x imports medasr.flywheel"]
 
 

@@ -73,10 +73,25 @@ def test_the_budget_wakes_the_restart_backoff(tmp_path, monkeypatch):
 
 def _done_run(run_dir: Path) -> None:
     (run_dir / "train/checkpoints").mkdir(parents=True)
-    (run_dir / "summary.json").write_text('{"status": "done"}')
+    (run_dir / "summary.json").write_text('{"status": "done", "export_file": "adapted_model.json"}')
     (run_dir / "train/DONE").write_text('{"global_step": 300, "max_steps": 300}')
     (run_dir / "adapted_model.nemo").write_bytes(b"model")
+    (run_dir / "adapted_model.json").write_text("{}")
     (run_dir / "train/checkpoints/last.ckpt").write_bytes(b"ckpt" * 1000)
+
+
+def test_done_needs_the_export_the_summary_names(tmp_path):
+    """Done is read from the export summary.json names (relative: a restored run lives elsewhere), not from a list of
+    every family's export names."""
+    from medasr.runstate import run_is_done
+
+    rd = tmp_path / "moved"
+    _done_run(rd)
+    assert run_is_done(rd, 300) == (True, "done")
+    (rd / "adapted_model.json").unlink()  # the meta file goes last into an export and first out of a failed one
+    assert run_is_done(rd, 300) == (False, "model not exported")
+    (rd / "summary.json").write_text('{"status": "done"}')
+    assert run_is_done(rd, 300) == (False, "model not exported")
 
 
 def test_done_means_synced(s3_server, tmp_path, monkeypatch):

@@ -107,7 +107,7 @@ def _srt_cues(text):
 
 def test_cli_transcribe_salm_export_long_form(tiny_run, long_recording, tmp_path):
     from medasr.models.salm import transcribe_arrays
-    from medasr.models.load import load_adapted
+    from medasr.families.salm import load_adapted
 
     _, run_dir, _ = tiny_run
     path, _ = long_recording

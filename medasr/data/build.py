@@ -45,20 +45,12 @@ def synth_workers(cfg: Config) -> int:
     return cfg.data.synth.workers or min(16, os.cpu_count() or 1)
 
 
-def build_is_done(data_dir: Path, cfg: Config) -> bool:
-    report = data_dir / "build_report.json"
-    if not report.exists():
-        return False
-    rep = json.loads(report.read_text())
-    if rep.get("fingerprint") != fingerprint(cfg):
-        return False
+def data_present(data_dir: Path) -> bool:
+    """Every split's manifest and every row's audio is on disk (a pod restored from S3 has the manifests but not the
+    audio, ops.s3_include_audio); whether they were built from today's settings is the build stage's record."""
     for s in SPLITS:
         p = data_dir / f"{s}.json"
-        if not p.exists():
-            return False
-        rows = read_manifest(p)
-        # every row's audio too: a pod restored from S3 has the manifests but not the audio (ops.s3_include_audio)
-        if len(rows) != rep["splits"][s]["rows"] or not all(Path(r["audio_filepath"]).exists() for r in rows):
+        if not p.exists() or not all(Path(r["audio_filepath"]).exists() for r in read_manifest(p)):
             return False
     return True
 
@@ -232,10 +224,9 @@ def _generic_test_rows(cfg: Config, data_dir: Path) -> list[dict]:
     return synthesize_generic(plan, data_dir / "audio", workers=synth_workers(cfg))
 
 
-def build(cfg: Config, run_dir: Path, force: bool = False) -> dict:
+def build(cfg: Config, run_dir: Path) -> dict:
+    """Build RUN/data/ (always: whether a build is current is the flywheel's build stage, medasr.flywheel.build_data)."""
     data_dir = run_dir / "data"
-    if not force and build_is_done(data_dir, cfg):
-        return json.loads((data_dir / "build_report.json").read_text()) | {"skipped": True}
     data_dir.mkdir(parents=True, exist_ok=True)
     if cfg.data.source == "synthetic":
         by_split, report = _build_synthetic(cfg, data_dir)

@@ -23,6 +23,7 @@ import numpy as np
 import soundfile as sf
 
 from medasr.audio import SAMPLE_RATE
+from medasr.data.manifest import Row
 from medasr.data.synth import NOISE_LEVELS, add_noise, speak, synthesize, voice_id
 from medasr.voices import held_out_violations, parse_voice
 
@@ -80,7 +81,7 @@ def plan_generic(sentences: list[str], *, seed: int, n_train: int, n_heldout: in
     return plan
 
 
-def render(u: GenericUtterance, audio_dir: Path) -> dict:
+def render(u: GenericUtterance, audio_dir: Path) -> Row:
     path = audio_dir / u.split / f"{u.id}.wav"
     if not path.exists():  # resumable: a re-run only speaks what is missing
         audio = add_noise(speak(u.text, u.voice, u.rate), NOISE_LEVELS[u.noise_level], np.random.default_rng(u.seed))
@@ -89,10 +90,10 @@ def render(u: GenericUtterance, audio_dir: Path) -> dict:
         sf.write(tmp, audio, SAMPLE_RATE, subtype="PCM_16")
         tmp.replace(path)
     info = sf.info(path)
-    return {"audio_filepath": str(path.resolve()), "duration": round(info.frames / SAMPLE_RATE, 4), "text": u.text,
-            "voice_id": voice_id(u.voice, u.rate), "noise_level": u.noise_level,
-            "source": f"generic-{parse_voice(u.voice).engine}", "id": u.id, "split": u.split}
+    return Row(audio_filepath=str(path.resolve()), duration=round(info.frames / SAMPLE_RATE, 4), text=u.text,
+               voice_id=voice_id(u.voice, u.rate), noise_level=u.noise_level,
+               source=f"generic-{parse_voice(u.voice).engine}", id=u.id, split=u.split)
 
 
-def synthesize_generic(plan: list[GenericUtterance], audio_dir: Path, workers: int = 2, progress=None) -> list[dict]:
+def synthesize_generic(plan: list[GenericUtterance], audio_dir: Path, workers: int = 2, progress=None) -> list[Row]:
     return synthesize(plan, audio_dir, workers, progress, render=render)

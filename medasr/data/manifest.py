@@ -34,6 +34,7 @@ class Row(TypedDict, total=False):
     accent: str  # the voice's accent (synthetic)
     noise_level: str  # clean, snr15, snr5 (synthetic)
     context_type: str  # the carrier's clinical setting (synthetic)
+    split: str  # the split a generic-speech row was planned for (generic_speech.py)
     context: str  # the SALM prompt's text before the audio tag (medasr.prompts), stamped for training and decoding
     pred_text: str  # a model's transcript (hyps.json, transcripts.json)
 

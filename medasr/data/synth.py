@@ -39,6 +39,7 @@ import soundfile as sf
 from medasr.audio import SAMPLE_RATE, to_mono_rate
 from medasr.data import kokoro
 from medasr.data.lexicon import Lexicon, Term
+from medasr.data.manifest import Row
 from medasr.data.spoken import spoken
 from medasr.data.templates import TEMPLATES, TEST_TEMPLATES, VAL_TEMPLATES, pool, render
 from medasr.voices import Voice, held_out_violations, parse_voice
@@ -218,30 +219,18 @@ def plan_corpus(
     return plan
 
 
-def render_utterance(u: Utterance, audio_dir: Path) -> dict:
+def render_utterance(u: Utterance, audio_dir: Path) -> Row:
     v = parse_voice(u.voice_id)
     audio = speak(u.text, u.voice_id, u.rate)
     audio = add_noise(audio, NOISE_LEVELS[u.noise_level], np.random.default_rng(u.seed))
     path = audio_dir / u.split / f"{u.id}.wav"
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(path, audio, SAMPLE_RATE, subtype="PCM_16")
-    return {
-        "audio_filepath": str(path.resolve()),
-        "duration": round(len(audio) / SAMPLE_RATE, 4),
-        "text": u.text,
-        "term": u.term.term,
-        "entity_category": u.term.entity_category,
-        "term_seen": u.term_seen,
-        "voice_id": voice_id(u.voice_id, u.rate),
-        "engine": v.engine,
-        "accent": v.accent,
-        "noise_level": u.noise_level,
-        "context_type": u.context_type,
-        "carrier_seen": u.carrier_seen,
-        "carrier": u.carrier,
-        "source": f"synthetic-{v.engine}",
-        "id": u.id,
-    }
+    return Row(audio_filepath=str(path.resolve()), duration=round(len(audio) / SAMPLE_RATE, 4), text=u.text,
+               term=u.term.term, entity_category=u.term.entity_category, term_seen=u.term_seen,
+               voice_id=voice_id(u.voice_id, u.rate), engine=v.engine, accent=v.accent, noise_level=u.noise_level,
+               context_type=u.context_type, carrier_seen=u.carrier_seen, carrier=u.carrier,
+               source=f"synthetic-{v.engine}", id=u.id)
 
 
 def voice_id(voice: str, rate: int) -> str:

@@ -18,7 +18,8 @@ from medasr.evaluate.metrics import compute_metrics
 from medasr.evaluate.report import metrics_markdown
 from medasr.evaluate.report_html import eval_html, write
 from medasr.fingerprint import digest, file_sha256, model_digest
-from medasr.models.load import check_prompt_change, load_model
+from medasr.families import family, load_model
+from medasr.models.load import check_prompt_change
 from medasr.ops.tracking import log_eval
 from medasr.prompts import prompt_summary
 from medasr.transcribe import POLICIES, model_decoder, stamp_prompts, transcribe_rows
@@ -58,16 +59,13 @@ def decode_fingerprint(decode: dict) -> str:
     return digest({k: v for k, v in decode.items() if k not in ("model", "manifest")})
 
 
-def eval_state(out_dir: Path, decode: dict, score: dict) -> str:
-    """"done" (same transcripts, same scoring), "rescore" (same transcripts, other scoring settings: no model needed)
-    or "decode" (anything else: another model, manifest or prompt)."""
+def transcripts_reusable(out_dir: Path, decode: dict) -> bool:
+    """The saved transcripts (hyps.json) were decoded from these inputs: re-scoring them needs no model. (Whether the
+    evaluation as a whole is current is the flywheel's stage record, medasr.provenance.)"""
     m = out_dir / "metrics.json"
     if not (m.exists() and (out_dir / "hyps.json").exists()):
-        return "decode"
-    inputs = json.loads(m.read_text()).get("inputs", {})
-    if inputs.get("decode_fingerprint") != decode_fingerprint(decode):
-        return "decode"
-    return "done" if inputs.get("score_fingerprint") == digest(score) else "rescore"
+        return False
+    return json.loads(m.read_text()).get("inputs", {}).get("decode_fingerprint") == decode_fingerprint(decode)
 
 
 def score_manifest(rows: list[dict], out_dir: Path, cfg: Config, title: str, decode: dict | None = None) -> dict:
@@ -86,15 +84,12 @@ def score_manifest(rows: list[dict], out_dir: Path, cfg: Config, title: str, dec
 
 def evaluate(cfg: Config, manifest: Path, out_dir: Path, model_spec: str | Path, title: str,
              run_dir: Path | None = None) -> dict:
-    """Transcribe `manifest` with `model_spec` (medasr.models.load.load_model: export, base folder, .nemo or Hub id) and
-    score it. A finished evaluation of the same inputs costs no model load; other scoring settings re-score the saved
-    transcripts; another model, manifest or prompt decodes again. Rows longer than the model's single-pass limit are
-    chunked and merged (medasr.transcribe)."""
+    """Transcribe `manifest` with `model_spec` (medasr.families.load_model: export, base folder, .nemo or Hub id) and
+    score it. Transcripts decoded from the same inputs are re-scored without loading a model; another model, manifest
+    or prompt decodes again. Rows longer than the model's single-pass limit are chunked and merged (medasr.transcribe).
+    Skipping a current evaluation altogether is the flywheel's (medasr.flywheel.evaluate_stage)."""
     decode = decode_inputs(cfg, manifest, model_spec)
-    state = eval_state(out_dir, decode, score_inputs(cfg))
-    if state == "done":
-        return json.loads((out_dir / "metrics.json").read_text()) | {"skipped": True}
-    if state == "rescore":
+    if transcripts_reusable(out_dir, decode):
         return score_manifest(read_manifest(out_dir / "hyps.json"), out_dir, cfg, title, decode) | {"rescored": True}
     rows = read_manifest(manifest)
     # an export decoded under other prompts than it was fine-tuned with gives other numbers: refused unless allowed
@@ -112,7 +107,7 @@ def evaluate(cfg: Config, manifest: Path, out_dir: Path, model_spec: str | Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(out_dir / "hyps.json", scored)
     metrics = score_manifest(scored, out_dir, cfg, title, decode)
-    if loaded.kind == "salm":  # the prompts the rows were decoded with (each row's is its `context` in hyps.json)
+    if family(loaded.kind).prompted:  # the prompts the rows were decoded with (each row's `context` in hyps.json)
         used = {"prompt": cfg.model.prompt, "prompts_by_source": dict(cfg.model.prompts_by_source)}
         metrics["prompts_used"] = used | {"rows_by_prompt": prompt_summary(rows), "trained": trained,
                                           "changed_from_trained": trained is not None and

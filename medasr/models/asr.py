@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from medasr.errors import InputError
-from medasr.models.optim import apply_recipe
 from medasr.models.salm import hub_ref, quiet_nemo
 from medasr.models.tdt_loss import use_cpu_tdt_loss
 
@@ -95,8 +94,8 @@ def _rebuild_loss(model) -> None:
 
 
 def prepare_for_training(model, cfg) -> dict:
-    """Full SFT: every parameter trains; the preset's optimizer and schedule (medasr.models.optim) go into NeMo's own
-    optim setup (ModelPT.configure_optimizers). Optionally switch tokenizer; on CPU swap in the CPU TDT loss."""
+    """Full SFT: every parameter trains (the family applies the preset's optimizer and schedule, medasr.models.optim).
+    Optionally switch tokenizer; on CPU swap in the CPU TDT loss."""
     from omegaconf import open_dict
 
     switch_tokenizer(model, cfg.model.tokenizer_dir)
@@ -109,7 +108,6 @@ def prepare_for_training(model, cfg) -> dict:
     model.compute_eval_loss = True
     with open_dict(model.cfg):
         model.cfg.compute_eval_loss = True
-    apply_recipe(model, cfg.train, "asr")
     return param_table(model)
 
 

@@ -1,26 +1,20 @@
-"""Loading a model, whatever it is: a base (SALM from the Hub or a folder, NeMo ASR .nemo), a medasr SALM adapter
-export, a fine-tuned .nemo, a slim training checkpoint into its base, and the freeze pattern training and loading
-share. transcribe, train (selection, export, training) and evaluate all load through here, so no stage imports
-another to get a model.
+"""What loading shares across the model families (medasr/families/): the freeze pattern training and loading apply, a
+slim training checkpoint into a model built from its base, where an export's meta file lives and how it names its base,
+the prompts an export was fine-tuned with, and telling a local path from a Hub id.
 """
 
 from __future__ import annotations
 
-import errno
 import json
-from dataclasses import dataclass, field
+import os
 from pathlib import Path
-from typing import Optional
 
 import torch
 from rich.table import Table
-from safetensors.torch import load_file
 
-from medasr.config import ModelConfig
 from medasr.console import console
 from medasr.errors import InputError, MedasrError
-from medasr.models import asr, salm
-from medasr.models.salm import group_of, load_base
+from medasr.models.salm import group_of
 from medasr.models.speed import state_key
 
 
@@ -90,23 +84,6 @@ def load_training_checkpoint(model, path: Path) -> dict:
     model.load_state_dict(sd, strict=False)
     return state
 
-
-
-EXPORT_NAME = "canary-qwen-medical-lora"
-
-
-MERGED = "merged"
-
-
-FORMAT = "medasr-salm-adapter/1"
-
-
-NEMO_EXPORT = "adapted_model.nemo"
-
-
-NEMO_FORMAT = "medasr-nemo-sft/1"
-
-
 class AdapterError(MedasrError, RuntimeError):
     pass
 
@@ -151,90 +128,17 @@ def check_prompt_change(spec: str | Path, prompt: str | None, by_source: dict | 
     return trained
 
 
+def export_base_ref(base: str | Path, out_dir: Path) -> str:
+    """How an export names its base: a local base relative to the export (the run directory moves as a whole), a Hub
+    id as it is."""
+    p = Path(base)
+    return os.path.relpath(p.resolve(), Path(out_dir).resolve()) if p.exists() else str(base)
+
+
 def meta_path(export: Path) -> Path:
     """The meta file of an export: `X.json` beside `X.nemo`, or `medasr_adapter.json` inside a SALM adapter folder."""
     export = Path(export)
     return export.with_suffix(".json") if export.suffix == ".nemo" else export / "medasr_adapter.json"
-
-
-def read_nemo_meta(nemo_path: Path) -> dict:
-    p = meta_path(nemo_path)
-    if not p.exists() or not Path(nemo_path).exists():
-        raise AdapterError(f"{nemo_path}: no medasr export here (need the .nemo and {p.name}); run `medasr export`")
-    meta = json.loads(p.read_text())
-    if meta.get("format") != NEMO_FORMAT:
-        raise AdapterError(f"{p}: unsupported format {meta.get('format')!r} (expected {NEMO_FORMAT})")
-    return meta
-
-
-def read_meta(adapter_dir: Path) -> dict:
-    p = meta_path(adapter_dir)
-    if not p.exists():
-        raise AdapterError(f"{adapter_dir}: not a medasr adapter (no medasr_adapter.json); export one with `medasr export`")
-    meta = json.loads(p.read_text())
-    if meta.get("format") != FORMAT:
-        raise AdapterError(f"{p}: unsupported format {meta.get('format')!r} (expected {FORMAT})")
-    return meta
-
-
-def export_base(adapter_dir: Path, meta: dict) -> str:
-    ref = meta["base_model"]
-    local = (Path(adapter_dir) / ref).resolve()
-    return str(local) if local.exists() else ref
-
-
-def load_adapted(adapter_dir: str | Path, map_location: str = "cpu"):
-    """Base + adapter. Refuses an adapter whose tensors do not all land in the model with the right shape."""
-    adapter_dir = Path(adapter_dir)
-    meta = read_meta(adapter_dir)
-    model = load_base(export_base(adapter_dir, meta), map_location=map_location)
-    tensors = load_file(str(adapter_dir / "adapter.safetensors"))
-    sd = model.state_dict()
-    unknown = [k for k in tensors if k not in sd]
-    bad = [f"{k}: {tuple(v.shape)} vs {tuple(sd[k].shape)}" for k, v in tensors.items() if k in sd and v.shape != sd[k].shape]
-    if unknown or bad:
-        raise AdapterError(
-            f"{adapter_dir}: adapter does not fit the base {meta['base_model']!r}: "
-            f"{len(unknown)} unknown keys {unknown[:5]}, {len(bad)} shape mismatches {bad[:5]}"
-        )
-    model.load_state_dict(tensors, strict=False)
-    return model, meta
-
-
-
-@dataclass
-class Loaded:
-    model: object
-    kind: str  # salm | asr
-    source: str
-    prompt: Optional[str] = None
-    prompts_by_source: dict = field(default_factory=dict)
-
-
-def load_model(spec: str | Path, kind: Optional[str] = None, device: Optional[str] = None) -> Loaded:
-    """Resolve a model argument: SALM export dir, SALM base dir, .nemo file, or a Hub id (kind guessed from the id
-    unless given: canary-qwen → salm, anything else → asr). Moves the model to `device` (default: cuda if present)."""
-    p = Path(spec)
-    if not p.exists() and looks_like_path(str(spec)):  # never sent to the Hub as a repo id
-        raise FileNotFoundError(errno.ENOENT, "no such model (a local path that does not exist; a Hub id reads "
-                                "org/name)", str(spec))
-    if (p / "medasr_adapter.json").exists():
-        model, meta = load_adapted(p)
-        loaded = Loaded(model, "salm", str(spec), meta["prompt"], meta.get("prompts_by_source") or {})
-    elif p.suffix == ".nemo" or kind == "asr" and not p.is_dir():
-        loaded = Loaded(asr.load_base(spec), "asr", str(spec))
-    elif (p / "config.json").exists() or kind == "salm" or (kind is None and "canary-qwen" in str(spec).lower()):
-        trained = trained_prompts(p)  # merged/ carries the prompts it was fine-tuned with
-        loaded = Loaded(salm.load_base(spec), "salm", str(spec), (trained or {}).get("prompt") or salm_default_prompt(),
-                        (trained or {}).get("prompts_by_source") or {})
-    elif p.exists():
-        raise FileNotFoundError(errno.ENOENT, "not a model (expected a medasr SALM export with medasr_adapter.json, "
-                                "a SALM folder with config.json, or a .nemo file)", str(spec))
-    else:
-        loaded = Loaded(asr.load_base(spec), "asr", str(spec))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    loaded.model = loaded.model.to(device)
-    return loaded
 
 
 def looks_like_path(spec: str) -> bool:
@@ -243,9 +147,3 @@ def looks_like_path(spec: str) -> bool:
     return (spec.startswith(("/", "./", "../", "~", ".")) or spec.count("/") > 1
             or Path(spec).suffix in (".nemo", ".json", ".safetensors", ".ckpt") or "\\" in spec
             or (spec.count("/") == 1 and Path(spec).parent.is_dir()))  # runs/x where runs/ is a local folder
-
-
-def salm_default_prompt() -> str:
-    return ModelConfig().prompt
-
-

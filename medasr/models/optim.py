@@ -27,25 +27,28 @@ def _schedule(train) -> dict[str, Any]:
     return {"warmup_steps": int(s.warmup_steps), "min_lr": float(s.min_lr), "max_steps": int(train.max_steps)}
 
 
-def apply_recipe(model, train, kind: str, constant_lr: bool = False) -> None:
-    """Write the recipe into a NeMo model's config in the schema its family reads (kind "salm" or "asr");
+SCHEMAS = ("speechlm2", "modelpt")  # ModelFamily.optim_schema
+
+
+def apply_recipe(model, train, schema: str, constant_lr: bool = False) -> None:
+    """Write the recipe into a NeMo model's config in the schema its family reads (`SCHEMAS`);
     `constant_lr` drops the schedule (the smoke run)."""
     from omegaconf import open_dict
 
     opt, sched = train.optimizer, None if constant_lr else train.lr_scheduler.name
     with open_dict(model.cfg):
-        if kind == "salm":
+        if schema == "speechlm2":
             model.cfg.optimizer = {"_target_": f"torch.optim.{opt.name}", **optimizer_args(opt)}
             model.cfg.pop("lr_scheduler", None)
             if sched is not None:
                 model.cfg.lr_scheduler = {"_target_": f"{SCHEDULER_MODULE}.{sched}", **_schedule(train)}
-        elif kind == "asr":
+        elif schema == "modelpt":
             # NeMo's optimizer registry names torch's classes in lower case (nemo.core.optim.optimizers)
             model.cfg.optim = {"name": opt.name.lower(), **optimizer_args(opt)}
             if sched is not None:
                 model.cfg.optim.sched = {"name": sched, **_schedule(train)}
         else:
-            raise ValueError(f"model.kind={kind!r}: salm or asr")
+            raise ValueError(f"optimizer schema {schema!r}: one of {SCHEMAS}")
 
 
 def torch_optimizer(params, opt, **extra):

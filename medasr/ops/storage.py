@@ -30,7 +30,7 @@ from urllib.parse import urlparse
 
 from medasr.atomic import write_text_atomic
 from medasr.errors import MedasrError
-from medasr.runstate import BUDGET, EXPORT_MARKERS, FAILED, run_is_done
+from medasr.runstate import BUDGET, FAILED, run_is_done
 
 PART_SIZE = 16 * 1024 * 1024
 STATE = ".medasr-s3-state.json"
@@ -380,15 +380,15 @@ def remote_run_state(uri: str, max_steps: int, endpoint_url: str | None = None) 
         return "failed"
     with tempfile.TemporaryDirectory() as tmp:
         rd = Path(tmp)
-        for rel in ("summary.json", "train/DONE", *EXPORT_MARKERS):
-            head = _remote(s3, bucket, _key(prefix, rel))
-            if head is None:
-                continue
-            (rd / rel).parent.mkdir(parents=True, exist_ok=True)
-            if rel in EXPORT_MARKERS:
-                (rd / rel).write_bytes(b"present")  # existence is all run_is_done checks
-            else:
+        for rel in ("summary.json", "train/DONE"):
+            if _remote(s3, bucket, _key(prefix, rel)) is not None:
+                (rd / rel).parent.mkdir(parents=True, exist_ok=True)
                 s3.download_file(bucket, _key(prefix, rel), str(rd / rel))
+        summary = rd / "summary.json"
+        marker = json.loads(summary.read_text()).get("export_file") if summary.exists() else None
+        if marker and _remote(s3, bucket, _key(prefix, marker)) is not None:
+            (rd / marker).parent.mkdir(parents=True, exist_ok=True)
+            (rd / marker).write_bytes(b"present")  # existence is all run_is_done checks
         if run_is_done(rd, max_steps)[0]:
             return "done"
     return "budget" if _remote(s3, bucket, _key(prefix, BUDGET)) is not None else "running"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from medasr.config import Config
 from medasr.data.manifest import prompted_manifests
-from medasr.train.trainer import data_config
+from medasr.families.salm import data_config
 
 
 def padding_stats(cfg: Config, model, data_dir: Path, work: Path, n_batches: int = 30) -> dict:

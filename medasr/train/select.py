@@ -1,4 +1,5 @@
-"""Checkpoint selection by validation WER, and the export reload check.
+"""Step 5 (README's workflow) — checkpoint selection by validation WER, and the export reload check (the export itself
+is the model family's: `ModelFamily.export`, medasr/families/).
 
 SALM's own validation gives loss and token accuracy only, and the lowest loss is not always the lowest WER. So at every
 validation during training, `ValWER` decodes a fixed subset of the validation set (the first
@@ -27,12 +28,11 @@ from medasr.console import console
 from medasr.data.manifest import read_manifest
 from medasr.errors import RunError
 from medasr.evaluate.metrics import score_rows
-from medasr.models import asr
-from medasr.models.load import AdapterError, Loaded, apply_freeze, load_model, load_training_checkpoint
-from medasr.models.salm import load_base
-from medasr.prompts import with_contexts
+from medasr.families import family, load_model
+from medasr.families.base import Loaded
+from medasr.models.load import AdapterError
 from medasr.train.average import average_checkpoints
-from medasr.transcribe import POLICIES, model_decoder, transcribe_rows
+from medasr.transcribe import transcribe_rows
 
 METRIC = "val_wer_norm"
 RELOAD_TOLERANCE = 0.001  # 0.1 WER point
@@ -48,9 +48,7 @@ def selection_rows(cfg: Config, run_dir: Path) -> list[dict]:
     rows = read_manifest(run_dir / "data" / "val.json")[: cfg.train.select_rows]
     if not rows:
         raise SelectionError(f"{run_dir / 'data' / 'val.json'} is empty: no rows to select checkpoints on")
-    if cfg.model.kind == "salm":
-        rows = with_contexts(rows, cfg.model.prompt, cfg.model.prompts_by_source)
-    return rows
+    return family(cfg).prompt_rows(rows, cfg.model.prompt, cfg.model.prompts_by_source)
 
 
 def corpus_wer(rows: list[dict], hyps: list[str], normalizer: str) -> float:
@@ -60,10 +58,10 @@ def corpus_wer(rows: list[dict], hyps: list[str], normalizer: str) -> float:
 
 def decode_rows(cfg: Config, model, rows: list[dict]) -> list[str]:
     """Transcripts of `rows` by an in-memory model, as the evaluation decodes them (same policy, prompts, settings)."""
-    loaded = Loaded(model, cfg.model.kind, "in-memory", cfg.model.prompt, dict(cfg.model.prompts_by_source))
-    decode = model_decoder(loaded, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.model.prompt,
-                           cfg.eval.static_cache)
-    return [r.text for r in transcribe_rows(rows, decode, POLICIES[cfg.model.kind], cfg.eval.batch_size)]
+    fam = family(cfg)
+    loaded = Loaded(model, fam.kind, "in-memory", cfg.model.prompt, dict(cfg.model.prompts_by_source))
+    decode = fam.decoder(loaded, cfg.eval.batch_size, cfg.eval.max_new_tokens, cfg.model.prompt, cfg.eval.static_cache)
+    return [r.text for r in transcribe_rows(rows, decode, fam.chunk_policy, cfg.eval.batch_size)]
 
 
 def model_wer(cfg: Config, model, rows: list[dict]) -> float:
@@ -138,18 +136,6 @@ def best_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_candidate(cfg: Config, base: str | Path, ckpt: Path):
-    """The base with a training checkpoint's weights, as export builds it (on the GPU when there is one)."""
-    if cfg.model.kind == "asr":
-        model = asr.load_base(base)
-        asr.switch_tokenizer(model, cfg.model.tokenizer_dir)
-    else:
-        model = load_base(base)
-        apply_freeze(model, list(cfg.model.freeze_params))
-    load_training_checkpoint(model, ckpt)
-    return model.to("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def choose(candidates: list[dict]) -> dict:
     """Lowest val WER; on a tie the earlier candidate (the single best checkpoint before the average)."""
     return min(candidates, key=lambda c: c["val_wer"])
@@ -171,7 +157,7 @@ def select_checkpoint(cfg: Config, run_dir: Path, base: str | Path, trained_step
         average_checkpoints(periodic, avg)
         cands.append({"name": f"average of {len(periodic)}", "path": str(avg), "sources": [p.name for p in periodic]})
     for c in cands:
-        model = load_candidate(cfg, base, Path(c["path"]))
+        model = family(cfg).load_checkpoint(cfg, base, Path(c["path"]))
         c["val_wer"] = round(model_wer(cfg, model, rows), 6)
         del model
     chosen = choose(cands)

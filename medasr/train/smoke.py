@@ -22,10 +22,9 @@ from medasr.config import Config
 from medasr.console import console
 from medasr.data.manifest import read_manifest, write_manifest
 from medasr.errors import RunError
-from medasr.models.optim import apply_recipe
+from medasr.families import family
 from medasr.ops.spend import price_per_hour
 from medasr.train.callbacks import RecipeRecord
-from medasr.train.trainer import prepare
 
 
 class SmokeRunError(RunError):
@@ -92,8 +91,9 @@ def smoke_run(cfg: Config, run_dir: Path, base: str | Path) -> dict:
     write_manifest(work / "input" / "val.json", chosen[:1])  # the loaders want one; validation is off here
     torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed, workers=True)
-    model, fit_kw, _ = prepare(cfg, work / "input", base, work)
-    apply_recipe(model, cfg.train, cfg.model.kind, constant_lr=True)  # the preset's optimizer, no schedule
+    fam = family(cfg)
+    model, fit_kw, _ = fam.prepare(cfg, work / "input", base, work)
+    fam.apply_recipe(model, cfg.train, constant_lr=True)  # the preset's optimizer, no schedule
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     rec, recipe = StepRecorder(), RecipeRecord(work / "recipe.json")
@@ -135,12 +135,3 @@ def smoke_run(cfg: Config, run_dir: Path, base: str | Path) -> dict:
         raise SmokeRunError(f"smoke run failed: {reason}. Lower train.optimizer.lr, check the data (medasr validate) and "
                             f"precision; details in {run_dir / 'train' / 'smoke.json'}")
     return result
-
-
-def smoke_current(run_dir: Path, base: str | Path) -> bool:
-    """A passed smoke run for this base is on disk (a resumed run does not repeat it)."""
-    try:
-        s = json.loads((run_dir / "train" / "smoke.json").read_text())
-        return s["ok"] and s["base"] == str(base)
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
-        return False

@@ -1,8 +1,6 @@
-"""Step 4 (README's workflow) — fine-tune under Lightning, for both model kinds:
-- salm: a SALM with LoRA (LLM frozen; encoder, projection, LoRA trained) — our equivalent of NeMo's
-  examples/speechlm2/salm_train.py (SALM + SALMDataset + DataModule + Trainer) without DDP/NCCL;
-- asr: a NeMo ASRModel (Parakeet-TDT) full SFT — what examples/asr/speech_to_text_finetune.py does.
-The same code runs on 2 CPU cores (tiny presets) and on one GPU, with the same machinery for both kinds:
+"""Step 4 (README's workflow) — fine-tune under Lightning. The model family (medasr/families/) prepares the model, its
+data loaders and its optimizer (`ModelFamily.prepare`); everything else is the same for every family, on 2 CPU cores
+(tiny presets) and on GPUs:
 - a checkpoint every `train.ckpt_every_n_steps` (the last `train.keep_last` kept) and a `last.ckpt`, plus the best by
   validation WER (medasr/train/select.py); re-running resumes from `last.ckpt`;
 - W&B logger (online when WANDB_API_KEY is set, offline otherwise) with one stable run id across restarts;
@@ -12,74 +10,23 @@ The same code runs on 2 CPU cores (tiny presets) and on one GPU, with the same m
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from medasr.atomic import write_text_atomic
 from medasr.config import Config, s3_uri, to_dict
 from medasr.console import console
-from medasr.data.manifest import prompted_manifests
-from medasr.models import asr
-from medasr.models.load import apply_freeze, print_param_table
-from medasr.models.optim import apply_recipe
-from medasr.models.salm import load_base, quiet_nemo
-from medasr.models.salm_train import MedasrSALM
-from medasr.models.speed import apply_speed
+from medasr.families import family
+from medasr.families.base import is_rank_zero
+from medasr.models.load import print_param_table
+from medasr.models.salm import quiet_nemo
 from medasr.ops.spend import price_per_hour
 from medasr.ops.tracking import offline, run_id
-from medasr.prompts import AUDIO_TAG
 from medasr.train.callbacks import (AtomicCheckpointIO, Progress, RecipeRecord, ResumeLog, S3Sync, SlimCheckpoints,
                                     StopSignalCheckpoint, Throughput, TrainingWatchdog)
 from medasr.train.select import ValWER, checkpoint_callbacks
-
-
-def data_config(model, cfg: Config, data_dir: Path) -> dict:
-    """SALM train/val loaders over `data_dir`'s manifests, whose rows carry their prompt in `context`
-    (medasr.data.manifest.prompted_manifests): NeMo prepends it as the user text turn before the audio."""
-    ted = model.token_equivalent_duration
-
-    def input_cfg(manifest: Path) -> list[dict]:
-        return [
-            {
-                "type": "lhotse_as_conversation",
-                "manifest_filepath": str(manifest.resolve()),
-                "audio_locator_tag": AUDIO_TAG,
-            }
-        ]
-
-    common = {"sample_rate": model.sampling_rate, "prompt_format": model.cfg.prompt_format, "token_equivalent_duration": ted}
-    train = {
-        **common,
-        "input_cfg": input_cfg(data_dir / "train.json"),
-        "seed": cfg.train.seed,
-        "shuffle": True,
-        "shard_seed": "randomized",
-        "num_workers": cfg.train.num_workers,
-        "batch_size": cfg.train.batch_size,
-    }
-    if cfg.train.bucketing or cfg.train.batch_tokens > 0:
-        # Conversations have no single duration: Lhotse's multimodal sampling measures each row in tokens (audio at
-        # token_equivalent_duration per token, plus prompt and transcript tokens), for batches and for buckets.
-        train |= {"use_multimodal_sampling": True, "measure_total_length": True}
-    if cfg.train.batch_tokens > 0:
-        train |= {"batch_size": None, "batch_tokens": cfg.train.batch_tokens}
-    if cfg.train.bucketing:  # bucket bins estimated from a first buffer of rows
-        train |= {"use_bucketing": True, "num_buckets": cfg.train.num_buckets, "concurrent_bucketing": False}
-    return {
-        "train_ds": train,
-        "validation_ds": {
-            **common,
-            "datasets": {"val": {"input_cfg": input_cfg(data_dir / "val.json")}},
-            "seed": cfg.train.seed,
-            "shard_seed": "randomized",
-            "num_workers": cfg.train.num_workers,
-            "batch_size": cfg.train.batch_size,
-        },
-    }
 
 
 def wandb_logger(cfg: Config, train_dir: Path):
@@ -99,51 +46,12 @@ def wandb_logger(cfg: Config, train_dir: Path):
     )
 
 
-def is_rank_zero() -> bool:
-    """Before the Trainer exists: Lightning's DDP launcher starts ranks > 0 with LOCAL_RANK/NODE_RANK set."""
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
-
-
 def is_done(train_dir: Path, max_steps: int) -> bool:
     done = train_dir / "DONE"
     if not done.exists():
         return False
     d = json.loads(done.read_text())
     return d.get("global_step") == max_steps == d.get("max_steps")
-
-
-def prepare_salm(cfg: Config, data_dir: Path, base: str | Path, work_dir: Path):
-    from nemo.collections.speechlm2 import DataModule, SALMDataset
-
-    model = load_base(base, cls=MedasrSALM)  # NeMo's SALM with our training step written out (models/salm_train.py)
-    apply_recipe(model, cfg.train, "salm")
-    table = apply_freeze(model, list(cfg.model.freeze_params))
-    speed = apply_speed(model, cfg.train)  # after freezing: the wrappers rename parameters, not state-dict keys
-    model.strict_loading = False  # slim checkpoints: frozen weights come from the base, checked in on_load_checkpoint
-
-    # rank zero writes them before Lightning's launcher starts the other ranks, which read them
-    prompted = prompted_manifests(cfg, data_dir, work_dir / "data") if is_rank_zero() else work_dir / "data"
-    datamodule = DataModule(OmegaConf.create(data_config(model, cfg, prompted)), tokenizer=model.tokenizer,
-                            dataset=SALMDataset(model.tokenizer))
-    record = {"kind": "salm", "groups": table, "freeze_params": list(cfg.model.freeze_params), "speed": speed,
-              "lora": OmegaConf.to_container(model.cfg.lora) if "lora" in model.cfg else None}
-    return model, {"datamodule": datamodule}, record
-
-
-def prepare_asr(cfg: Config, data_dir: Path, base: str | Path, work_dir: Path):
-    model = asr.load_base(base)
-    table = asr.prepare_for_training(model, cfg)
-    record = {"kind": "asr", "groups": table, "tokenizer_dir": cfg.model.tokenizer_dir,
-              "loss": type(model.loss._loss).__name__ if hasattr(model, "loss") else None}
-    asr.setup_data(model, cfg, data_dir)
-    return model, {}, record
-
-
-def prepare(cfg: Config, data_dir: Path, base: str | Path, work_dir: Path):
-    """(model ready to train, Trainer.fit kwargs, trainable-parameter record) for the preset's model kind, reading
-    data_dir/{train,val}.json; work_dir holds derived files (SALM: the prompted manifests)."""
-    fn = prepare_asr if cfg.model.kind == "asr" else prepare_salm
-    return fn(cfg, data_dir, base, work_dir)
 
 
 def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
@@ -159,7 +67,7 @@ def train(cfg: Config, run_dir: Path, base: str | Path) -> dict:
     from lightning.pytorch.callbacks import LearningRateMonitor
 
     seed_everything(cfg.train.seed, workers=True)
-    model, fit_kw, record = prepare(cfg, run_dir / "data", base, train_dir)
+    model, fit_kw, record = family(cfg).prepare(cfg, run_dir / "data", base, train_dir)
     print_param_table(record["groups"])
     zero = is_rank_zero()
     if zero:

@@ -16,6 +16,7 @@ import soundfile as sf
 
 from medasr.audio import SAMPLE_RATE
 from medasr.data.lexicon import core_lexicon
+from medasr.data.manifest import Row
 from medasr.errors import MedasrError
 
 MAX_SECONDS = 40.0
@@ -76,7 +77,7 @@ class SegmentWriter:
         self._seen: dict[str, str] = {}
         out_dir.mkdir(parents=True, exist_ok=True)
 
-    def add(self, split: str, seg_id: str, audio: np.ndarray, row: dict) -> dict | None:
+    def add(self, split: str, seg_id: str, audio: np.ndarray, row: Row) -> Row | None:
         dur = len(audio) / SAMPLE_RATE
         if dur <= 0.05:
             self.result.dropped["empty or < 50 ms audio"] += 1
@@ -92,7 +93,7 @@ class SegmentWriter:
         self._seen[digest] = seg_id
         path = self.out_dir / f"{safe_name(seg_id)}.wav"
         sf.write(path, pcm, SAMPLE_RATE, subtype="PCM_16")
-        full = {"audio_filepath": str(path.resolve()), "duration": round(dur, 4), **row, "id": seg_id}
+        full: Row = {"audio_filepath": str(path.resolve()), "duration": round(dur, 4), **row, "id": seg_id}
         self.result.splits.setdefault(split, []).append(full)
         return full
 
