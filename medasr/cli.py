@@ -220,17 +220,14 @@ def preflight(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_
     will run (and with --smoke, a short training run). Builds the data first if needed. Exit 1 with the reason when
     the run would be doomed."""
     from medasr.families import resolve_base
-    from medasr.flywheel import build_data
-    from medasr.train.preflight import model_preflight
-    from medasr.train.smoke import smoke_run
+    from medasr.flywheel import build_data, check_before_training
+    from medasr.train.inputs import ensure_current
 
     cfg = _cfg(preset, set_)
     rd = _run_dir(cfg, run_dir)
     build_data(cfg, rd)
     base = resolve_base(cfg, rd)
-    model_preflight(cfg, rd, base)
-    if smoke:
-        smoke_run(cfg, rd, base)
+    check_before_training(cfg, rd, base, ensure_current(cfg, rd, base, say=console.print), smoke)
     console.print(f"[green]preflight passed[/]: {rd / 'train' / 'preflight.json'}"
                   + (f", {rd / 'train' / 'smoke.json'}" if smoke else ""))
 
@@ -238,7 +235,9 @@ def preflight(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_
 @app.command("train")
 def train_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: Optional[List[str]] = SetOpt):
     """Fine-tune: SALM LoRA or ASR full SFT, per the preset (resumes from RUN/train/checkpoints/last.ckpt)."""
+    from medasr import provenance
     from medasr.families import resolve_base
+    from medasr.flywheel import train_record
     from medasr.train.inputs import ensure_current
     from medasr.train.callbacks import TrainingWatchdogError
     from medasr.train.trainer import is_rank_zero, train
@@ -249,9 +248,11 @@ def train_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: O
         _need_file(rd / "data" / f"{split}.json", "manifest")
     base = resolve_base(cfg, rd)
     if is_rank_zero():  # other DDP ranks re-run this command after rank zero has checked
-        ensure_current(cfg, rd, base, say=console.print)
+        train_fp = ensure_current(cfg, rd, base, say=console.print)
     try:
         console.print(train(cfg, rd, base))
+        if is_rank_zero():  # the flywheel then knows this training run is done (RUN/provenance/train.json)
+            provenance.write(rd, "train", train_record(cfg, train_fp), "train/DONE")
     except TrainingWatchdogError as e:  # the run cannot succeed as configured: the supervisor must not relaunch it
         if is_rank_zero():
             mark_failed(rd, "train", e)

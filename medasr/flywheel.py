@@ -154,11 +154,30 @@ def evaluate_stage(cfg: Config, run_dir: Path, cycle: int, model: str | Path, ti
                    manifest: Path | None = None, stage=None) -> dict:
     """Evaluation cycle N (also `medasr eval`): RUN/eval/cycle<N>/, skipped while its record matches the model, the
     manifest, the prompts and the scoring settings."""
-    manifest = manifest or run_dir / "data" / "test.json"
+    manifest, out = manifest or run_dir / "data" / "test.json", run_dir / "eval" / f"cycle{cycle}"
     stage = stage or (lambda key, fn, **kw: run_stage(run_dir, key, fn, say=console.print, **kw))
-    return stage(f"eval-cycle{cycle}", lambda: evaluate(cfg, manifest, run_dir / "eval" / f"cycle{cycle}", model, title,
-                                                        run_dir),
-                 inputs=eval_inputs(cfg, manifest, model), result=f"eval/cycle{cycle}/metrics.json")
+    return stage(f"eval-cycle{cycle}", lambda: evaluate(cfg, manifest, out, model, title, run_dir),
+                 inputs=eval_inputs(cfg, manifest, model), result=f"eval/cycle{cycle}/metrics.json",
+                 still_there=(out / "hyps.json").exists)  # compare reads the transcripts
+
+
+def train_record(cfg: Config, train_fp: str) -> dict:
+    """What the train stage is made from: the training fingerprint (data, base, recipe: medasr.train.inputs) and how
+    far it runs."""
+    return {"train": train_fp, "max_steps": cfg.train.max_steps}
+
+
+def check_before_training(cfg: Config, run_dir: Path, base: str, train_fp: str, smoke: bool, stage=None) -> None:
+    """Model preflight, then (`smoke`, train.smoke_steps > 0, nothing trained yet) the smoke run; each skipped while
+    its record matches the training fingerprint (also `medasr preflight [--smoke]`)."""
+    stage = stage or (lambda key, fn, **kw: run_stage(run_dir, key, fn, say=console.print, **kw))
+    t = cfg.train  # beyond the fingerprint: the settings whose checks these are (whether validation will run)
+    plan = {k: getattr(t, k) for k in ("max_steps", "val_every_n_steps", "limit_val_batches")}
+    stage("preflight", lambda: model_preflight(cfg, run_dir, base), inputs={"train": train_fp, "plan": plan},
+          result="train/preflight.json")
+    if smoke and t.smoke_steps > 0 and not (run_dir / "train" / "checkpoints" / "last.ckpt").exists():
+        stage("smoke", lambda: smoke_run(cfg, run_dir, base), inputs={"train": train_fp, "steps": t.smoke_steps},
+              result="train/smoke.json")
 
 
 def select_and_export(cfg: Config, run_dir: Path, base: str, step: int, train_fp: str | None, stage=None) -> dict:
@@ -166,11 +185,17 @@ def select_and_export(cfg: Config, run_dir: Path, base: str, step: int, train_fp
     both. Two stages, each with its record: a restart after the selection does not decode the candidates again."""
     fam = family(cfg)
     stage = stage or (lambda key, fn, **kw: run_stage(run_dir, key, fn, say=console.print, **kw))
+    def chosen_there() -> bool:  # a moved or restored run, a pruned checkpoint: select again
+        sel = json.loads((run_dir / "train" / "selection.json").read_text())
+        return Path(sel["chosen"]["path"]).is_file()
+
     sel = stage("select", lambda: select_checkpoint(cfg, run_dir, base, step),
-                inputs={"train": train_fp, "trained_steps": step}, result="train/selection.json")
+                inputs={"train": train_fp, "trained_steps": step}, result="train/selection.json",
+                still_there=chosen_there)
     export = fam.export_path(run_dir)
     stage("export", lambda: export_checked(cfg, run_dir, base, sel, train_fp),
-          inputs={"selection": file_sha256(run_dir / "train" / "selection.json")},
+          inputs={"train": train_fp, "selection": file_sha256(run_dir / "train" / "selection.json"),
+                  "checkpoint": file_sha256(Path(sel["chosen"]["path"]))},
           result=str(meta_path(export).relative_to(run_dir)), still_there=export.exists)
     return sel
 
@@ -251,14 +276,10 @@ def _run_flywheel(cfg: Config, run_dir: Path, force_train: bool, current: list) 
             console.print("[yellow]gate says no; training anyway because --force was given (logged in gate.json)")
 
         train_fp = ensure_current(cfg, run_dir, base, say=console.print)  # other inputs: train afresh, not resume
-        made_from = {"train": train_fp}  # data, base and recipe (medasr.train.inputs)
-        trained = provenance.current(run_dir, "train", made_from | {"max_steps": cfg.train.max_steps})
-        if trained is None:  # a finished training run needs neither check again
-            stage("preflight", lambda: model_preflight(cfg, run_dir, base), made_from, "train/preflight.json")
-            if cfg.train.smoke_steps > 0 and not (run_dir / "train" / "checkpoints" / "last.ckpt").exists():
-                stage("smoke", lambda: smoke_run(cfg, run_dir, base), made_from, "train/smoke.json")
+        if provenance.current(run_dir, "train", train_record(cfg, train_fp)) is None:  # trained: no check again
+            check_before_training(cfg, run_dir, base, train_fp, smoke=True, stage=stage)
         done = stage("train", lambda: train(cfg, run_dir, base) if cfg.train.devices == 1 else train_ddp(cfg, run_dir),
-                     made_from | {"max_steps": cfg.train.max_steps}, "train/DONE")
+                     train_record(cfg, train_fp), "train/DONE")
         selection = select_and_export(cfg, run_dir, base, done["global_step"], train_fp, stage)
         adapter = fam.export_path(run_dir)
         after = evaluate_stage(cfg, run_dir, 1, adapter, "Cycle 1 — fine-tuned", test, stage)

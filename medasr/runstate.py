@@ -32,7 +32,9 @@ def run_is_done(run_dir: Path, max_steps: int) -> tuple[bool, str]:
     done = run_dir / "train" / "DONE"
     if not done.exists() or json.loads(done.read_text()).get("global_step") != max_steps:
         return False, "train/DONE missing or short of max_steps"
-    marker = summary.get("export_file")  # relative to the run: a run directory moves (S3 restore, copies)
+    # relative to the run: a run directory moves (S3 restore, copies); a summary written before `export_file` existed
+    # names the export by its absolute path, whose name is the export's name inside the run
+    marker = summary.get("export_file") or (Path(summary["export"]).name if summary.get("export") else None)
     if not marker or not (run_dir / marker).exists():
         return False, "model not exported"
     return True, "done"

@@ -90,7 +90,10 @@ def evaluate(cfg: Config, manifest: Path, out_dir: Path, model_spec: str | Path,
     Skipping a current evaluation altogether is the flywheel's (medasr.flywheel.evaluate_stage)."""
     decode = decode_inputs(cfg, manifest, model_spec)
     if transcripts_reusable(out_dir, decode):
-        return score_manifest(read_manifest(out_dir / "hyps.json"), out_dir, cfg, title, decode) | {"rescored": True}
+        kept = {k: v for k, v in json.loads((out_dir / "metrics.json").read_text()).items() if k == "prompts_used"}
+        metrics = score_manifest(read_manifest(out_dir / "hyps.json"), out_dir, cfg, title, decode) | kept
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))  # the transcripts' prompts, kept
+        return metrics | {"rescored": True}
     rows = read_manifest(manifest)
     # an export decoded under other prompts than it was fine-tuned with gives other numbers: refused unless allowed
     trained = check_prompt_change(model_spec, cfg.model.prompt, cfg.model.prompts_by_source, cfg.eval.allow_prompt_change)

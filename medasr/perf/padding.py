@@ -1,4 +1,4 @@
-"""How much of each training batch is padding, with the fine-tune's own data pipeline (trainer.data_config →
+"""How much of each training batch is padding, with the fine-tune's own data pipeline (families.salm.data_config →
 NeMo DataModule → Lhotse sampler). Padded audio frames still go through the encoder, and padded positions through
 the LLM: the padding fraction is the compute that duration bucketing (train.bucketing) can give back."""
 
