@@ -59,6 +59,11 @@ class TinyASRConfig:
     tdt_durations: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
 
 
+# The model families (medasr/families/: one module each), checked here at config load without importing any model
+# library; tests/test_structure.py keeps this equal to medasr.families.FAMILIES.
+KINDS = {"salm": "Canary-Qwen LoRA", "asr": "Parakeet-TDT full fine-tune"}
+
+
 @dataclass
 class ModelConfig:
     # salm: NeMo speechlm2 SALM (Canary-Qwen), LoRA + encoder + projection trained.
@@ -401,8 +406,8 @@ def load_config(preset: str, overrides: Optional[list[str]] = None) -> Config:
         # update() understands list indices (data.mix.0.local=...) and, on a structured config, rejects unknown keys
         OmegaConf.update(merged, key.strip(), yaml.safe_load(value) if value.strip() else None, merge=True)
     cfg = OmegaConf.to_object(merged)
-    if cfg.model.kind not in ("salm", "asr"):
-        raise ValueError(f"model.kind={cfg.model.kind!r}: use salm (Canary-Qwen LoRA) or asr (Parakeet-TDT full fine-tune)")
+    if cfg.model.kind not in KINDS:
+        raise ValueError(f"model.kind={cfg.model.kind!r}: use " + " or ".join(f"{k} ({v})" for k, v in KINDS.items()))
     if cfg.model.kind == "asr" and cfg.train.devices > 1:
         # NeMo builds the ASR loaders before the DDP process group exists, so every rank would read the same batches;
         # wiring their sharding is not done (a first attempt hung in validation on CPU/gloo). SALM presets shard.

@@ -146,3 +146,11 @@ def _timed(cmd) -> float:
     t = time.perf_counter()
     subprocess.run(cmd, cwd=REPO, capture_output=True, check=True)
     return time.perf_counter() - t
+
+
+def test_every_model_family_is_a_kind_the_config_accepts():
+    """config.KINDS (checked at config load, before any model library is imported) names exactly the families."""
+    from medasr.config import KINDS
+    from medasr.families import FAMILIES
+
+    assert set(KINDS) == set(FAMILIES) and all(FAMILIES[k].kind == k for k in FAMILIES)

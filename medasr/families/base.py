@@ -1,7 +1,8 @@
 """The model-family interface: everything the stages (train, evaluate, transcribe), the flywheel and the CLI need from a
 model family, in the order of the workflow. Each family implements it in one module (medasr/families/salm.py,
 medasr/families/asr.py) that reads from top to bottom in the same order; nothing outside a family's module branches
-on which family it is. Adding a family = its module, its entry in medasr/families/__init__.py, a preset and tests.
+on which family it is. Adding a family = its module, its entry in medasr/families/__init__.py and config.KINDS,
+a preset and tests.
 
    base        check_base · build_tiny · load_base · claims / load (any model argument of this family)
    preflight   check_model: the base loads fully, the trainable parameters are the intended ones, the data renders
