@@ -59,9 +59,25 @@ class TinyASRConfig:
     tdt_durations: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
 
 
+@dataclass
+class WhisperSettings:
+    """model.kind whisper (medasr/families/whisper.py): Hugging Face Whisper with a PEFT LoRA, or a full fine-tune."""
+
+    lora_r: int = 32  # 0: a full fine-tune of every parameter model.freeze_params does not match
+    lora_alpha: int = 64
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # in encoder and decoder
+    language: str = "en"  # a multilingual Whisper is prompted <|en|><|transcribe|><|notimestamps|>
+    # `model.base: tiny`: a random-init Whisper of this size with tiny.en's tokenizer (offline machinery tests)
+    tiny_d_model: int = 64
+    tiny_layers: int = 2
+    tiny_heads: int = 2
+
+
 # The model families (medasr/families/: one module each), checked here at config load without importing any model
 # library; tests/test_structure.py keeps this equal to medasr.families.FAMILIES.
-KINDS = {"salm": "Canary-Qwen LoRA", "asr": "Parakeet-TDT full fine-tune"}
+KINDS = {"salm": "Canary-Qwen LoRA", "asr": "Parakeet-TDT full fine-tune",
+         "whisper": "Hugging Face Whisper, LoRA or full fine-tune"}
 
 
 @dataclass
@@ -83,6 +99,7 @@ class ModelConfig:
     freeze_params: list[str] = field(default_factory=lambda: [r"^llm\..+$", r"^embed_tokens\..+$"])
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     tiny_asr: TinyASRConfig = field(default_factory=TinyASRConfig)
+    whisper: WhisperSettings = field(default_factory=WhisperSettings)
 
 
 @dataclass
@@ -318,11 +335,12 @@ ZERO_OK = {
     "data.synth.workers", "gate.min_rows", "gate.min_per_priority", "model.tiny.llm_vocab_size",
     "model.tiny.encoder_subsampling_channels", "pretrain.neural_train", "pretrain.max_minutes",
     "pretrain.warmup_steps", "pretrain.min_lr", "pretrain.lr", "bench.warmup_steps", "ops.kill_grace_s",
-    "model.tiny_asr.tdt_durations",
+    "model.tiny_asr.tdt_durations", "model.whisper.lora_r",
 }
 ANY_NUMBER = {"train.seed", "data.seed", "pretrain.seed"}
 FRACTIONS = {"data.synth.unseen_fraction": (0.0, 1.0, False), "gate.ker_threshold": (0.0, 1.0, True),
-             "model.tiny.lora_dropout": (0.0, 1.0, False), "pretrain.ctc_weight": (0.0, 1.0, True),
+             "model.tiny.lora_dropout": (0.0, 1.0, False), "model.whisper.lora_dropout": (0.0, 1.0, False),
+             "pretrain.ctc_weight": (0.0, 1.0, True),
              "train.optimizer.betas": (0.0, 1.0, False), "pretrain.betas": (0.0, 1.0, False)}
 # keys that moved: a preset or --set still using the old name is told the new one (the schema rejects unknown keys)
 RENAMED = {"train.lr": "train.optimizer.lr", "train.weight_decay": "train.optimizer.weight_decay",

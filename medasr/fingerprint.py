@@ -37,20 +37,22 @@ def digest(obj) -> str:
 
 def model_digest(spec: str | Path) -> str:
     """A model's content hash: a file (.nemo, checkpoint) is hashed; a folder hashes every file the model is made of
-    (not model cards, not `merged/`, which is derived from the same weights), plus its base model when it is a medasr
-    adapter export; a Hub id is its own name (pin `@revision` to make it a content address)."""
+    (not model cards; not a SALM adapter export's `merged/`, which is derived from the same weights), plus its base
+    model when it is a medasr SALM adapter export; a Hub id is its own name (pin `@revision` to make it a content
+    address)."""
     p = Path(spec)
     if p.is_file():
         return file_sha256(p)
     if not p.is_dir():
         return f"ref:{spec}"
     h = hashlib.sha256()
+    meta = p / "medasr_adapter.json"
+    derived = ("merged",) if meta.exists() else ()  # a SALM export's merged/ is made from its adapter and base
     for f in sorted(x for x in p.rglob("*") if x.is_file()):
         rel = f.relative_to(p)
-        if f.suffix in _NOT_MODEL or rel.parts[0] == "merged":
+        if f.suffix in _NOT_MODEL or rel.parts[0] in derived:
             continue
         h.update(f"{rel.as_posix()}\0{file_sha256(f)}\n".encode())
-    meta = p / "medasr_adapter.json"
     if meta.exists():
         base = json.loads(meta.read_text()).get("base_model")
         if base:

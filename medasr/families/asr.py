@@ -45,10 +45,13 @@ class NemoASRFamily(ModelFamily):
     def load_base(self, base: str | Path):
         return asr.load_base(base)
 
-    def claims(self, path: Path, kind: Optional[str]) -> bool:
-        """A .nemo file, a file argument given as asr, or a Hub id no other family claims (NeMo ASR's catalogue)."""
-        return (path.suffix == ".nemo" or (kind == "asr" and not path.is_dir())
-                or (not path.exists() and kind is None and "canary-qwen" not in str(path).lower()))
+    def claims(self, path: Path, kind: Optional[str]) -> int:
+        """A .nemo file; a file argument given as asr; or, as a fallback, a Hub id (NeMo ASR's catalogue)."""
+        if path.suffix == ".nemo":
+            return 3
+        if kind == "asr" and not path.is_dir():
+            return 2
+        return 1 if not path.exists() and kind is None else 0
 
     def load(self, spec: str | Path) -> Loaded:
         return Loaded(asr.load_base(spec), self.kind, str(spec))  # an export is a .nemo like any base
@@ -93,6 +96,9 @@ class NemoASRFamily(ModelFamily):
 
     def read_export_meta(self, export: Path) -> dict:
         return read_nemo_meta(export)
+
+    def meta_file(self, export: Path) -> Path:
+        return meta_path(export)
 
     def write_model_card(self, export: Path, meta: dict, build_report: dict, before: dict, after: dict,
                          compare: dict, date: str) -> Path:

@@ -85,9 +85,15 @@ class ModelFamily(ABC):
     def load_base(self, base: str | Path):
         """The base model (Hub id[@revision] or local path), on the CPU."""
 
+    def locate_base(self, base: str) -> str:
+        """A named base this family knows (e.g. an installed release) → the path or id to load it from."""
+        return base
+
     @abstractmethod
-    def claims(self, path: Path, kind: Optional[str]) -> bool:
-        """Whether a model argument (a path that may not exist, or a Hub id) is one of this family's models."""
+    def claims(self, path: Path, kind: Optional[str]) -> int:
+        """How surely a model argument (a path that may not exist, or a Hub id) is one of this family's models: 3 its
+        files say so, 2 `kind` or its name says so, 1 a fallback (a Hub id nobody else claims), 0 not ours.
+        `load_model` takes the family that claims it most surely."""
 
     @abstractmethod
     def load(self, spec: str | Path) -> Loaded:
@@ -132,6 +138,10 @@ class ModelFamily(ABC):
     @abstractmethod
     def read_export_meta(self, export: Path) -> dict:
         """The export's meta record; a clear error when `export` is not this family's export."""
+
+    @abstractmethod
+    def meta_file(self, export: Path) -> Path:
+        """Where the export's meta record is (written last: its presence says the export is whole)."""
 
     @abstractmethod
     def write_model_card(self, export: Path, meta: dict, build_report: dict, before: dict, after: dict,

@@ -69,13 +69,15 @@ class SALMFamily(ModelFamily):
     def load_base(self, base: str | Path):
         return load_base(base)
 
-    def claims(self, path: Path, kind: Optional[str]) -> bool:
-        """A medasr adapter export, a folder in the release's layout (config.json; merged/ too), or a Hub id given as
-        salm or naming canary-qwen."""
+    def claims(self, path: Path, kind: Optional[str]) -> int:
+        """A medasr adapter export; a folder with a config.json (the release's layout; merged/ too) or a Hub id given
+        as salm or naming canary-qwen."""
         if path.suffix == ".nemo":
-            return False
-        return ((path / META_FILE).exists() or (path / "config.json").exists() or kind == "salm"
-                or (kind is None and "canary-qwen" in str(path).lower()))
+            return 0
+        if (path / META_FILE).exists():
+            return 3
+        sure = (path / "config.json").exists() or kind == "salm" or (kind is None and "canary-qwen" in str(path).lower())
+        return 2 if sure else 0
 
     def load(self, spec: str | Path) -> Loaded:
         p = Path(spec)
@@ -168,6 +170,9 @@ class SALMFamily(ModelFamily):
 
     def read_export_meta(self, export: Path) -> dict:
         return read_meta(export)
+
+    def meta_file(self, export: Path) -> Path:
+        return meta_path(export)
 
     def write_model_card(self, export: Path, meta: dict, build_report: dict, before: dict, after: dict,
                          compare: dict, date: str) -> Path:
