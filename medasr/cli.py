@@ -346,7 +346,7 @@ def average(ckpts: List[Path] = typer.Argument(..., help="training checkpoints o
 def transcribe(inputs: List[Path] = typer.Argument(..., help="audio files, folders of audio, or NeMo manifests"),
                model: Optional[str] = typer.Option(None, "--model", "--adapter", "--base",
                                                    help="SALM export folder, SALM folder, .nemo file, or Hub id"),
-               kind: Optional[str] = typer.Option(None, help="salm | asr, for a Hub id (default: guessed from the id)"),
+               kind: Optional[str] = typer.Option(None, help="salm | asr | whisper, for a Hub id (default: guessed from the id)"),
                out: Optional[Path] = typer.Option(None, help="write per-file outputs + transcripts.json here"),
                format_: str = typer.Option("txt,json,srt", "--format", help="comma-separated: txt, json, srt"),
                prompt: Optional[str] = typer.Option(None, help="SALM only; default: the prompts the export was "
