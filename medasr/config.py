@@ -66,7 +66,11 @@ class WhisperSettings:
     lora_r: int = 32  # 0: a full fine-tune of every parameter model.freeze_params does not match
     lora_alpha: int = 64
     lora_dropout: float = 0.05
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # in encoder and decoder
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    lora_scope: str = "all"  # all: the targets in encoder and decoder; decoder: in the decoder only (encoder frozen)
+    # with the encoder frozen, each utterance's encoder states are computed once and kept (fp16, CPU) for later
+    # epochs and validations: a step then costs ~1/4 (bench/whisper_speed.py)
+    cache_encoder_states: bool = True
     language: str = "en"  # a multilingual Whisper is prompted <|en|><|transcribe|><|notimestamps|>
     # `model.base: tiny`: a random-init Whisper of this size with tiny.en's tokenizer (offline machinery tests)
     tiny_d_model: int = 64

@@ -38,7 +38,9 @@ def test_tiny_whisper_runs_the_flywheel_and_exports_a_lora(tiny_whisper_run):
     trainable = json.loads((run_dir / "train/trainable_params.json").read_text())["groups"]
     assert trainable["lora"]["trainable"] > 0 and trainable["encoder"]["trainable"] == 0  # LoRA only
     adapter = json.loads((run_dir / "whisper-medical/adapter/adapter_config.json").read_text())
-    assert adapter["r"] == cfg.model.whisper.lora_r and sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
+    # lora_scope decoder: one regex PEFT matches in full, q/v of the decoder's self- and cross-attention only
+    assert adapter["r"] == cfg.model.whisper.lora_r and adapter["target_modules"].startswith(r".*decoder\.layers")
+    assert adapter["target_modules"].endswith("(q_proj|v_proj)")
     meta = json.loads((run_dir / "whisper-medical/medasr_whisper.json").read_text())
     assert meta["reload_check"]["ok"] and meta["decoder_prompt"] == [50257, 50362]
     assert "LoRA (r=8" in (run_dir / "whisper-medical/README.md").read_text()
@@ -96,3 +98,41 @@ def test_load_model_picks_the_family_that_claims_the_argument(tmp_path):
     assert pick("openai/whisper-large-v3-turbo") == "whisper" and pick("tiny.en") == "whisper"
     assert pick("nvidia/parakeet-tdt-0.6b-v2") == "asr" and pick("x.nemo", "salm") == "asr"
     assert pick("nvidia/canary-qwen-2.5b", "asr") == "asr" and pick(tmp_path, "asr") is None
+
+
+def test_cached_encoder_states_give_the_same_loss_and_gradients(tmp_path):
+    """Decoder-only LoRA: the frozen encoder runs once per utterance (bench/whisper_speed.py: a step ×0.11 of a
+    LoRA in encoder and decoder); the loss and the LoRA gradients equal those of the uncached forward."""
+    import torch
+
+    from medasr.families.whisper import WhisperModule, build_tiny_whisper, load_hf
+
+    cfg = load_config("tiny-whisper", ["model.whisper.lora_scope=decoder", "model.whisper.lora_dropout=0"])
+    base = build_tiny_whisper(cfg, tmp_path)
+    m = WhisperModule(load_hf(base), cfg)
+    assert m.encoder_states_fixed() and m.groups()["encoder"]["trainable"] == 0
+    torch.manual_seed(0)
+    for p in m.parameters():  # PEFT starts LoRA B at zero: give it values so gradients reach every LoRA matrix
+        if p.requires_grad:
+            p.data.normal_(0, 0.02)
+    feats = torch.randn(2, 80, 3000)
+    labels = torch.tensor([m.labels("start apixaban today"), m.labels("stop the ramipril")])
+    batch = {"input_features": feats, "labels": labels, "keys": ["a", "b"]}
+
+    def loss_and_grads(b):
+        m.zero_grad()
+        loss = m.loss(b)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}
+
+    plain, g_plain = loss_and_grads({k: v for k, v in batch.items() if k != "keys"})
+    first, g_first = loss_and_grads(batch)
+    calls = []
+    m.whisper.model.encoder.register_forward_hook(lambda *a: calls.append(1))
+    again, g_again = loss_and_grads(batch)
+    assert not calls and set(m._states) == {"a", "b"}  # the second pass read the cache
+    assert torch.allclose(plain, first, atol=1e-3) and torch.allclose(first, again)
+    assert all(torch.allclose(g_plain[n], g_again[n], atol=1e-3, rtol=1e-2) for n in g_plain)
+    m.cache_encoder = False  # off: the encoder runs every time
+    loss_and_grads(batch)
+    assert calls

@@ -19,6 +19,7 @@ adapter/ (the PEFT LoRA alone, for `PeftModel.from_pretrained(base, "adapter")`;
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -31,6 +32,7 @@ from medasr import __version__
 from medasr.audio import SAMPLE_RATE, read_audio
 from medasr.config import Config
 from medasr.data.manifest import read_manifest
+from medasr.errors import InputError
 from medasr.families.base import ChunkPolicy, Loaded, ModelFamily, ModelPreflightError
 from medasr.families.card import results_section, selection_lines, steps_line
 from medasr.models.load import AdapterError, export_base_ref, load_training_checkpoint
@@ -197,19 +199,23 @@ class WhisperModule(LightningModule):
         if settings is not None and settings.lora_r > 0:
             from peft import LoraConfig, get_peft_model
 
+            scopes = {"all": list(settings.lora_targets),  # PEFT: module-name suffixes, or one regex matched in full
+                      "decoder": rf".*decoder\.layers\.\d+\..*\.({'|'.join(map(re.escape, settings.lora_targets))})"}
+            if settings.lora_scope not in scopes:
+                raise InputError(f"model.whisper.lora_scope={settings.lora_scope!r}: use {' or '.join(scopes)}")
             self.lora = {"r": settings.lora_r, "alpha": settings.lora_alpha, "dropout": settings.lora_dropout,
-                         "targets": list(settings.lora_targets)}
+                         "targets": list(settings.lora_targets), "scope": settings.lora_scope}
             model = get_peft_model(model, LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
                                                      lora_dropout=settings.lora_dropout,
-                                                     target_modules=list(settings.lora_targets)))
+                                                     target_modules=scopes[settings.lora_scope]))
         self.model = model
         if cfg is not None:
-            import re
-
             frozen = [re.compile(p) for p in cfg.model.freeze_params]
             for name, p in self.model.named_parameters():
                 if any(f.match(name) for f in frozen):
                     p.requires_grad_(False)
+        self.cache_encoder = bool(settings and settings.cache_encoder_states)
+        self._states: dict[str, torch.Tensor] = {}  # utterance key → frozen encoder states (fp16, CPU)
         self.sampling_rate = SAMPLE_RATE  # read by the Throughput callback
         self.strict_loading = False  # slim checkpoints: frozen weights come from the base
         self.train_cfg, self.constant_lr = (cfg.train if cfg else None), False
@@ -250,13 +256,38 @@ class WhisperModule(LightningModule):
         fe = self.processor.feature_extractor
         return fe(list(audios), sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
 
+    def encoder_states_fixed(self) -> bool:
+        """The encoder gives each utterance the same states every time: nothing in it trains, and no dropout or
+        SpecAugment (Whisper's defaults) changes them between passes."""
+        c = self.whisper.config
+        return (not any(p.requires_grad for p in self.whisper.model.encoder.parameters()) and not c.dropout
+                and not c.attention_dropout and not c.activation_dropout and not c.apply_spec_augment)
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        """The labels' cross-entropy; with fixed encoder states and `cache_encoder_states`, from states each
+        utterance computes once, kept for later epochs and validations (the same loss and gradients)."""
+        if not (self.cache_encoder and "keys" in batch and self.encoder_states_fixed()):
+            return self.model(input_features=batch["input_features"], labels=batch["labels"]).loss
+        todo = [i for i, k in enumerate(batch["keys"]) if k not in self._states]
+        if todo:
+            encoder = self.whisper.model.encoder
+            was = encoder.training
+            encoder.eval()
+            with torch.no_grad():
+                states = encoder(batch["input_features"][todo]).last_hidden_state
+            encoder.train(was)
+            for i, s in zip(todo, states):
+                self._states[batch["keys"][i]] = s.to("cpu", torch.float16)
+        states = torch.stack([self._states[k] for k in batch["keys"]]).to(self.device, torch.float32)
+        return self.model(encoder_outputs=(states,), labels=batch["labels"]).loss
+
     def training_step(self, batch: dict, batch_idx: int):
-        loss = self.model(input_features=batch["input_features"], labels=batch["labels"]).loss
+        loss = self.loss(batch)
         self.log("loss", loss, on_step=True, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int):
-        loss = self.model(input_features=batch["input_features"], labels=batch["labels"]).loss
+        loss = self.loss(batch)
         self.log("val_loss", loss, on_epoch=True, batch_size=len(batch["labels"]), sync_dist=True)
         return loss
 
@@ -320,7 +351,8 @@ class ManifestData(LightningDataModule):
         width = max(map(len, labels))
         return {"input_features": self.module.features(audios),
                 "labels": torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels]),
-                "audio_lens": torch.tensor([len(a) for a in audios])}
+                "audio_lens": torch.tensor([len(a) for a in audios]),
+                "keys": [f"{r['audio_filepath']}@{r.get('offset', 0.0)}:{r['duration']}" for r in rows]}
 
 
 # --- loading, the offline base, the export's record ----------------------------------------------------------------
