@@ -71,33 +71,31 @@ def tiny_parakeet_data_and_base(tiny_parakeet_run, tmp_path):
     return fresh_run_dir(tiny_parakeet_run[1], tmp_path)
 
 
-@pytest.fixture(scope="session")
-def tiny_parakeet_run(tiny_run, tmp_path_factory):
-    """The second model path end to end: the flywheel on tiny-parakeet (sharing the tiny run's data)."""
+def _flywheel_on_tiny_data(tiny_run, tmp_path_factory, preset: str, overrides: list[str]):
+    """Another model family's flywheel end to end, on the tiny run's data: (cfg, run_dir, summary)."""
     from medasr.config import load_config
     from medasr.flywheel import run_flywheel
 
-    run_dir = tmp_path_factory.mktemp("tiny-parakeet") / "run"
+    run_dir = tmp_path_factory.mktemp(preset) / "run"
     run_dir.mkdir()
     shutil.copytree(tiny_run[1] / "data", run_dir / "data")
-    cfg = load_config("tiny-parakeet", ["train.max_steps=60", "train.ckpt_every_n_steps=20", "train.val_every_n_steps=20"])
-    summary = run_flywheel(cfg, run_dir)
-    return cfg, run_dir, summary
+    cfg = load_config(preset, overrides)
+    return cfg, run_dir, run_flywheel(cfg, run_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_parakeet_run(tiny_run, tmp_path_factory):
+    """The second model path end to end: the flywheel on tiny-parakeet."""
+    return _flywheel_on_tiny_data(tiny_run, tmp_path_factory, "tiny-parakeet",
+                                  ["train.max_steps=60", "train.ckpt_every_n_steps=20", "train.val_every_n_steps=20"])
 
 
 @pytest.fixture(scope="session")
 def tiny_whisper_run(tiny_run, tmp_path_factory):
-    """The Whisper family end to end: the flywheel on tiny-whisper (sharing the tiny run's data)."""
-    from medasr.config import load_config
-    from medasr.flywheel import run_flywheel
-
-    run_dir = tmp_path_factory.mktemp("tiny-whisper") / "run"
-    run_dir.mkdir()
-    shutil.copytree(tiny_run[1] / "data", run_dir / "data")
-    # a random-init model decodes to max_new_tokens every time: short transcripts keep both evaluations cheap
-    cfg = load_config("tiny-whisper", ["eval.max_new_tokens=12", "train.max_steps=40", "train.smoke_steps=5"])
-    summary = run_flywheel(cfg, run_dir)
-    return cfg, run_dir, summary
+    """The Whisper family end to end: the flywheel on tiny-whisper. A random-init model decodes to max_new_tokens
+    every time: short transcripts keep both evaluations cheap."""
+    return _flywheel_on_tiny_data(tiny_run, tmp_path_factory, "tiny-whisper",
+                                  ["eval.max_new_tokens=12", "train.max_steps=40", "train.smoke_steps=5"])
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from medasr.data.manifest import read_manifest
 from medasr.families.base import ChunkPolicy, Loaded, ModelFamily
 from medasr.families.card import results_section, selection_lines, steps_line
 from medasr.models import asr
-from medasr.models.load import AdapterError, export_base_ref, load_training_checkpoint, meta_path
+from medasr.models.load import AdapterError, export_base_ref, load_training_checkpoint, meta_path, read_meta_file
 from medasr.models.tiny_asr import build_tiny_parakeet
 
 EXPORT_NAME = "adapted_model.nemo"
@@ -138,12 +138,10 @@ def export_nemo(cfg: Config, run_dir: Path, base: str | Path, ckpt: Path | None 
 
 def read_nemo_meta(nemo_path: Path) -> dict:
     p = meta_path(nemo_path)
-    if not p.exists() or not Path(nemo_path).exists():
-        raise AdapterError(f"{nemo_path}: no medasr export here (need the .nemo and {p.name}); run `medasr export`")
-    meta = json.loads(p.read_text())
-    if meta.get("format") != FORMAT:
-        raise AdapterError(f"{p}: unsupported format {meta.get('format')!r} (expected {FORMAT})")
-    return meta
+    missing = f"{nemo_path}: no medasr export here (need the .nemo and {p.name}); run `medasr export`"
+    if not Path(nemo_path).exists():
+        raise AdapterError(missing)
+    return read_meta_file(p, FORMAT, missing)
 
 
 def write_nemo_model_card(nemo_path: Path, meta: dict, build_report: dict, before: dict, after: dict, compare: dict,

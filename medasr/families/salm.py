@@ -32,7 +32,8 @@ from medasr.families.base import ChunkPolicy, Loaded, ModelFamily, ModelPrefligh
 from medasr.families.card import by_source_lines, results_section, selection_lines, steps_line
 from medasr.models.checkpoint import checkpoint_shapes, coverage, size_mismatches, tied_groups
 from medasr.models.load import (PROMPTS_FILE, PROMPTS_FORMAT, AdapterError, FreezePatternError, apply_freeze,
-                                export_base_ref, load_training_checkpoint, meta_path, trained_prompts)
+                                export_base_ref, load_training_checkpoint, meta_path, read_meta_file,
+                                trained_prompts)
 from medasr.models.mini import install_mini
 from medasr.models.salm import hub_ref, load_base, prompt_ids, transcribe_arrays
 from medasr.models.salm_train import MedasrSALM
@@ -351,13 +352,8 @@ def write_merged(model, out: Path, dtype: torch.dtype | None = None) -> dict:
 
 
 def read_meta(adapter_dir: Path) -> dict:
-    p = meta_path(adapter_dir)
-    if not p.exists():
-        raise AdapterError(f"{adapter_dir}: not a medasr adapter (no {META_FILE}); export one with `medasr export`")
-    meta = json.loads(p.read_text())
-    if meta.get("format") != FORMAT:
-        raise AdapterError(f"{p}: unsupported format {meta.get('format')!r} (expected {FORMAT})")
-    return meta
+    return read_meta_file(meta_path(adapter_dir), FORMAT,
+                          f"{adapter_dir}: not a medasr adapter (no {META_FILE}); export one with `medasr export`")
 
 
 def load_adapted(adapter_dir: str | Path, map_location: str = "cpu"):

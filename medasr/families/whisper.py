@@ -35,7 +35,7 @@ from medasr.data.manifest import read_manifest
 from medasr.errors import InputError
 from medasr.families.base import ChunkPolicy, Loaded, ModelFamily, ModelPreflightError
 from medasr.families.card import results_section, selection_lines, steps_line
-from medasr.models.load import AdapterError, export_base_ref, load_training_checkpoint
+from medasr.models.load import AdapterError, export_base_ref, load_training_checkpoint, read_meta_file
 from medasr.models.optim import SCHEDULER_MODULE, torch_optimizer
 from medasr.models.salm import hub_ref
 from medasr.models.whisper_weights import RELEASES, hf_dir
@@ -403,11 +403,6 @@ def build_tiny_whisper(cfg: Config, out_root: Path, seed: int = 0) -> Path:
 
 
 def read_meta(export: Path) -> dict:
-    p = Path(export) / META_FILE
-    if not p.exists():
-        raise AdapterError(f"{export}: not a medasr Whisper export (no {META_FILE}); export one with `medasr export`")
-    meta = json.loads(p.read_text())
-    if meta.get("format") != FORMAT:
-        raise AdapterError(f"{p}: unsupported format {meta.get('format')!r} (expected {FORMAT})")
-    return meta
+    return read_meta_file(Path(export) / META_FILE, FORMAT,
+                          f"{export}: not a medasr Whisper export (no {META_FILE}); export one with `medasr export`")
 

@@ -135,6 +135,16 @@ def export_base_ref(base: str | Path, out_dir: Path) -> str:
     return os.path.relpath(p.resolve(), Path(out_dir).resolve()) if p.exists() else str(base)
 
 
+def read_meta_file(p: Path, fmt: str, missing: str) -> dict:
+    """An export's meta record `p` of format `fmt`; AdapterError(`missing`) when there is none."""
+    if not p.exists():
+        raise AdapterError(missing)
+    meta = json.loads(p.read_text())
+    if meta.get("format") != fmt:
+        raise AdapterError(f"{p}: unsupported format {meta.get('format')!r} (expected {fmt})")
+    return meta
+
+
 def meta_path(export: Path) -> Path:
     """The meta file of an export: `X.json` beside `X.nemo`, or `medasr_adapter.json` inside a SALM adapter folder."""
     export = Path(export)
