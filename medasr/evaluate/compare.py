@@ -19,10 +19,12 @@ MIN_CLUSTERS = 20  # below this many independent units (terms for KER), a bootst
 
 
 def _paired(before: np.ndarray, after: np.ndarray, den: np.ndarray, clusters: np.ndarray, n_boot: int, seed: int) -> dict:
-    """Paired bootstrap of after/before rates: whole clusters are resampled, the same draw for both models."""
+    """Paired bootstrap of after/before rates: whole clusters are resampled, the same draw for both models. `rel` is
+    the change relative to before ((after − before) / before, −0.5 = halved), with its own percentile interval."""
     keep = den > 0
     if not keep.any():
-        return {"before": None, "after": None, "delta": None, "ci95": None, "p_value": None, "n_clusters": 0}
+        return {"before": None, "after": None, "delta": None, "ci95": None, "p_value": None, "n_clusters": 0,
+                "rel": None, "rel_ci95": None}
     b_tot, a_tot, d_tot = cluster_totals(clusters[keep], before[keep], after[keep], den[keep])
     b, a = b_tot.sum() / d_tot.sum(), a_tot.sum() / d_tot.sum()
     tot = resampled_totals([b_tot, a_tot, d_tot], n_boot, seed)
@@ -33,53 +35,71 @@ def _paired(before: np.ndarray, after: np.ndarray, den: np.ndarray, clusters: np
     # delta as one draw, so it is never below 1 / (draws + 1): n_boot draws cannot show more than that
     other = min(np.sum(deltas <= 0), np.sum(deltas >= 0))
     p = min(1.0, 2 * (other + 1) / (len(deltas) + 1))
+    rel = rel_ci = None
+    if b > 0:
+        has = tot[:, 0] > 0  # a draw with no errors before has no relative change
+        rel = float((a - b) / b)
+        rel_ci = [float(x) for x in np.percentile((tot[has, 1] - tot[has, 0]) / tot[has, 0], [2.5, 97.5])]
     return {"before": float(b), "after": float(a), "delta": float(a - b), "ci95": [float(lo), float(hi)],
-            "p_value": float(p), "n_clusters": int(len(d_tot))}
+            "p_value": float(p), "n_clusters": int(len(d_tot)), "rel": rel, "rel_ci95": rel_ci}
+
+
+class PairedScores:
+    """Two evaluations of the same rows, scored once; `wer(mask)` / `ker(mask)` are paired bootstraps over any subset
+    of rows. `lexicon`: the one both evaluations tagged term occurrences with (default: the core lexicon). WER and
+    term error rate resample the rows' WER clusters (consultation, recording, synthetic term); KER resamples terms."""
+
+    def __init__(self, before_rows: list[dict], after_rows: list[dict], normalizer: str = "whisper", n_boot: int = 1000,
+                 seed: int = 0, lexicon=None):
+        key = lambda r: r.get("id") or r["audio_filepath"]  # noqa: E731
+        after_by = {key(r): r for r in after_rows}
+        pairs = [(r, after_by[key(r)]) for r in before_rows if key(r) in after_by]
+        if not pairs:
+            raise InputError("no rows in common between the two evaluations (matched on id / audio_filepath)")
+        differ = [key(b) for b, a in pairs if b.get("text") != a.get("text") or b.get("term") != a.get("term")]
+        if differ:  # the same id scored against another reference is not a paired comparison
+            raise InputError(f"{len(differ)} row(s) have a different reference (text or term) in the two evaluations, "
+                             f"e.g. {differ[:3]}: compare evaluations of the same test manifest")
+        lexicon = core_lexicon() if lexicon is None else lexicon
+        sb = score_rows([b for b, _ in pairs], normalizer, lexicon)
+        sa = score_rows([a for _, a in pairs], normalizer, lexicon)
+        self.rows, self.after_rows = [b for b, _ in pairs], [a for _, a in pairs]
+        self.n_boot, self.seed = n_boot, seed
+        self.clusters, self.cluster_key = wer_clusters(self.rows)
+        self.terms = term_clusters(self.rows)
+        self.words = np.array([s.ref_words for s in sb], float)
+        self.edits_b = np.array([s.word_edits for s in sb], float)
+        self.edits_a = np.array([s.word_edits for s in sa], float)
+        self.occ = np.array([len(s.occurrences) for s in sb], float)
+        self.occ_miss_b = np.array([sum(1 - o[2] for o in s.occurrences) for s in sb], float)
+        self.occ_miss_a = np.array([sum(1 - o[2] for o in s.occurrences) for s in sa], float)
+        self.has_term = np.array([s.term_hit is not None for s in sb], float)
+        self.miss_b = np.array([0 if s.term_hit is None else 1 - s.term_hit for s in sb], float)
+        self.miss_a = np.array([0 if s.term_hit is None else 1 - s.term_hit for s in sa], float)
+
+    def wer(self, mask) -> dict:
+        m = np.asarray(mask, float)
+        return _paired(self.edits_b * m, self.edits_a * m, self.words * m, self.clusters, self.n_boot, self.seed)
+
+    def term_error_rate(self) -> dict:
+        return _paired(self.occ_miss_b, self.occ_miss_a, self.occ, self.clusters, self.n_boot, self.seed)
+
+    def ker(self, mask) -> dict:
+        m = self.has_term * np.asarray(mask, float)
+        return _paired(self.miss_b * m, self.miss_a * m, m, self.terms, self.n_boot, self.seed)
 
 
 def compare_rows(before_rows: list[dict], after_rows: list[dict], priority: list[str], normalizer: str = "whisper",
                  n_boot: int = 1000, seed: int = 0, keep_rel_drop: float = 0.2, lexicon=None,
                  min_clusters: int = MIN_CLUSTERS) -> dict:
-    """`lexicon`: the one both evaluations tagged term occurrences with (default: the core lexicon). WER and term error
-    rate resample the rows' WER clusters (consultation, recording, synthetic term); KER resamples terms."""
-    key = lambda r: r.get("id") or r["audio_filepath"]  # noqa: E731
-    after_by = {key(r): r for r in after_rows}
-    pairs = [(r, after_by[key(r)]) for r in before_rows if key(r) in after_by]
-    if not pairs:
-        raise InputError("no rows in common between the two evaluations (matched on id / audio_filepath)")
-    differ = [key(b) for b, a in pairs if b.get("text") != a.get("text") or b.get("term") != a.get("term")]
-    if differ:  # the same id scored against another reference is not a paired comparison
-        raise InputError(f"{len(differ)} row(s) have a different reference (text or term) in the two evaluations, "
-                         f"e.g. {differ[:3]}: compare evaluations of the same test manifest")
-    if lexicon is None:
-        lexicon = core_lexicon()
-    sb = score_rows([b for b, _ in pairs], normalizer, lexicon)
-    sa = score_rows([a for _, a in pairs], normalizer, lexicon)
-    rows = [b for b, _ in pairs]
-    clusters, cluster_key = wer_clusters(rows)
-    terms = term_clusters(rows)
-    words = np.array([s.ref_words for s in sb], float)
-    out = {"n_rows": len(pairs), "n_boot": n_boot, "seed": seed, "priority": list(priority), "min_clusters": min_clusters,
-           "clusters": {"wer": cluster_key, "ker": "term"}, "deltas": {}}
-    edits_b, edits_a = np.array([s.word_edits for s in sb], float), np.array([s.word_edits for s in sa], float)
-
-    def wer(mask) -> dict:
-        m = np.asarray(mask, float)
-        return _paired(edits_b * m, edits_a * m, words * m, clusters, n_boot, seed)
-
+    """Every delta the flywheel reports (overall, per category, seen/new term, speaker, design cell, source) and the
+    decision on the priority categories' KER."""
+    ps = PairedScores(before_rows, after_rows, normalizer, n_boot, seed, lexicon)
+    rows, wer, ker = ps.rows, ps.wer, ps.ker
+    out = {"n_rows": len(rows), "n_boot": n_boot, "seed": seed, "priority": list(priority), "min_clusters": min_clusters,
+           "clusters": {"wer": ps.cluster_key, "ker": "term"}, "deltas": {}}
     out["deltas"]["wer"] = wer(np.ones(len(rows)))
-    occ = np.array([len(s.occurrences) for s in sb], float)
-    out["deltas"]["term_error_rate"] = _paired(
-        np.array([sum(1 - o[2] for o in s.occurrences) for s in sb], float),
-        np.array([sum(1 - o[2] for o in s.occurrences) for s in sa], float), occ, clusters, n_boot, seed)
-    has_term = np.array([s.term_hit is not None for s in sb], float)
-    miss_b = np.array([0 if s.term_hit is None else 1 - s.term_hit for s in sb], float)
-    miss_a = np.array([0 if s.term_hit is None else 1 - s.term_hit for s in sa], float)
-
-    def ker(mask) -> dict:
-        m = has_term * np.asarray(mask, float)
-        return _paired(miss_b * m, miss_a * m, m, terms, n_boot, seed)
-
+    out["deltas"]["term_error_rate"] = ps.term_error_rate()
     out["deltas"]["ker"] = ker(np.ones(len(rows)))
     for c in sorted({r.get("entity_category") for r in rows if r.get("term")} - {None}):
         out["deltas"][f"ker[{c}]"] = ker([r.get("entity_category") == c for r in rows])

@@ -1,0 +1,186 @@
+"""The held-out design as one table, from two evaluations' `hyps.json` alone (`medasr table BEFORE AFTER`): what the
+README's mini results show, re-scorable by anyone from the files in docs/results/mini/.
+
+Cells: seen terms by voice (a training voice; a new speaker of a training accent; a new accent; a new engine) and
+held-out terms by voice (training / new), split by carrier sentence only when the test set holds training carriers;
+then the generic-English forgetting slice. Each cell: KER and WER before and after, the paired change with a 95 %
+bootstrap interval (KER resamples terms, WER the rows' clusters), and the relative KER change with its own interval.
+The issue's targets are judged on the same numbers and written beside them (met / missed), never adjusted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from medasr.data.split import speaker_of
+from medasr.errors import InputError
+from medasr.evaluate.compare import PairedScores
+from medasr.evaluate.metrics import HELD_OUT_KINDS, held_out_voice_kinds
+
+VOICE_KINDS = ("training voice",) + HELD_OUT_KINDS
+TARGET_REL_DROP = 0.5  # seen-term KER on new speakers and on the new accent: at least halved, CI excluding zero
+TARGET_GENERIC_RISE = 0.01  # generic-English WER: rises by at most 1 point
+
+
+def read_hyps(path: Path) -> list[dict]:
+    """An eval folder's hyps.json (or the file itself): JSON lines with `text` and `pred_text`."""
+    f = path / "hyps.json" if path.is_dir() else path
+    if not f.is_file():
+        raise InputError(f"{f}: no such file (pass an eval folder holding hyps.json, or the file)")
+    rows = []
+    for i, line in enumerate(f.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{f}:{i}: not JSON ({e.msg}); hyps.json holds one JSON object per line") from e
+        if "pred_text" not in row or "text" not in row:
+            raise InputError(f"{f}:{i}: no `text`/`pred_text`: is this a hyps.json written by `medasr eval`?")
+        rows.append(row)
+    return rows
+
+
+def _cell(ps: PairedScores, name: str, mask: list[bool]) -> dict:
+    rows = [r for r, m in zip(ps.rows, mask) if m]
+    return {"name": name, "rows": len(rows), "terms": len({r["term"] for r in rows if r.get("term")}),
+            "voices": sorted({speaker_of(r) for r in rows} - {None}),
+            "ker": ps.ker(mask) if any(r.get("term") for r in rows) else None, "wer": ps.wer(mask)}
+
+
+def design_table(before_rows: list[dict], after_rows: list[dict], n_boot: int = 1000, seed: int = 0,
+                 lexicon=None) -> dict:
+    ps = PairedScores(before_rows, after_rows, n_boot=n_boot, seed=seed, lexicon=lexicon)
+    rows = ps.rows
+    kinds = [k or ("training voice" if r.get("speaker_seen") is True and r.get("engine") else None)
+             for r, k in zip(rows, held_out_voice_kinds(rows))]
+    split_carrier = any(r.get("term") and r.get("carrier_seen") is True for r in rows)
+    carriers = [(True, "training carrier"), (False, "new carrier")] if split_carrier else [(None, "new carrier")]
+    cells = []
+    for seen, term_name in ((True, "seen term"), (False, "held-out term")):
+        voice_groups = ([(k, k) for k in VOICE_KINDS] if seen else
+                        [("training voice", "training voice"), (HELD_OUT_KINDS, "new voice")])
+        for want, voice_name in voice_groups:
+            for carrier, carrier_name in carriers:
+                mask = [bool(r.get("term")) and r.get("term_seen") is seen
+                        and (k in want if isinstance(want, tuple) else k == want)
+                        and (carrier is None or r.get("carrier_seen") is carrier) for r, k in zip(rows, kinds)]
+                if any(mask):
+                    cell = _cell(ps, f"{term_name} · {voice_name} · {carrier_name}", mask)
+                    cell.update(term_seen=seen, voice=voice_name, carrier=carrier_name)
+                    cells.append(cell)
+    generic = [str(r.get("source", "")).startswith("generic") for r in rows]
+    forgetting = _cell(ps, "forgetting: generic English", generic) if any(generic) else None
+    return {"n_rows": len(rows), "n_boot": n_boot, "seed": seed, "wer_clusters": ps.cluster_key, "cells": cells,
+            "forgetting": forgetting, "targets": _targets(ps, rows, kinds, forgetting)}
+
+
+def _targets(ps: PairedScores, rows: list[dict], kinds: list, forgetting: dict | None) -> list[dict]:
+    out = []
+    for kind in ("new speaker", "new accent"):
+        mask = [bool(r.get("term")) and r.get("term_seen") is True and k == kind for r, k in zip(rows, kinds)]
+        if not any(mask):
+            out.append({"name": f"seen-term KER, {kind}", "met": None, "why": "no such rows in the test set"})
+            continue
+        k = ps.ker(mask)
+        met = k["rel"] is not None and k["rel"] <= -TARGET_REL_DROP and k["ci95"][1] < 0
+        out.append({"name": f"seen-term KER, {kind}", "rows": sum(mask), "ker": k, "met": met,
+                    "target": f"falls by ≥ {100 * TARGET_REL_DROP:.0f} % relative, 95 % CI of the change excluding 0"})
+    if forgetting is None:
+        out.append({"name": "generic-English WER", "met": None, "why": "no generic rows in the test set"})
+    else:
+        w = forgetting["wer"]
+        out.append({"name": "generic-English WER", "rows": forgetting["rows"], "wer": w,
+                    "met": w["delta"] <= TARGET_GENERIC_RISE, "ci_within": w["ci95"][1] <= TARGET_GENERIC_RISE,
+                    "target": f"rises by ≤ {100 * TARGET_GENERIC_RISE:.0f} point"})
+    return out
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f} %"
+
+
+def _pt(d: dict | None) -> str:
+    if not d or d["delta"] is None:
+        return "—"
+    lo, hi = d["ci95"]
+    return f"{100 * d['delta']:+.1f} pt ({100 * lo:+.1f} … {100 * hi:+.1f})".replace("-", "−")
+
+
+def _rel(d: dict | None) -> str:
+    if not d or d["rel"] is None:
+        return "—"
+    lo, hi = d["rel_ci95"]
+    return f"{100 * d['rel']:+.0f} % ({100 * lo:+.0f} … {100 * hi:+.0f})".replace("-", "−")
+
+
+def render_markdown(t: dict) -> str:
+    lines = ["| test cell (term · voice · sentence) | rows | terms | base KER | fine-tuned KER | Δ KER (95 % CI) "
+             "| relative (95 % CI) | base WER | fine-tuned WER | Δ WER (95 % CI) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in t["cells"]:
+        k, w = c["ker"], c["wer"]
+        bold = c["term_seen"] and c["voice"] in ("new speaker", "new accent")
+        name = f"**{c['name']}**" if bold else c["name"]
+        lines.append(f"| {name} | {c['rows']} | {c['terms']} | {_pct(k and k['before'])} | {_pct(k and k['after'])} "
+                     f"| {_pt(k)} | {_rel(k)} | {_pct(w['before'])} | {_pct(w['after'])} | {_pt(w)} |")
+    f = t["forgetting"]
+    if f:
+        w = f["wer"]
+        lines.append(f"| {f['name']} | {f['rows']} | — | — | — | — | — | {_pct(w['before'])} | {_pct(w['after'])} "
+                     f"| {_pt(w)} |")
+    lines.append("")
+    lines.append("The mini demo's targets, judged on this table:")
+    lines.append("")
+    for g in t["targets"]:
+        verdict = {True: "**met**", False: "**missed**", None: "not measurable"}[g["met"]]
+        if "ker" in g:
+            k = g["ker"]
+            lines.append(f"- {g['name']} ({g['rows']} rows, {k['n_clusters']} terms): {_pct(k['before'])} → "
+                         f"{_pct(k['after'])}, {_rel(k)} relative, Δ {_pt(k)} — target: {g['target']}: {verdict}")
+        elif "wer" in g:
+            w = g["wer"]
+            ci = "its CI's upper end too" if g["ci_within"] else "its CI's upper end is not"
+            lines.append(f"- {g['name']} ({g['rows']} sentences): {_pct(w['before'])} → {_pct(w['after'])}, Δ {_pt(w)} "
+                         f"— target: {g['target']}: {verdict} ({ci})")
+        else:
+            lines.append(f"- {g['name']}: {verdict} ({g['why']})")
+    lines.append("")
+    lines.append(f"{t['n_rows']} paired test rows; paired bootstrap, {t['n_boot']} resamples (seed {t['seed']}): KER "
+                 f"resamples whole terms, WER whole clusters (rows' `{t['wer_clusters']}`). Voices: "
+                 + "; ".join(f"{c['voice']}: {', '.join(c['voices'])}" for c in _voice_cells(t)) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def _voice_cells(t: dict) -> list[dict]:
+    """One seen-term cell per voice kind (their voices are the held-out design's)."""
+    seen, out = set(), []
+    for c in t["cells"]:
+        if c["term_seen"] and c["voice"] not in seen:
+            seen.add(c["voice"])
+            out.append(c)
+    return out
+
+
+def jsonable(t: dict) -> dict:
+    return json.loads(json.dumps(t, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o)))
+
+
+README_START, README_END = "<!-- medasr table: start -->", "<!-- medasr table: end -->"
+
+
+def splice(readme: str, table_md: str) -> str:
+    """README with the text between its table markers replaced by `table_md` (what scripts/mini_results.sh writes)."""
+    if readme.count(README_START) != 1 or readme.count(README_END) != 1:
+        raise InputError(f"README: expected one {README_START} and one {README_END} around the results table")
+    head, rest = readme.split(README_START)
+    _, tail = rest.split(README_END)
+    return f"{head}{README_START}\n{table_md}{README_END}{tail}"
+
+
+def readme_table(readme: str) -> str:
+    """The text between README's table markers (what a test holds equal to the table made from the hyps files)."""
+    return readme.split(README_START)[1].split(README_END)[0].lstrip("\n")
