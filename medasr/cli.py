@@ -19,7 +19,6 @@ from medasr.errors import MedasrError
 from medasr.data.lexicon import core_lexicon, lexicon_tsv
 from medasr.data.lexicon_sources import extended_lexicon
 from medasr.data.manifest import read_manifest, write_manifest
-from medasr.models.mini import MINI_DIR
 from medasr.ops.secrets import load_secrets
 from medasr.ops.storage import (parse_uri, remote_checkpoint_current, remote_progress_token, remote_run_state,
                                 restore as do_restore, sync_up)
@@ -258,25 +257,6 @@ def train_(preset: str = PresetOpt, run_dir: Optional[Path] = RunDirOpt, set_: O
             mark_failed(rd, "train", e)
             e.stage = "train"
         raise
-
-
-@app.command("pretrain-mini")
-def pretrain_mini(preset: str = typer.Option("mini", "--preset", "-p", help="preset with the sizes (model.tiny) and pretrain.*"),
-                  work_dir: Path = typer.Option(Path("runs/pretrain-mini"), "--work-dir", "-d",
-                                                help="data, checkpoints and history (resumes from work-dir/ckpt.pt)"),
-                  out: Optional[Path] = typer.Option(None, "--out", help="where the base is written (default: the shipped "
-                                                     "medasr/resources/mini, which --preset mini loads)"),
-                  init_from: Optional[Path] = typer.Option(None, "--init-from", help="continue a shipped base (e.g. "
-                                                           "medasr/resources/mini) instead of starting from random init; "
-                                                           "raise pretrain.steps above its step count"),
-                  set_: Optional[List[str]] = SetOpt):
-    """Pretrain the `mini` base on generic (non-medical) synthetic speech (espeak-ng, plus Kokoro with
-    pretrain.neural_train > 0), and ship it."""
-    from medasr.train.pretrain_mini import pretrain
-
-    cfg = _cfg(preset, set_)
-    pretrain(cfg, work_dir, out or MINI_DIR, console, init_from=init_from)
-    console.print(f"mini base written to {out or MINI_DIR} (model card: MODEL_CARD.md there)")
 
 
 bench_app = _App(no_args_is_help=True, help="Speed and memory of a preset's model on this machine (docs/PERFORMANCE.md).")

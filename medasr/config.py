@@ -38,7 +38,7 @@ class TinyModelConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    # Release-shape knobs (the canary-qwen-2.5b-shapes preset); defaults keep the tiny/mini models as they were.
+    # Release-shape knobs (the canary-qwen-2.5b-shapes preset); defaults keep the tiny model as it was.
     llm_vocab_size: int = 0  # embedding rows; 0 = the local tokenizer's size + 1 (audio tag), else e.g. Qwen3's 151,936
     tie_word_embeddings: bool = False  # Qwen3-1.7B ties lm_head to the input embedding
     encoder_subsampling_channels: int = 0  # 0 = encoder_d_model; canary-1b-flash uses 256
@@ -109,8 +109,8 @@ class ModelConfig:
 @dataclass
 class SynthConfig:
     train_voices: list[str] = field(default_factory=lambda: ["en-us", "en-gb", "en-us+f3", "en-gb-x-rp+m3"])
-    # test-only: a speaker and an accent (espeak language variant) used by no training or pretraining voice
-    # (tests/test_data.py checks its phonemes against every training and pretraining voice)
+    # test-only: a speaker and an accent (espeak language variant) used by no training voice
+    # (tests/test_data.py checks its phonemes against every training voice)
     test_voices: list[str] = field(default_factory=lambda: ["en-us-nyc+f2"])
     unseen_fraction: float = 0.2
     train_per_term: int = 3
@@ -120,9 +120,11 @@ class SynthConfig:
     unseen_test_per_term: int = 2
     # extra test rows per term in a *training* carrier sentence (carrier_seen: true): what memorised patterns are worth
     test_seen_carrier_per_term: int = 1
-    # non-medical test rows (held-out generic sentences of the mini base's pretraining, half by the test voice): does
-    # the fine-tune make the model forget general speech?
+    # non-medical test rows (generic WordNet sentences, half by the test voices, clean): does the fine-tune make the
+    # model forget general speech? Sentences of at least generic_min_words words: long enough for a decoder that now
+    # expects a drug name to show it
     generic_test_rows: int = 24
+    generic_min_words: int = 15
     rate_min: int = 140
     rate_max: int = 190
     noise_levels: list[str] = field(default_factory=lambda: ["clean", "snr15", "snr5"])
@@ -258,44 +260,6 @@ class OpsConfig:
 
 
 @dataclass
-class PretrainConfig:
-    """`medasr pretrain-mini`: the mini base trained on generic espeak-ng (and Kokoro) speech (medasr/train/pretrain_mini.py).
-    Sizes come from model.tiny; the result ships in medasr/resources/mini/."""
-
-    n_train: int = 24000  # generic sentences spoken for training (one voice each)
-    n_heldout: int = 200  # held-out sentences, spoken by a pretraining voice and by heldout_voice
-    max_words: int = 14
-    voices: list[str] = field(default_factory=lambda: [
-        "en-us", "en-gb", "en-us+f3", "en-gb-x-rp+m3", "en-gb-scotland", "en-gb-scotland+m3", "en-029+f4",
-        "en-gb-x-gbclan+m1", "en-us+f1", "en-gb+f4", "en-gb-x-gbcwmd+m2", "en-us+m4"])
-    heldout_voice: str = "en-gb-scotland+f2"  # never heard in pretraining (the medical test voice is another accent)
-    # a second engine (Kokoro): the first neural_train training sentences spoken again by neural_voices, repeated
-    # neural_repeat times per pass over the data (replaying the espeak-ng rows keeps what the base knows), and the
-    # held-out sentences by a neural training voice and by neural_heldout_voice (a speaker and accent never trained on)
-    neural_voices: list[str] = field(default_factory=list)
-    neural_train: int = 0
-    neural_heldout_voice: str = ""
-    neural_repeat: int = 1
-    rate_min: int = 140
-    rate_max: int = 190
-    noise_levels: list[str] = field(default_factory=lambda: ["clean", "clean", "snr15", "snr5"])
-    steps: int = 9500
-    batch_size: int = 16
-    lr: float = 2e-3
-    warmup_steps: int = 300
-    min_lr: float = 1e-4
-    # the rest of its AdamW (its schedule is its own: medasr.train.pretrain_mini.lr_at)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    weight_decay: float = 0.01
-    ctc_weight: float = 0.5  # auxiliary CTC loss on the encoder (hybrid CTC/attention): the decoder finds the audio sooner
-    eval_every: int = 250
-    eval_rows: int = 100  # held-out rows decoded at each evaluation (all n_heldout at the end)
-    ckpt_every: int = 250
-    max_minutes: float = 0.0  # stop (and finalize) after this much wall time in this run; 0 = no limit
-    seed: int = 7
-
-
-@dataclass
 class BenchConfig:
     """`medasr bench train|eval` (medasr/perf/bench.py): synthetic batches of fixed-length utterances."""
 
@@ -318,7 +282,6 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     ops: OpsConfig = field(default_factory=OpsConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 
@@ -329,23 +292,21 @@ def s3_uri(cfg: "Config") -> Optional[str]:
 
 
 # Numeric settings divide, loop or schedule: each must be at least 1 (an int) or above 0 (a float) unless listed here
-# with what it may be (pretrain.lr may be 0: continuing a shipped base at lr 0 proves the weights carried over).
+# with what it may be.
 # Checked at load, so a 0 or -1 names its key instead of ending in a ZeroDivisionError later.
 ZERO_OK = {
     "train.smoke_steps", "train.lr_scheduler.warmup_steps", "train.lr_scheduler.min_lr",
-    "train.optimizer.weight_decay", "pretrain.weight_decay", "train.grad_clip",
+    "train.optimizer.weight_decay", "train.grad_clip",
     "train.num_workers", "train.batch_tokens", "train.price_per_hour", "data.synth.test_per_term",
     "data.synth.unseen_test_per_term", "data.synth.test_seen_carrier_per_term", "data.synth.generic_test_rows",
     "data.synth.workers", "gate.min_rows", "gate.min_per_priority", "model.tiny.llm_vocab_size",
-    "model.tiny.encoder_subsampling_channels", "pretrain.neural_train", "pretrain.max_minutes",
-    "pretrain.warmup_steps", "pretrain.min_lr", "pretrain.lr", "bench.warmup_steps", "ops.kill_grace_s",
+    "model.tiny.encoder_subsampling_channels", "bench.warmup_steps", "ops.kill_grace_s",
     "model.tiny_asr.tdt_durations", "model.whisper.lora_r",
 }
-ANY_NUMBER = {"train.seed", "data.seed", "pretrain.seed"}
+ANY_NUMBER = {"train.seed", "data.seed"}
 FRACTIONS = {"data.synth.unseen_fraction": (0.0, 1.0, False), "gate.ker_threshold": (0.0, 1.0, True),
              "model.tiny.lora_dropout": (0.0, 1.0, False), "model.whisper.lora_dropout": (0.0, 1.0, False),
-             "pretrain.ctc_weight": (0.0, 1.0, True),
-             "train.optimizer.betas": (0.0, 1.0, False), "pretrain.betas": (0.0, 1.0, False)}
+             "train.optimizer.betas": (0.0, 1.0, False)}
 # keys that moved: a preset or --set still using the old name is told the new one (the schema rejects unknown keys)
 RENAMED = {"train.lr": "train.optimizer.lr", "train.weight_decay": "train.optimizer.weight_decay",
            "train.warmup_steps": "train.lr_scheduler.warmup_steps", "train.min_lr": "train.lr_scheduler.min_lr"}
@@ -384,10 +345,9 @@ def check_numbers(cfg: "Config") -> None:
             extra = f" ({MINUS_ONE_OK[key]})" if key in MINUS_ONE_OK else ""
             problems.append(f"{key}={v}: must be {'at least 1' if isinstance(v, int) else 'above 0'}{extra}: it "
                             "divides, counts or schedules something")
-    for section in ("data.synth", "pretrain"):
-        obj = cfg.data.synth if section == "data.synth" else cfg.pretrain
-        if obj.rate_min > obj.rate_max:
-            problems.append(f"{section}.rate_min={obj.rate_min} is above {section}.rate_max={obj.rate_max}")
+    if cfg.data.synth.rate_min > cfg.data.synth.rate_max:
+        problems.append(f"data.synth.rate_min={cfg.data.synth.rate_min} is above "
+                        f"data.synth.rate_max={cfg.data.synth.rate_max}")
     if cfg.data.synth.max_test is not None and cfg.data.synth.max_test < 1:
         problems.append(f"data.synth.max_test={cfg.data.synth.max_test}: must be at least 1 (or null for all rows)")
     opt, sched = cfg.train.optimizer, cfg.train.lr_scheduler
@@ -433,28 +393,20 @@ def load_config(preset: str, overrides: Optional[list[str]] = None) -> Config:
     if cfg.model.kind == "asr" and cfg.train.devices > 1:
         # NeMo builds the ASR loaders before the DDP process group exists, so every rank would read the same batches;
         # wiring their sharding is not done (a first attempt hung in validation on CPU/gloo). SALM presets shard.
-        raise ValueError("train.devices > 1 is supported for SALM presets (canary-qwen-2.5b, tiny, mini); the Parakeet "
+        raise ValueError("train.devices > 1 is supported for SALM presets (canary-qwen-2.5b, tiny); the Parakeet "
                          "path trains on one device: set train.devices=1")
     check_prompts(cfg.model.prompt, cfg.model.prompts_by_source)
     check_numbers(cfg)
     s = cfg.data.synth
-    for key, voices in (("train_voices", s.train_voices), ("test_voices", s.test_voices),
-                        ("pretrain.voices", cfg.pretrain.voices), ("pretrain.heldout_voice", [cfg.pretrain.heldout_voice]),
-                        ("pretrain.neural_voices", cfg.pretrain.neural_voices),
-                        ("pretrain.neural_heldout_voice", [cfg.pretrain.neural_heldout_voice] if cfg.pretrain.neural_train else [])):
+    for key, voices in (("train_voices", s.train_voices), ("test_voices", s.test_voices)):
         for v in voices:
             try:
                 parse_voice(v)
             except ValueError as e:
-                raise ValueError(f"{key if '.' in key else 'data.synth.' + key}: {e}") from None
+                raise ValueError(f"data.synth.{key}: {e}") from None
     if bad := held_out_violations(list(s.train_voices), list(s.test_voices)):
         raise ValueError(f"data.synth.test_voices {bad} share a speaker with data.synth.train_voices: a held-out voice "
                          "must be a new speaker (for a Kokoro blend: none of its packs may be a training voice's)")
-    pre = cfg.pretrain
-    heard = [*pre.voices, *(pre.neural_voices if pre.neural_train else [])]
-    if cfg.model.base == "mini" and (bad := held_out_violations(heard, list(s.test_voices))):
-        raise ValueError(f"data.synth.test_voices {bad} share a speaker with the mini base's pretraining voices "
-                         "(pretrain.voices, pretrain.neural_voices): the base has heard them, so they are not held out")
     return cfg
 
 

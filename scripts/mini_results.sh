@@ -1,18 +1,44 @@
 #!/usr/bin/env bash
-# The README's mini headline, reproduced: the mini flywheel from an empty run dir (2 CPU cores: 10–15 min), then its
-# results copied into docs/results/mini/ (what the README's table cites). Usage: scripts/mini_results.sh [RUN_DIR]
+# The README's mini results, reproduced: the mini flywheel from an empty run dir (Whisper tiny.en + decoder LoRA on
+# the synthetic Kokoro corpus; on 2 CPU cores ≈ 30 min with an empty synthesis cache, ≈ 15 min warm), then its results
+# copied into docs/results/mini/ — both cycles' hyps.json, metrics, compare, selection — and README's table regenerated
+# from the two hyps files (`medasr table`). Usage: scripts/mini_results.sh [RUN_DIR]
+#   MEDASR_REUSE_RUN=1   copy the results of a finished run instead of running it
+#   MEDASR_TTS_CACHE=DIR the synthesis cache (default ~/.cache/medasr/tts; an empty DIR times a cold run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-runs/mini-results}
+OUT=docs/results/mini
 if [ -e "$RUN/summary.json" ] && [ -z "${MEDASR_REUSE_RUN:-}" ]; then
   echo "$RUN already holds a run: pass an empty run dir (or MEDASR_REUSE_RUN=1 to copy its results)" >&2; exit 2
 fi
-[ -n "${MEDASR_REUSE_RUN:-}" ] || .venv/bin/medasr flywheel --preset mini --run-dir "$RUN"
-OUT=docs/results/mini
 mkdir -p "$OUT"
-cp "$RUN/eval/cycle0/metrics.json" "$OUT/cycle0_metrics.json"
-cp "$RUN/eval/cycle1/metrics.json" "$OUT/cycle1_metrics.json"
+if [ -z "${MEDASR_REUSE_RUN:-}" ]; then
+  cache=${MEDASR_TTS_CACHE:-$HOME/.cache/medasr/tts}
+  files=$(find "$cache" -type f 2>/dev/null | wc -l)
+  start=$(date +%s)
+  .venv/bin/medasr flywheel --preset mini --run-dir "$RUN"
+  end=$(date +%s)
+  cat > "$OUT/timing.json" <<EOF
+{"command": "scripts/mini_results.sh $RUN", "wall_s": $((end - start)), "date": "$(date -u +%F)",
+ "host": "$(uname -n)", "cpus": $(nproc), "tts_cache_files_before": $files, "commit": "$(git rev-parse --short HEAD)"}
+EOF
+fi
+for c in 0 1; do
+  cp "$RUN/eval/cycle$c/metrics.json" "$OUT/cycle${c}_metrics.json"
+  cp "$RUN/eval/cycle$c/hyps.json" "$OUT/cycle${c}_hyps.json"
+done
 cp "$RUN/eval/compare/compare.json" "$RUN/eval/compare/compare.md" "$RUN/summary.json" "$OUT/"
-cp "$RUN/data/build_report.json" "$RUN/train/val_loss.json" "$OUT/"
-cp "$RUN/canary-qwen-medical-lora/medasr_adapter.json" "$OUT/export_meta.json"
-echo "results of $RUN → $OUT"
+cp "$RUN/data/build_report.json" "$RUN/train/val_loss.json" "$RUN/train/val_wer.json" "$RUN/train/selection.json" "$OUT/"
+cp "$RUN/whisper-medical/medasr_whisper.json" "$OUT/export_meta.json"
+# hyps carry this machine's audio paths: keep the file names only (the rows are matched on id)
+.venv/bin/python - "$OUT" <<'EOF'
+import json, sys
+from pathlib import Path
+for f in Path(sys.argv[1]).glob("cycle*_hyps.json"):
+    rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+    f.write_text("".join(json.dumps(r | {"audio_filepath": Path(r["audio_filepath"]).name}) + "\n" for r in rows))
+EOF
+.venv/bin/medasr table "$OUT/cycle0_hyps.json" "$OUT/cycle1_hyps.json" --out "$OUT/table.md" --json "$OUT/table.json" \
+  --readme README.md > /dev/null
+echo "results of $RUN → $OUT; README's table regenerated from $OUT/cycle{0,1}_hyps.json"

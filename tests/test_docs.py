@@ -59,17 +59,20 @@ def test_the_link_check_can_fail(tmp_path):
     assert broken_links(md) == ["x.md: #nothing (no such heading)", "x.md: missing.md (no such file)"]
 
 
-def test_readme_mini_table_is_the_committed_compare():
-    """The README's demo numbers are those of docs/results/mini/compare.json (what scripts/mini_results.sh copies)."""
+def test_readme_mini_table_is_made_from_the_committed_hyps():
+    """README's demo table is exactly what `medasr table` makes of docs/results/mini/cycle{0,1}_hyps.json (what
+    scripts/mini_results.sh copies and splices), and those hyps agree with the committed compare.json."""
     import json
 
-    deltas = json.loads((REPO / "docs/results/mini/compare.json").read_text())["deltas"]
-    readme = (REPO / "README.md").read_text()
-    cells = {"seen term · training voice · new carrier": "term seen · voice seen · carrier new",
-             "seen term · new speaker (American) · new carrier": "term seen · voice new (new speaker) · carrier new",
-             "seen term · new accent (British) · new carrier": "term seen · voice new (new accent) · carrier new",
-             "seen term · new engine (espeak-ng) · new carrier": "term seen · voice new (new engine) · carrier new"}
-    for label, key in cells.items():
-        d = deltas[f"ker[{key}]"]
-        row = next(x for x in readme.splitlines() if x.startswith(f"| {label} |") or x.startswith(f"| **{label}** |"))
-        assert f"| {d['n_clusters']} | {100 * d['before']:.1f} % |" in row and f"{100 * d['after']:.1f} %" in row, row
+    from medasr.evaluate.design_table import design_table, read_hyps, readme_table, render_markdown
+
+    res = REPO / "docs/results/mini"
+    before, after = read_hyps(res / "cycle0_hyps.json"), read_hyps(res / "cycle1_hyps.json")
+    t = design_table(before, after)
+    assert readme_table((REPO / "README.md").read_text()) == render_markdown(t)
+    assert (res / "table.md").read_text() == render_markdown(t)
+    deltas = json.loads((res / "compare.json").read_text())["deltas"]
+    assert t["n_rows"] == json.loads((res / "compare.json").read_text())["n_rows"]
+    cell = next(c for c in t["cells"] if c["name"] == "seen term · new accent · new carrier")["ker"]
+    ref = deltas["ker[term seen · voice new (new accent) · carrier new]"]
+    assert (cell["before"], cell["after"], cell["n_clusters"]) == (ref["before"], ref["after"], ref["n_clusters"])

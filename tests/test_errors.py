@@ -44,8 +44,13 @@ def test_the_cli_maps_a_medasr_error_once(tmp_path):
     bad.write_text('{"audio_filepath": "a.wav", "duration": 1.0}\n')  # no text: a bad row, named
     r = CliRunner().invoke(app, ["score", str(bad), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "missing field(s)" in r.output and "Traceback" not in r.output
-    r = CliRunner().invoke(app, ["pretrain-mini", "-d", str(tmp_path / "w"), "--init-from", str(tmp_path),
-                                 "--set", "pretrain.steps=2"])
-    # (a fresh process imports NeMo here, which prints its own notices first: look from the headline's line on)
-    said = r.output[r.output.find("\npretrain-mini stopped:") + 1:] if not r.output.startswith("pretrain-mini") else r.output
-    assert r.exit_code == 1 and said.startswith("pretrain-mini stopped:") and "no shipped mini base" in said
+    run = tmp_path / "run"  # training "done", but no validation rows to choose a checkpoint on: SelectionError
+    (run / "train").mkdir(parents=True)
+    (run / "train" / "DONE").write_text('{"global_step": 2}')
+    (run / "data").mkdir()
+    (run / "data" / "val.json").write_text("")
+    r = CliRunner().invoke(app, ["export", "-p", "tiny-whisper", "--run-dir", str(run)])
+    # (the model libraries print their own notices first: look from the headline's line on)
+    said = r.output[r.output.find("export stopped:"):]
+    assert r.exit_code == 1 and said.startswith("export stopped:") and "no rows to select checkpoints on" in said
+    assert "Traceback" not in r.output

@@ -1,4 +1,4 @@
-"""The generic (non-medical) pretraining text for the mini model — WordNet examples minus medical terms."""
+"""The generic (non-medical) text of the forgetting slice — WordNet examples minus medical terms."""
 
 from medasr.data.generic_text import WORDNET_LICENCE, clean, generic_sentences
 from medasr.data.lexicon_sources import extended_lexicon

@@ -98,7 +98,7 @@ def test_a_run_made_before_the_recipe_moved_resumes():
     from medasr.fingerprint import digest
     from medasr.train.inputs import recipe
 
-    before = {"tiny": "83e3263613fc7aed", "mini": "83e3263613fc7aed", "canary-qwen-2.5b": "397d91f0f6cb11ca",
+    before = {"tiny": "83e3263613fc7aed", "canary-qwen-2.5b": "397d91f0f6cb11ca",
               "parakeet-tdt-0.6b-v2": "0bbd4fc147f5f91a"}
     assert {p: digest(recipe(load_config(p).train)) for p in before} == before
     assert digest(recipe(load_config("tiny", ["train.optimizer.betas=[0.9, 0.95]"]).train)) != before["tiny"]

@@ -207,16 +207,16 @@ def _sample_by_category(items: list, cap: int, seed: int) -> list:
 
 
 def _generic_test_rows(cfg: Config, data_dir: Path) -> list[dict]:
-    """Non-medical test rows: generic WordNet sentences longer than pretraining's `max_words`, so neither trained on
-    nor used to select the mini base (its held-out set was), spoken alternately by the test voice and a training
+    """Non-medical test rows: generic WordNet sentences of at least `generic_min_words` words (never medical: the
+    lexicon's terms are filtered out of the WordNet examples), spoken alternately by a test voice and a training
     voice, clean."""
     s = cfg.data.synth
-    unused = sorted(x for x in generic_sentences().sentences if len(x.split()) > cfg.pretrain.max_words)
+    unused = sorted(x for x in generic_sentences().sentences if len(x.split()) >= s.generic_min_words)
     rng = random.Random(cfg.data.seed)
     rng.shuffle(unused)
     if len(unused) < s.generic_test_rows:
         raise InputError(f"data.synth.generic_test_rows={s.generic_test_rows}: only {len(unused)} generic sentences "
-                         f"longer than pretrain.max_words={cfg.pretrain.max_words}")
+                         f"of at least data.synth.generic_min_words={s.generic_min_words} words; lower either")
     plan = [GenericUtterance(f"test-generic{i:04d}", "test", text,
                              rng.choice(list(s.test_voices) if i % 2 == 0 else list(s.train_voices)),
                              rng.randint(s.rate_min, s.rate_max), "clean", rng.randrange(2**31))

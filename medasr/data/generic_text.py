@@ -1,4 +1,4 @@
-"""Generic, non-medical English sentences for pretraining the `mini` base model.
+"""Generic, non-medical English sentences: the synthetic build's forgetting slice (`data.synth.generic_test_rows`).
 
 Source: the usage examples of WordNet 3.0 (`/usr/share/wordnet/data.{noun,verb,adj,adv}`, Debian package
 `wordnet-base`, installed by scripts/setup.sh). Licence: the WordNet 3.0 licence (Princeton University) — use, copy,
@@ -7,8 +7,8 @@ Princeton University. All rights reserved.") and disclaimer; the full text is in
 The examples are short natural sentences ("the oceans are teeming with life") across everyday vocabulary.
 
 Every sentence that mentions a term of the medical lexicon (the core list *and* the extended drug/condition list) is
-excluded, so whatever the mini model knows of medical terms comes from the fine-tune; the exclusions are counted and
-reported with examples, never dropped silently.
+excluded, so the slice measures general English only; the exclusions are counted and reported with examples, never
+dropped silently.
 """
 
 from __future__ import annotations

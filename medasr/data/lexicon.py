@@ -3,7 +3,7 @@
 Two taggers share one index layout (terms by first token, longest first, so "type two diabetes" wins over a shorter
 overlapping entry; O(tokens) dictionary look-ups per sentence):
 - `tag`/`tag_tokens` on `lexicon_tokens` (case-, hyphen- and punctuation-insensitive, possessive dropped): building
-  data (term columns, the mini base's medical-sentence exclusion), which must not move when scoring rules change;
+  data (term columns, the generic slice's medical-sentence exclusion), which must not move when scoring rules change;
 - `scorer(kind)`: the same terms in the words of the evaluation normaliser (`medasr.normalize`), so the term
   error rate is counted on exactly the words WER aligned; a term's last word may carry a plural/possessive "s".
 """

@@ -33,11 +33,9 @@ def family(cfg_or_kind: Config | str) -> ModelFamily:
 
 
 def resolve_base(cfg: Config, run_dir: Path) -> str:
-    """The base model to fine-tune: the Hub id / local path from the preset, the shipped mini base or the family's
-    tiny model, built into the run."""
+    """The base model to fine-tune: the Hub id / local path / installed release named by the preset, or the family's
+    random-init tiny model, built into the run."""
     fam = family(cfg)
-    if cfg.model.base == "mini":
-        return str(fam.install_mini(run_dir / "model"))
     if cfg.model.base != "tiny":
         return fam.locate_base(cfg.model.base)  # a refused base is stopped by ModelFamily.check_base
     return str(fam.build_tiny(cfg, run_dir / "model", seed=cfg.train.seed))

@@ -77,10 +77,6 @@ class ModelFamily(ABC):
     def build_tiny(self, cfg: Config, out_root: Path, seed: int) -> Path:
         """The offline random-init base (`model.base: tiny`) built under out_root; returns its path."""
 
-    def install_mini(self, out_root: Path) -> Path:
-        """The shipped offline demo base (`model.base: mini`), installed under out_root."""
-        raise InputError(f"model.base: mini has no {self.kind} model; use tiny, a Hub id or a local path")
-
     @abstractmethod
     def load_base(self, base: str | Path):
         """The base model (Hub id[@revision] or local path), on the CPU."""

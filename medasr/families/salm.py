@@ -34,7 +34,6 @@ from medasr.models.checkpoint import checkpoint_shapes, coverage, size_mismatche
 from medasr.models.load import (PROMPTS_FILE, PROMPTS_FORMAT, AdapterError, FreezePatternError, apply_freeze,
                                 export_base_ref, load_training_checkpoint, meta_path, read_meta_file,
                                 trained_prompts)
-from medasr.models.mini import install_mini
 from medasr.models.salm import hub_ref, load_base, prompt_ids, transcribe_arrays
 from medasr.models.salm_train import MedasrSALM
 from medasr.models.speed import apply_speed, state_key
@@ -63,9 +62,6 @@ class SALMFamily(ModelFamily):
     # --- base --------------------------------------------------------------------------------------------------
     def build_tiny(self, cfg: Config, out_root: Path, seed: int) -> Path:
         return build_tiny_base(cfg, out_root, seed=seed)
-
-    def install_mini(self, out_root: Path) -> Path:
-        return install_mini(out_root)
 
     def load_base(self, base: str | Path):
         return load_base(base)
@@ -379,9 +375,7 @@ def load_adapted(adapter_dir: str | Path, map_location: str = "cpu"):
 def write_model_card(out: Path, meta: dict, build_report: dict, before: dict, after: dict, compare: dict,
                      date: str) -> Path:
     tiny = meta.get("preset", "").startswith("tiny")
-    note = (" — random-init tiny model: this adapter proves the pipeline, not accuracy" if tiny else
-            " — the mini base (medasr/resources/mini, pretrained on generic espeak-ng and Kokoro speech): a demo of real "
-            "adaptation on synthetic speech, not a model for real recordings" if meta.get("preset") == "mini" else "")
+    note = " — random-init tiny model: this adapter proves the pipeline, not accuracy" if tiny else ""
     text = f"""# {EXPORT_NAME}
 
 A medasr LoRA adapter for a NeMo speechlm2 SALM (Canary-Qwen layout): LoRA on the LLM's attention projections plus the

@@ -4,7 +4,7 @@ every model family and the smoke run: what the preset says is what trains, with 
 NeMo reads them in two schemas, both written here from the one config: speechlm2's SALM instantiates
 `model.cfg.optimizer` / `model.cfg.lr_scheduler` by hydra `_target_` (speechlm2/parts/optim_setup.py); an ASRModel
 builds `model.cfg.optim` from a registry name with a nested `sched` (ModelPT.setup_optimization). `torch_optimizer`
-serves the loops that drive torch directly (`medasr bench`, `medasr pretrain-mini`).
+serves the loops that drive torch directly (`medasr bench`, the Whisper family's LightningModule).
 """
 
 from __future__ import annotations
