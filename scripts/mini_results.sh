@@ -31,13 +31,16 @@ done
 cp "$RUN/eval/compare/compare.json" "$RUN/eval/compare/compare.md" "$RUN/summary.json" "$OUT/"
 cp "$RUN/data/build_report.json" "$RUN/train/val_loss.json" "$RUN/train/val_wer.json" "$RUN/train/selection.json" "$OUT/"
 cp "$RUN/whisper-medical/medasr_whisper.json" "$OUT/export_meta.json"
-# hyps carry this machine's audio paths: keep the file names only (the rows are matched on id)
+# hyps carry this machine's audio paths: keep the file names only (the rows are matched on id); each row gets its
+# cell of the held-out design table (`design_cell`, medasr.evaluate.design_table.row_cells)
 .venv/bin/python - "$OUT" <<'EOF'
 import json, sys
 from pathlib import Path
+from medasr.evaluate.design_table import row_cells
 for f in Path(sys.argv[1]).glob("cycle*_hyps.json"):
     rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-    f.write_text("".join(json.dumps(r | {"audio_filepath": Path(r["audio_filepath"]).name}) + "\n" for r in rows))
+    rows = [r | {"audio_filepath": Path(r["audio_filepath"]).name, "design_cell": c} for r, c in zip(rows, row_cells(rows))]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
 EOF
 .venv/bin/medasr table "$OUT/cycle0_hyps.json" "$OUT/cycle1_hyps.json" --out "$OUT/table.md" --json "$OUT/table.json" \
   --readme README.md > /dev/null

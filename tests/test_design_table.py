@@ -2,6 +2,7 @@
 the relative KER change and its interval, and the targets judged on it."""
 
 import json
+from collections import Counter
 
 import pytest
 from typer.testing import CliRunner
@@ -9,8 +10,8 @@ from typer.testing import CliRunner
 from medasr.cli import app
 from medasr.data.lexicon import core_lexicon
 from medasr.errors import InputError
-from medasr.evaluate.design_table import (design_table, readme_table, read_hyps, render_markdown, splice,
-                                          README_END, README_START)
+from medasr.evaluate.design_table import (FORGETTING, design_table, readme_table, read_hyps, render_markdown, row_cells,
+                                          splice, README_END, README_START)
 
 DRUGS = [t.term for t in core_lexicon().terms if t.entity_category == "drug" and t.term.isalpha()][:40]
 VOICES = {"training voice": ("kokoro:af_heart", "en-us", True), "new speaker": ("kokoro:af_jessica", "en-us", False),
@@ -63,6 +64,12 @@ def test_cells_relative_change_and_targets_met():
                        "generic-English WER": True}
     md = render_markdown(t)
     assert "| **seen term · new speaker · new carrier** | 30 | 30 | 100.0 % | 20.0 % |" in md
+    assert Counter(row_cells(before)) == {"seen term · training voice · new carrier": 30, FORGETTING: 20,
+                                          "seen term · new speaker · new carrier": 30,
+                                          "seen term · new accent · new carrier": 30,
+                                          "seen term · new engine · new carrier": 30,
+                                          "held-out term · training voice · new carrier": 10,
+                                          "held-out term · new voice · new carrier": 30}
     assert "−80 % (" in md and md.count("**met**") == 3
 
 
@@ -110,10 +117,10 @@ def test_bad_inputs_are_named(tmp_path):
         read_hyps(tmp_path / "nope")
     f = tmp_path / "hyps.json"
     f.write_text('{"text": "a"}\n')
-    with pytest.raises(InputError, match=r"hyps.json:1: no `text`/`pred_text`"):
+    with pytest.raises(InputError, match=r"hyps.json:1: missing field\(s\) pred_text"):
         read_hyps(f)
     f.write_text('{"text": "a", "pred_text": "a"}\nnot json\n')
-    with pytest.raises(InputError, match=r"hyps.json:2: not JSON"):
+    with pytest.raises(InputError, match=r"hyps.json:2: malformed JSON"):
         read_hyps(f)
     with pytest.raises(InputError, match="around the results table"):
         splice("no markers", "t")
