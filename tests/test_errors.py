@@ -51,6 +51,7 @@ def test_the_cli_maps_a_medasr_error_once(tmp_path):
     (run / "data" / "val.json").write_text("")
     r = CliRunner().invoke(app, ["export", "-p", "tiny-whisper", "--run-dir", str(run)])
     # (the model libraries print their own notices first: look from the headline's line on)
-    said = r.output[r.output.find("export stopped:"):]
-    assert r.exit_code == 1 and said.startswith("export stopped:") and "no rows to select checkpoints on" in said
+    said = r.output[r.output.find("checkpoint selection stopped:"):]
+    assert r.exit_code == 1 and said.startswith("checkpoint selection stopped:")
+    assert "val.json is empty: no rows to select checkpoints on" in said
     assert "Traceback" not in r.output

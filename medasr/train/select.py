@@ -40,7 +40,7 @@ _STEP = re.compile(r"^step(\d+)\.ckpt$")
 
 
 class SelectionError(RunError):
-    pass
+    headline = "checkpoint selection stopped:"
 
 
 def selection_rows(cfg: Config, run_dir: Path) -> list[dict]:
