@@ -415,13 +415,14 @@ def compare(before_dir: Path, after_dir: Path, out: Path = typer.Option(..., "--
 def table_(before: Path, after: Path, out: Optional[Path] = typer.Option(None, help="write the Markdown table here"),
            json_out: Optional[Path] = typer.Option(None, "--json", help="write the numbers as JSON"),
            readme: Optional[Path] = typer.Option(None, help="replace the table between this file's table markers"),
-           n_boot: int = typer.Option(1000), seed: int = typer.Option(0)):
+           n_boot: int = typer.Option(1000, min=1), seed: int = typer.Option(0),
+           normalizer: str = typer.Option("whisper", help="the text normaliser the evaluations were scored with")):
     """The held-out design table from two evaluations (eval folders or their hyps.json): KER and WER per cell (seen /
     held-out term × training voice / new speaker / new accent / new engine), generic-English forgetting, paired 95 %
     CIs and the relative KER change, and the demo's targets judged on it."""
     from medasr.evaluate.design_table import design_table, jsonable, read_hyps, render_markdown, splice
 
-    t = design_table(read_hyps(before), read_hyps(after), n_boot=n_boot, seed=seed)
+    t = design_table(read_hyps(before), read_hyps(after), n_boot=n_boot, seed=seed, normalizer=normalizer)
     md = render_markdown(t)
     if out:
         out.write_text(md)

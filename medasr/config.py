@@ -311,6 +311,9 @@ FRACTIONS = {"data.synth.unseen_fraction": (0.0, 1.0, False), "gate.ker_threshol
 RENAMED = {"train.lr": "train.optimizer.lr", "train.weight_decay": "train.optimizer.weight_decay",
            "train.warmup_steps": "train.lr_scheduler.warmup_steps", "train.min_lr": "train.lr_scheduler.min_lr"}
 MINUS_ONE_OK = {"train.keep_last": "-1 keeps every checkpoint"}
+# settings that are gone, with what to do instead (a run dir's config.yaml from before says so, not "unknown key")
+RETIRED = {"pretrain": "the from-scratch mini base's pretraining section, retired with `medasr pretrain-mini` (the "
+                       "mini demo fine-tunes Whisper tiny.en now, docs/MINI.md): delete the section"}
 
 
 def _numbers(obj, prefix: str = ""):
@@ -378,6 +381,9 @@ def load_config(preset: str, overrides: Optional[list[str]] = None) -> Config:
     for old, new in RENAMED.items():
         if OmegaConf.select(loaded, old) is not None:
             raise ValueError(f"{path}: {old} is now {new}")
+    for old, why in RETIRED.items():
+        if OmegaConf.select(loaded, old) is not None:
+            raise ValueError(f"{path}: {old}: {why}")
     merged = OmegaConf.merge(schema, loaded)
     for o in overrides or []:
         key, sep, value = o.partition("=")
@@ -385,6 +391,8 @@ def load_config(preset: str, overrides: Optional[list[str]] = None) -> Config:
             raise ValueError(f"override {o!r}: expected key=value, e.g. train.max_steps=50")
         if key.strip() in RENAMED:
             raise ValueError(f"override {o!r}: {key.strip()} is now {RENAMED[key.strip()]}")
+        if key.strip().split(".")[0] in RETIRED:
+            raise ValueError(f"override {o!r}: {RETIRED[key.strip().split('.')[0]]}")
         # update() understands list indices (data.mix.0.local=...) and, on a structured config, rejects unknown keys
         OmegaConf.update(merged, key.strip(), yaml.safe_load(value) if value.strip() else None, merge=True)
     cfg = OmegaConf.to_object(merged)
@@ -395,6 +403,9 @@ def load_config(preset: str, overrides: Optional[list[str]] = None) -> Config:
         # wiring their sharding is not done (a first attempt hung in validation on CPU/gloo). SALM presets shard.
         raise ValueError("train.devices > 1 is supported for SALM presets (canary-qwen-2.5b, tiny); the Parakeet "
                          "path trains on one device: set train.devices=1")
+    if cfg.model.base == "mini":
+        raise ValueError("model.base: mini was the from-scratch SALM demo base, retired: `-p mini` now fine-tunes "
+                         "Whisper tiny.en (model.kind: whisper, model.base: tiny.en; docs/MINI.md)")
     check_prompts(cfg.model.prompt, cfg.model.prompts_by_source)
     check_numbers(cfg)
     s = cfg.data.synth

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's mini results, reproduced: the mini flywheel from an empty run dir (Whisper tiny.en + decoder LoRA on
-# the synthetic Kokoro corpus; on 2 CPU cores ≈ 30 min with an empty synthesis cache, ≈ 15 min warm), then its results
+# the synthetic Kokoro corpus; on 2 CPU cores 24 min with an empty synthesis cache, 10 min warm), then its results
 # copied into docs/results/mini/ — both cycles' hyps.json, metrics, compare, selection — and README's table regenerated
 # from the two hyps files (`medasr table`). Usage: scripts/mini_results.sh [RUN_DIR]
 #   MEDASR_REUSE_RUN=1   copy the results of a finished run instead of running it
@@ -19,9 +19,14 @@ if [ -z "${MEDASR_REUSE_RUN:-}" ]; then
   start=$(date +%s)
   .venv/bin/medasr flywheel --preset mini --run-dir "$RUN"
   end=$(date +%s)
-  cat > "$OUT/timing.json" <<EOF
-{"command": "scripts/mini_results.sh $RUN", "wall_s": $((end - start)), "date": "$(date -u +%F)",
- "host": "$(uname -n)", "cpus": $(nproc), "tts_cache_files_before": $files, "commit": "$(git rev-parse --short HEAD)"}
+  kind=$([ "$files" -eq 0 ] && echo cold || echo warm)  # an empty synthesis cache, or one a run filled
+  .venv/bin/python - "$OUT/timing_$kind.json" "$RUN/summary.json" "$((end - start))" "$files" "scripts/mini_results.sh $RUN" <<'EOF'
+import json, os, subprocess, sys, time
+out, summary, wall, files, command = sys.argv[1:]
+json.dump({"command": command, "wall_s": int(wall), "date": time.strftime("%Y-%m-%d", time.gmtime()),
+           "host": os.uname().nodename, "cpus": os.cpu_count(), "tts_cache_files_before": int(files),
+           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+           "timings_s": json.load(open(summary))["timings_s"]}, open(out, "w"), indent=1)
 EOF
 fi
 for c in 0 1; do

@@ -89,9 +89,18 @@ def test_training_carriers_split_the_cells():
     for rows in (before, after):
         for r in rows[:15]:
             r["carrier_seen"] = True
-    names = [c["name"] for c in design_table(before, after, n_boot=100)["cells"]]
+    t = design_table(before, after, n_boot=100)
+    names = [c["name"] for c in t["cells"]]
     assert names[:3] == ["seen term · training voice · training carrier", "seen term · training voice · new carrier",
                          "seen term · new speaker · new carrier"]
+    # the targets are judged on the new-carrier cells the table shows, never on rows in a training sentence
+    for rows in (before, after):
+        for r in rows[40:45]:  # 5 of the 30 seen-term new-speaker rows in a training carrier: out of the target
+            r["carrier_seen"] = True
+    t = design_table(before, after, n_boot=100)
+    cell = next(c for c in t["cells"] if c["name"] == "seen term · new speaker · new carrier")
+    target = next(g for g in t["targets"] if g["name"] == "seen-term KER, new speaker")
+    assert target["rows"] == cell["rows"] == 25 and target["ker"] == cell["ker"]
 
 
 def test_cli_writes_the_table_and_splices_the_readme(tmp_path):
@@ -124,3 +133,5 @@ def test_bad_inputs_are_named(tmp_path):
         read_hyps(f)
     with pytest.raises(InputError, match="around the results table"):
         splice("no markers", "t")
+    with pytest.raises(InputError, match="around the results table"):
+        readme_table(f"{README_END} then {README_START}")

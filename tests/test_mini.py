@@ -25,7 +25,8 @@ def mini_run(tiny_run, tmp_path_factory):
                                "train.lr_scheduler.warmup_steps=10", "train.select_rows=16", "train.smoke_steps=0",
                                f"data.synth.train_voices={list(synth.train_voices)}",
                                f"data.synth.test_voices={list(synth.test_voices)}", "data.synth.max_test=60",
-                               "data.synth.generic_test_rows=4", "gate.min_rows=30"])
+                               "data.synth.generic_test_rows=4", "gate.min_rows=30",
+                               "eval.max_new_tokens=48"])  # its sentences need < 48; tiny.en loops on espeak-ng
     run_dir = tmp_path_factory.mktemp("mini") / "run"
     return cfg, run_dir, run_flywheel(cfg, run_dir)
 
@@ -65,12 +66,14 @@ def test_mini_demo_metrics_agree_with_medasr_compare_and_table(mini_run, tmp_pat
 
 
 def test_a_brief_mini_fine_tune_lowers_seen_term_ker(mini_run):
-    """Real pretrained weights: the base hears the sentences (WER well under 100 %) and misses the terms; 60 steps of
-    the demo's LoRA recipe already lower seen-term KER, with a term-clustered paired bootstrap CI excluding zero."""
+    """Real pretrained weights on espeak-ng speech (which tiny.en hears badly, and loops on: WER ≈ 90 %, measured
+    2026-12-06): 60 steps of the demo's LoRA recipe already lower seen-term KER and WER, each with a paired bootstrap
+    CI (terms; clusters) excluding zero."""
     _, run_dir, _ = mini_run
     before = json.loads((run_dir / "eval" / "cycle0" / "metrics.json").read_text())
-    assert before["wer"] < 0.5 and before["ker_seen"] > 0.3, (before["wer"], before["ker_seen"])
+    assert before["ker_seen"] > 0.3, before["ker_seen"]  # the base misses the terms: something to learn
     c = json.loads((run_dir / "eval" / "compare" / "compare.json").read_text())
     d = c["deltas"]["ker[seen]"]
     assert d["n_clusters"] >= 30 and d["ci95"][1] < 0, d
+    assert c["deltas"]["wer"]["ci95"][1] < 0, c["deltas"]["wer"]
     assert (run_dir / "whisper-medical" / "merged" / "model.safetensors").is_file()

@@ -52,6 +52,18 @@ def test_the_asr_training_run_used_the_presets_recipe(tiny_parakeet_run):
     assert (ran["lr_scheduler"], ran["warmup_steps"], ran["max_steps"]) == ("CosineAnnealing", 10, 60)
 
 
+def test_retired_settings_say_what_replaced_them(tmp_path):
+    """A run dir's config.yaml from before the mini base was retired names what to do, not an unknown key."""
+    old = tmp_path / "config.yaml"
+    old.write_text("name: old\npretrain:\n  steps: 9500\n")
+    with pytest.raises(ValueError, match=r"pretrain: the from-scratch mini base's pretraining section, retired"):
+        load_config(str(old))
+    with pytest.raises(ValueError, match="retired"):
+        load_config("tiny", ["pretrain.steps=5"])
+    with pytest.raises(ValueError, match="model.base: mini was the from-scratch SALM demo base, retired"):
+        load_config("tiny", ["model.base=mini"])
+
+
 def test_moved_keys_and_unknown_names_are_refused_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match="train.lr is now train.optimizer.lr"):
         load_config("tiny", ["train.lr=1e-4"])

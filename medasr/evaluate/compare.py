@@ -37,9 +37,10 @@ def _paired(before: np.ndarray, after: np.ndarray, den: np.ndarray, clusters: np
     p = min(1.0, 2 * (other + 1) / (len(deltas) + 1))
     rel = rel_ci = None
     if b > 0:
-        has = tot[:, 0] > 0  # a draw with no errors before has no relative change
         rel = float((a - b) / b)
-        rel_ci = [float(x) for x in np.percentile((tot[has, 1] - tot[has, 0]) / tot[has, 0], [2.5, 97.5])]
+        has = tot[:, 0] > 0  # a draw with no errors before has no relative change (rare unless n_boot is tiny)
+        if has.any():
+            rel_ci = [float(x) for x in np.percentile((tot[has, 1] - tot[has, 0]) / tot[has, 0], [2.5, 97.5])]
     return {"before": float(b), "after": float(a), "delta": float(a - b), "ci95": [float(lo), float(hi)],
             "p_value": float(p), "n_clusters": int(len(d_tot)), "rel": rel, "rel_ci95": rel_ci}
 
