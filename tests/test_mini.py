@@ -77,3 +77,4 @@ def test_a_brief_mini_fine_tune_lowers_seen_term_ker(mini_run):
     assert d["n_clusters"] >= 30 and d["ci95"][1] < 0, d
     assert c["deltas"]["wer"]["ci95"][1] < 0, c["deltas"]["wer"]
     assert (run_dir / "whisper-medical" / "merged" / "model.safetensors").is_file()
+    assert "Synthetic speech only" in (run_dir / "whisper-medical" / "README.md").read_text()  # the card says so

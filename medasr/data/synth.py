@@ -12,8 +12,8 @@ Split design (what makes the test set honest; three factors, each reported apart
 - carriers: training, validation and test rows draw their sentences from three disjoint pools (medasr.data.templates),
   so the test measures the term in a sentence the model never heard (`carrier_seen: false`); `test_seen_carrier_per_term`
   extra test rows per term reuse a training carrier (`carrier_seen: true`) to measure what memorised patterns are worth;
-- voices: every term's test rows are spoken alternately by a test-only voice (a speaker *and* an accent never used in
-  pretraining or fine-tuning) and by a training voice, so seen vs held-out terms see the same mix of speakers and the
+- voices: every term's test rows are spoken alternately by a test-only voice (a speaker never used in fine-tuning;
+  some presets' test voices are a new accent or engine too) and by a training voice, so seen vs held-out terms see the same mix of speakers and the
   speaker effect (`speaker_seen`, set by the build) does not hide inside the term effect.
 Validation rows (seen terms, training voices) use the validation carriers, so every recipe choice made on them
 (checkpoint, steps, data mix) rewards generalising to new sentences, not remembering the training ones.

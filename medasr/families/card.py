@@ -30,13 +30,16 @@ def results_section(build_report: dict, before: dict, after: dict, compare: dict
     made = (after.get("inputs") or {}).get("decode") or {}
     provenance = (f"\nScored on manifest sha256 `{made['manifest_sha256'][:16]}…`, model sha256 "
                   f"`{made['model_sha256'][:16]}…` (metrics.json `inputs`).\n" if made else "")
+    synthetic = ("\nSynthetic speech only (TTS voices reading template sentences): the numbers below say what was learnt "
+                 "on such speech, not how the model does on real recordings; evaluate it on your own audio before use.\n"
+                 if str(build_report.get("source", "")).startswith("synthetic") else "")
     return f"""## Training data
 Source `{build_report.get('source')}`: {build_report['splits']['train']['rows']} training rows
 ({build_report['splits']['train']['terms']} terms), {build_report['splits']['val']['rows']} validation rows.
 The test set holds terms never seen in training as well as seen terms; where rows say whether their speaker was in
 the training data (`speaker_seen`; synthetic rows: half a training voice, half a voice never used in training),
 the speaker rows below separate a new voice from a new term.
-
+{synthetic}
 ## Results on the test set ({after['n_rows']} rows, normaliser `{after['normalizer']}`)
 
 | metric | base | fine-tuned |
