@@ -420,14 +420,14 @@ def table_(before: Path, after: Path, out: Optional[Path] = typer.Option(None, h
     """The held-out design table from two evaluations (eval folders or their hyps.json): KER and WER per cell (seen /
     held-out term × training voice / new speaker / new accent / new engine), generic-English forgetting, paired 95 %
     CIs and the relative KER change, and the demo's targets judged on it."""
-    from medasr.evaluate.design_table import design_table, jsonable, read_hyps, render_markdown, splice
+    from medasr.evaluate.design_table import design_table, read_hyps, render_markdown, splice
 
     t = design_table(read_hyps(before), read_hyps(after), n_boot=n_boot, seed=seed, normalizer=normalizer)
     md = render_markdown(t)
     if out:
         out.write_text(md)
     if json_out:
-        json_out.write_text(json.dumps(jsonable(t), indent=2))
+        json_out.write_text(json.dumps(t, indent=2))  # plain floats, lists and strings
     if readme:
         readme.write_text(splice(readme.read_text(), md))
     console.print(escape(md))

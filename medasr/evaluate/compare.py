@@ -64,7 +64,7 @@ class PairedScores:
         lexicon = core_lexicon() if lexicon is None else lexicon
         sb = score_rows([b for b, _ in pairs], normalizer, lexicon)
         sa = score_rows([a for _, a in pairs], normalizer, lexicon)
-        self.rows, self.after_rows = [b for b, _ in pairs], [a for _, a in pairs]
+        self.rows = [b for b, _ in pairs]
         self.n_boot, self.seed = n_boot, seed
         self.clusters, self.cluster_key = wer_clusters(self.rows)
         self.terms = term_clusters(self.rows)

@@ -10,10 +10,7 @@ The issue's targets are judged on the same numbers and written beside them (met 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-
-import numpy as np
 
 from medasr.data.manifest import read_manifest
 from medasr.data.split import speaker_of
@@ -175,10 +172,6 @@ def _voice_cells(t: dict) -> list[dict]:
             seen.add(c["voice"])
             out.append(c)
     return out
-
-
-def jsonable(t: dict) -> dict:
-    return json.loads(json.dumps(t, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o)))
 
 
 README_START, README_END = "<!-- medasr table: start -->", "<!-- medasr table: end -->"
